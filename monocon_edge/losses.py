@@ -1,0 +1,61 @@
+"""Contrastive losses on L2-normalised embeddings."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+class SupConLoss(nn.Module):
+    """Supervised contrastive loss (Khosla et al., "Supervised Contrastive Learning", NeurIPS 2020, eq. 2).
+
+    For each anchor i with at least one positive (another sample with the same label),
+
+        loss_i = -1/|P(i)| * sum_{p in P(i)} log( exp(z_i.z_p / tau) / sum_{a != i} exp(z_i.z_a / tau) )
+
+    where z are the L2-normalised embeddings; the loss is the mean over anchors that have a positive.
+    A batch in which no anchor has a positive gives 0 (with a gradient of zeros, never NaN).
+
+    Inputs: ``embeddings`` (N, D) raw (normalised here), ``labels`` (N,) integers. Optional
+    ``ref_embeddings``/``ref_labels`` add further candidates (e.g. negatives gathered from other processes):
+    they act as positives/negatives of the anchors but are not anchors themselves.
+    """
+
+    def __init__(self, temperature: float = 0.1) -> None:
+        super().__init__()
+        if temperature <= 0:
+            raise ValueError("temperature must be > 0")
+        self.temperature = temperature
+
+    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor,
+                ref_embeddings: torch.Tensor | None = None, ref_labels: torch.Tensor | None = None) -> torch.Tensor:
+        if embeddings.ndim != 2 or labels.ndim != 1 or embeddings.shape[0] != labels.shape[0]:
+            raise ValueError("SupConLoss expects embeddings (N, D) and labels (N,)")
+        z = F.normalize(embeddings.float(), dim=-1)
+        n = z.shape[0]
+        if ref_embeddings is None:
+            ref, ref_lab, self_cols = z, labels, torch.arange(n, device=z.device)
+        else:
+            ref = torch.cat([z, F.normalize(ref_embeddings.float(), dim=-1)])
+            ref_lab = torch.cat([labels, ref_labels])
+            self_cols = torch.arange(n, device=z.device)
+        not_self = torch.ones(n, ref.shape[0], dtype=torch.bool, device=z.device)
+        not_self[torch.arange(n, device=z.device), self_cols] = False
+        positives = (labels[:, None] == ref_lab[None, :]) & not_self
+        pos_count = positives.sum(dim=1)
+        has_pos = pos_count > 0
+        if not bool(has_pos.any()):
+            return z.sum() * 0.0
+        logits = (z @ ref.T / self.temperature).masked_fill(~not_self, float("-inf"))
+        # Subtracting the (detached) row max leaves the loss unchanged and keeps exp() from overflowing.
+        logits = logits - logits.max(dim=1, keepdim=True).values.detach()
+        log_prob = logits - torch.logsumexp(logits, dim=1, keepdim=True)
+        log_prob = log_prob.masked_fill(~positives, 0.0)  # drop the -inf self terms before summing
+        mean_log_prob_pos = log_prob.sum(dim=1)[has_pos] / pos_count[has_pos]
+        return -mean_log_prob_pos.mean()
+
+
+def pair_labels(batch_size: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """Return labels [0..B-1, 0..B-1] for a batch of B (anchor, positive) pairs stacked as [anchors; positives]."""
+    idx = torch.arange(batch_size, device=device)
+    return torch.cat([idx, idx])

@@ -1,0 +1,54 @@
+"""Encoder + head: the one place that knows how they compose into an embedding model."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from ..config import RunConfig
+from ..errors import MonoconError
+from .encoders import build_text_encoder, build_vision_encoder
+from .heads import build_head
+
+
+class MonoConModel(nn.Module):
+    """``head(encoder(inputs))``: the head output is the embedding (normalise it for cosine similarity)."""
+
+    def __init__(self, encoder: nn.Module, head: nn.Module, modality: str) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.head = head
+        self.modality = modality
+        self.d_enc = int(encoder.out_dim)
+
+    def encode(self, *inputs: torch.Tensor) -> torch.Tensor:
+        """Return the encoder output (N, d_enc)."""
+        return self.encoder(*inputs)
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        return self.head(self.encoder(*inputs))
+
+    def embed(self, *inputs: torch.Tensor) -> torch.Tensor:
+        """Return L2-normalised embeddings (N, d_enc)."""
+        return F.normalize(self(*inputs), dim=-1)
+
+
+def build_model(cfg: RunConfig) -> MonoConModel:
+    """Return the untrained (or pre-trained-encoder) model that ``cfg`` describes."""
+    m = cfg.model
+    if cfg.modality == "vision":
+        encoder = build_vision_encoder(m.encoder, m.in_channels, m.width, m.weights)
+    else:
+        encoder = build_text_encoder(m.weights)
+    head = build_head(m.head, encoder.out_dim, m.head_hidden_mult, m.head_depth, m.negative_slope)
+    return MonoConModel(encoder, head, cfg.modality)
+
+
+def load_encoder_state(model: MonoConModel, state: dict[str, torch.Tensor], source: str) -> None:
+    """Copy the ``encoder.*`` tensors of a full model state dict into ``model.encoder``."""
+    enc = {k[len("encoder."):]: v for k, v in state.items() if k.startswith("encoder.")}
+    try:
+        model.encoder.load_state_dict(enc, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise MonoconError(f"the encoder in {source} does not fit this model: {first}") from None

@@ -1,0 +1,84 @@
+"""What the CLI shows people: rich progress for training, tables of results."""
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+# Metrics shown in tables, in this order, with their labels.
+METRIC_LABELS = {
+    "knn5": "5-NN acc", "val_knn5": "5-NN acc (held-out)", "spearman": "STS Spearman",
+    "recall@1": "Recall@1", "recall@5": "Recall@5",
+    "recall@1_pca128": "Recall@1 @128d", "recall@1_pca64": "Recall@1 @64d", "recall@1_pca16": "Recall@1 @16d",
+    "spearman_pca128": "Spearman @128d", "spearman_pca64": "Spearman @64d", "spearman_pca16": "Spearman @16d",
+    "d_eff": "d_eff (99% var.)", "d_eff_encoder": "d_eff encoder", "recon_rmse": "PCA recon. RMSE @d_eff",
+}
+
+
+def fmt(value: Any) -> str:
+    """Return a metric value formatted for a table cell."""
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return str(value)
+
+
+class TrainProgress:
+    """A rich progress display fed by the trainer's events (the trainer itself never prints)."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self.progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                 TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+                                 console=console, transient=False)
+        self.epoch_task = None
+        self.step_task = None
+        self.steps_per_epoch = 0
+
+    def __enter__(self) -> "TrainProgress":
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.progress.__exit__(*exc)
+
+    def on_event(self, kind: str, info: dict[str, Any]) -> None:
+        """Render one trainer event."""
+        p = self.progress
+        if kind == "start":
+            self.steps_per_epoch = info["steps_per_epoch"]
+            self.epoch_task = p.add_task("epochs", total=max(info["epochs"], 1), completed=info["resumed_at"], info="")
+            self.step_task = p.add_task("steps", total=max(self.steps_per_epoch, 1), info="")
+        elif kind == "epoch_start":
+            p.reset(self.step_task, total=max(self.steps_per_epoch, 1), info=info["phase"])
+        elif kind == "step":
+            p.update(self.step_task, advance=1, info=f"{info['phase'] if 'phase' in info else ''}loss {info['loss']:.4f}")
+        elif kind == "eval":
+            if info["epoch"] > 0:
+                p.update(self.epoch_task, completed=info["epoch"])
+            shown = {k: info[k] for k in ("loss", "val_knn5", "spearman", "recall@1", "d_eff") if info.get(k) is not None}
+            line = "  ".join(f"{k} {fmt(v)}" for k, v in shown.items())
+            self.console.print(f"epoch {info['epoch']:>3} [{info['phase']}]  {line}", highlight=False, markup=False)
+        elif kind == "done":
+            p.update(self.epoch_task, completed=p.tasks[self.epoch_task].total)
+
+
+def print_summary(console: Console, result: Any) -> None:
+    """Print the final metrics table of a run and where its directory is."""
+    if not result.finished:
+        console.print(f"stopped after epoch {result.history[-1]['epoch'] if result.history else 0}; "
+                      f"continue with: monocon-edge train --resume {result.run_dir}")
+        return
+    table = Table(title=f"final metrics (best epoch {result.best_epoch})")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, label in METRIC_LABELS.items():
+        if key in result.final:
+            table.add_row(label, fmt(result.final[key]))
+    console.print(table)
+    if result.stopped_early:
+        console.print("stopped early: the validation metric stopped improving")
+    console.print(f"run directory: [bold]{result.run_dir}[/]")

@@ -1,0 +1,413 @@
+"""The training loop: head warm-up with the encoder frozen, then differential learning rates; AdamW, cosine
+schedule, grad-norm clipping, periodic evaluation, early stopping, atomic resumable checkpoints.
+
+Model code is silent: progress goes to the optional ``on_event(kind, info)`` callback, which the CLI renders.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from .config import RunConfig
+from .errors import MonoconError
+from .losses import SupConLoss
+from .models.monocon import MonoConModel, build_model, load_encoder_state
+from .run_dir import RunDir
+from .tasks import TextTask, VisionTask, effective_dims_of
+
+EventFn = Callable[[str, dict[str, Any]], None]
+
+
+@dataclass
+class TrainResult:
+    """What a finished (or deliberately stopped) run produced."""
+
+    run_dir: Path
+    final: dict[str, Any]
+    history: list[dict[str, Any]]
+    best_epoch: int
+    stopped_early: bool
+    finished: bool
+
+
+@dataclass(frozen=True)
+class Phase:
+    """A span of epochs with one optimizer: ``warmup`` (encoder frozen) or ``main`` (differential LRs)."""
+
+    name: str
+    first_epoch: int
+    last_epoch: int
+    train_encoder: bool
+    lr_encoder: float
+    lr_head: float
+    cosine: bool
+
+
+def plan_phases(cfg: RunConfig) -> list[Phase]:
+    """Return the run's phases. ``optim.epochs`` counts all epochs, warm-up included."""
+    o, has_head = cfg.optim, cfg.model.head != "none"
+    warm = min(o.warmup_epochs, o.epochs) if has_head else 0
+    phases = []
+    if warm:
+        phases.append(Phase("warmup", 1, warm, False, 0.0, o.lr_warmup, False))
+    train_encoder = not o.freeze_encoder and o.lr_encoder > 0
+    if o.epochs > warm and (train_encoder or has_head):
+        phases.append(Phase("main", warm + 1, o.epochs, train_encoder, o.lr_encoder, o.lr_head, True))
+    return phases
+
+
+def resolve_device(name: str) -> torch.device:
+    """Return the torch device for ``auto`` | ``cpu`` | ``cuda[:i]``; asking for CUDA without one is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise MonoconError("--device cuda asked for, but torch sees no CUDA device here")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (CPU and CUDA) RNGs."""
+    random.seed(seed)
+    np.random.seed(seed % (2 ** 32))
+    torch.manual_seed(seed)
+
+
+def set_determinism(enabled: bool) -> None:
+    """Ask torch and cuDNN for deterministic kernels (warn-only where an op has none)."""
+    if enabled:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.backends.cudnn.deterministic = enabled
+    torch.backends.cudnn.benchmark = not enabled
+    torch.use_deterministic_algorithms(enabled, warn_only=True)
+
+
+def _rng_state() -> dict[str, Any]:
+    np_state = np.random.get_state()
+    return {
+        "python": random.getstate(),
+        "numpy_keys": torch.from_numpy(np_state[1].astype(np.int64)),
+        "numpy_pos": int(np_state[2]),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(("MT19937", state["numpy_keys"].numpy().astype(np.uint32), state["numpy_pos"], 0, 0.0))
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def resolve_init_from(cfg: RunConfig) -> tuple[RunConfig, dict[str, torch.Tensor] | None]:
+    """Return ``cfg`` with the encoder settings of the ``init_from`` run, and that run's best weights."""
+    if not cfg.init_from:
+        return cfg, None
+    source = RunDir.open_existing(cfg.init_from)
+    src_cfg = source.read_config()
+    if src_cfg.modality != cfg.modality:
+        raise MonoconError(f"--init-from {cfg.init_from} is a {src_cfg.modality} run, this is a {cfg.modality} run")
+    ckpt_path = source.best_path if source.best_path.is_file() else source.last_path
+    state = source.load_checkpoint(ckpt_path)["model"]
+    model_cfg = dataclasses.replace(cfg.model, encoder=src_cfg.model.encoder, width=src_cfg.model.width,
+                                    in_channels=src_cfg.model.in_channels,
+                                    weights=src_cfg.model.weights if cfg.modality == "text" else "none")
+    return dataclasses.replace(cfg, model=model_cfg), state
+
+
+def build_task(cfg: RunConfig, model: MonoConModel) -> VisionTask | TextTask:
+    """Return the task (data, splits, evaluation) for ``cfg``."""
+    if cfg.modality == "vision":
+        return VisionTask(cfg)
+    return TextTask(cfg, lambda texts: model.encoder.tokenize(texts, cfg.data.max_seq_len))
+
+
+def _new_run_dir(path: str | Path | None, cfg: RunConfig, runs_root: str | Path) -> RunDir:
+    if path is None:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        path = Path(runs_root) / f"{cfg.name}-{stamp}"
+        n = 1
+        while path.exists():
+            n += 1
+            path = Path(runs_root) / f"{cfg.name}-{stamp}-{n}"
+    path = Path(path)
+    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        raise MonoconError(f"{path} already exists and is not empty: choose another --out, or --resume it")
+    path.mkdir(parents=True, exist_ok=True)
+    return RunDir(path)
+
+
+class Trainer:
+    """Holds one run's model, task, optimizer state and early-stopping state; ``fit`` runs it to the end."""
+
+    def __init__(self, cfg: RunConfig, run: RunDir, model: MonoConModel, task, device: torch.device,
+                 on_event: EventFn | None = None) -> None:
+        self.cfg, self.run, self.model, self.task, self.device = cfg, run, model, task, device
+        self.emit = on_event or (lambda kind, info: None)
+        self.loss_fn = SupConLoss(cfg.optim.temperature)
+        self.phases = plan_phases(cfg)
+        self.history: list[dict[str, Any]] = []
+        self.best = -float("inf")
+        self.best_epoch = -1
+        self.bad_evals = 0
+        self.stopped_early = False
+        self.epoch = 0
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
+        self.phase: Phase | None = None
+        self._features: dict[str, np.ndarray] | None = None  # encoder features, valid while the encoder is unchanged
+        self.amp_dtype = None
+        if device.type == "cuda" and cfg.optim.amp:
+            self.amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
+
+    # ----- state -------------------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Return everything needed to resume after ``self.epoch``."""
+        return {
+            "epoch": self.epoch, "phase": self.phase.name if self.phase else "",
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict() if self.optimizer else {},
+            "scheduler": self.scheduler.state_dict() if self.scheduler else {},
+            "scaler": self.scaler.state_dict(),
+            "early_stop": {"best": self.best, "best_epoch": self.best_epoch, "bad_evals": self.bad_evals,
+                           "stopped": self.stopped_early},
+            "rng": _rng_state(), "config": self.cfg.to_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore from a ``last.pt`` written by ``state_dict``."""
+        self.model.load_state_dict(state["model"])
+        self.epoch = int(state["epoch"])
+        es = state["early_stop"]
+        self.best, self.best_epoch = float(es["best"]), int(es["best_epoch"])
+        self.bad_evals, self.stopped_early = int(es["bad_evals"]), bool(es["stopped"])
+        if state["phase"]:
+            self._enter_phase(self._phase_named(state["phase"]))
+            if state["optimizer"]:
+                self.optimizer.load_state_dict(state["optimizer"])
+            if self.scheduler is not None and state["scheduler"]:
+                self.scheduler.load_state_dict(state["scheduler"])
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        _set_rng_state(state["rng"])
+        self.history = [r for r in self.run.metrics() if r["epoch"] <= self.epoch]
+        self.run.write_metrics(self.history)  # drop rows logged after the checkpoint
+
+    def _phase_named(self, name: str) -> Phase:
+        for p in self.phases:
+            if p.name == name:
+                return p
+        raise MonoconError(f"checkpoint phase {name!r} does not fit this run's config")
+
+    # ----- pieces ------------------------------------------------------------------------------------------
+    def _enter_phase(self, phase: Phase) -> None:
+        o = self.cfg.optim
+        self.phase = phase
+        for p in self.model.encoder.parameters():
+            p.requires_grad_(phase.train_encoder)
+        groups = []
+        if phase.train_encoder:
+            groups.append({"params": list(self.model.encoder.parameters()), "lr": phase.lr_encoder})
+        head_params = list(self.model.head.parameters())
+        if head_params:
+            groups.append({"params": head_params, "lr": phase.lr_head})
+        self.optimizer = torch.optim.AdamW(groups, weight_decay=o.weight_decay)
+        self.scheduler = None
+        if phase.cosine:
+            steps = self._steps_per_epoch() * (phase.last_epoch - phase.first_epoch + 1)
+            self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=max(steps, 1))
+
+    def _steps_per_epoch(self) -> int:
+        return max(self.task.num_train // self.cfg.optim.batch_size, 0)
+
+    def _autocast(self):
+        if self.amp_dtype is None:
+            return torch.autocast(self.device.type, enabled=False)
+        return torch.autocast("cuda", dtype=self.amp_dtype)
+
+    @torch.no_grad()
+    def _encode_fn(self, *inputs: torch.Tensor) -> np.ndarray:
+        with self._autocast():
+            out = self.model.encoder(*(t.to(self.device, non_blocking=True) for t in inputs))
+        return out.float().cpu().numpy()
+
+    def encoder_features(self) -> dict[str, np.ndarray]:
+        """Return encoder features of the evaluation sets (computed once while the encoder does not change)."""
+        if self._features is None:
+            self.model.eval()
+            self._features = self.task.encode(self._encode_fn)
+        return self._features
+
+    @torch.no_grad()
+    def _head(self, x: np.ndarray) -> np.ndarray:
+        self.model.head.eval()
+        out = [self.model.head(torch.from_numpy(x[s:s + 4096]).to(self.device)).float().cpu().numpy()
+               for s in range(0, len(x), 4096)]
+        return np.concatenate(out) if out else x
+
+    def evaluate(self, full: bool = True) -> tuple[dict[str, Any], Any]:
+        """Return (metrics, train PCA) of the current model on the task's evaluation sets."""
+        feats = self.encoder_features()
+        emb = {k: self._head(v) for k, v in feats.items()}
+        metrics, pca = self.task.evaluate(emb, full=full)
+        metrics.update(effective_dims_of(feats["train"], emb["train"]))
+        return metrics, pca
+
+    def _train_epoch(self) -> tuple[float, float]:
+        """Run one epoch; return (mean loss, examples per second)."""
+        o = self.cfg.optim
+        cached = None
+        if not self.phase.train_encoder:
+            cached = torch.from_numpy(self.encoder_features()["train"]).to(self.device)
+        self.model.train()
+        if not self.phase.train_encoder:
+            self.model.encoder.eval()  # frozen: BatchNorm statistics stay as they are
+        params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        total, steps, seen, t0 = 0.0, 0, 0, time.perf_counter()
+        pin = self.device.type == "cuda"
+        batches = self.task.train_batches(o.seed + self.epoch, o.batch_size, cached, o.num_workers, pin)
+        for batch in batches:
+            inputs = [t.to(self.device, non_blocking=True) for t in batch.inputs]
+            labels = batch.labels.to(self.device, non_blocking=True)
+            with self._autocast():
+                emb = self.model.head(inputs[0]) if cached is not None else self.model(*inputs)
+            loss = self.loss_fn(emb.float(), labels)
+            if not torch.isfinite(loss):
+                raise MonoconError(
+                    f"the loss became {loss.item()} at epoch {self.epoch}, step {steps + 1}: lower the learning rate"
+                )
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(params, o.grad_clip)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            if self.scheduler is not None:
+                self.scheduler.step()
+            total += loss.item()
+            steps += 1
+            seen += batch.size
+            self.emit("step", {"epoch": self.epoch, "step": steps, "loss": loss.item()})
+        if steps == 0:
+            raise MonoconError(
+                f"not one full batch of {o.batch_size} in {self.task.num_train} training examples: lower --batch-size"
+            )
+        if self.phase.train_encoder:
+            self._features = None
+        return total / steps, seen / max(time.perf_counter() - t0, 1e-9)
+
+    def _log(self, row: dict[str, Any]) -> None:
+        self.history.append(row)
+        self.run.write_metrics(self.history)
+        self.emit("eval", row)
+
+    def _consider_best(self, row: dict[str, Any], in_main: bool) -> None:
+        metric = row[self.task.validation_metric]
+        if metric > self.best + self.cfg.optim.min_delta or self.best_epoch < 0:
+            self.best, self.best_epoch, self.bad_evals = metric, self.epoch, 0
+            self.run.save_checkpoint(self.run.best_path, {"model": self.model.state_dict(), "epoch": self.epoch,
+                                                          "metric": metric, "config": self.cfg.to_dict()})
+        elif in_main:
+            self.bad_evals += 1
+            if self.bad_evals >= self.cfg.optim.patience:
+                self.stopped_early = True
+
+    # ----- the loop ----------------------------------------------------------------------------------------
+    def fit(self, stop_after_epoch: int | None = None) -> TrainResult:
+        """Train to the last epoch (or early stop), then evaluate the best model and write the run's files."""
+        o = self.cfg.optim
+        total_epochs = self.phases[-1].last_epoch if self.phases else 0
+        self.emit("start", {"epochs": total_epochs, "steps_per_epoch": self._steps_per_epoch(),
+                            "resumed_at": self.epoch, "phases": [p.name for p in self.phases]})
+        if self.epoch == 0 and not self.history:
+            metrics, _ = self.evaluate(full=False)
+            self._log({"epoch": 0, "phase": "init", "loss": None, **metrics})
+            self._consider_best(self.history[-1], in_main=False)
+        while self.epoch < total_epochs and not self.stopped_early:
+            self.epoch += 1
+            phase = next(p for p in self.phases if p.first_epoch <= self.epoch <= p.last_epoch)
+            if self.phase is None or phase.name != self.phase.name:
+                self._enter_phase(phase)
+            seed_everything(o.seed + self.epoch)
+            self.emit("epoch_start", {"epoch": self.epoch, "phase": phase.name})
+            loss, speed = self._train_epoch()
+            if self.epoch % o.eval_every == 0 or self.epoch == total_epochs:
+                metrics, _ = self.evaluate(full=False)
+                self._log({"epoch": self.epoch, "phase": phase.name, "loss": loss,
+                           "examples_per_s": speed, **metrics})
+                self._consider_best(self.history[-1], in_main=phase.name == "main")
+            self.run.save_checkpoint(self.run.last_path, self.state_dict())
+            if stop_after_epoch is not None and self.epoch >= stop_after_epoch:
+                return TrainResult(self.run.path, {}, self.history, self.best_epoch, False, False)
+        return self._finish()
+
+    def _finish(self) -> TrainResult:
+        best = self.run.load_checkpoint(self.run.best_path)
+        self.model.load_state_dict(best["model"])
+        self._features = None
+        final, pca = self.evaluate(full=True)
+        self.run.save_pca(pca, int(final["d_eff"]))
+        summary = {
+            "run": str(self.run.path), "name": self.cfg.name, "preset": self.cfg.preset,
+            "modality": self.cfg.modality, "head": self.cfg.model.head, "encoder": self.cfg.model.encoder,
+            "d_enc": self.model.d_enc, "best_epoch": self.best_epoch, "epochs_run": self.epoch,
+            "stopped_early": self.stopped_early, "validation_metric": self.task.validation_metric,
+            "input": self.task.input_spec(), "final": final,
+        }
+        self.run.write_summary(summary)
+        self.emit("done", summary)
+        return TrainResult(self.run.path, final, self.history, self.best_epoch, self.stopped_early, True)
+
+
+def train(cfg: RunConfig | None = None, out: str | Path | None = None, *, resume: str | Path | None = None,
+          runs_root: str | Path = "runs", on_event: EventFn | None = None,
+          stop_after_epoch: int | None = None) -> TrainResult:
+    """Train a new run from ``cfg`` (into ``out`` or ``runs_root/NAME-TIME``), or continue ``resume``.
+
+    Everything that can fail on bad input (config, data, weights, init-from run) is checked before a new
+    run directory is created. Returns the TrainResult; ``stop_after_epoch`` stops early on purpose
+    (as a kill would), leaving a resumable run.
+    """
+    state = None
+    if resume is not None:
+        run = RunDir.open_existing(resume)
+        cfg = run.read_config()
+        if run.summary_path.is_file():
+            raise MonoconError(f"{resume} has already finished (summary.json exists)")
+        if not run.last_path.is_file():
+            raise MonoconError(f"nothing to resume in {resume}: no last.pt yet (start it again instead)")
+        state = run.load_checkpoint(run.last_path)
+    elif cfg is None:
+        raise MonoconError("train needs a config or a run to resume")
+    cfg = cfg.validate()
+    device = resolve_device(cfg.optim.device)
+    set_determinism(cfg.optim.deterministic)
+    seed_everything(cfg.optim.seed)
+    if resume is None:
+        cfg, init_state = resolve_init_from(cfg)
+    else:
+        init_state = None
+    model = build_model(cfg)
+    if init_state is not None:
+        load_encoder_state(model, init_state, str(cfg.init_from))
+    task = build_task(cfg, model)
+    if resume is None:
+        run = _new_run_dir(out, cfg, runs_root)
+        run.write_config(cfg)
+        run.save_splits(task.splits.to_arrays())
+    model.to(device)
+    trainer = Trainer(cfg, run, model, task, device, on_event)
+    if state is not None:
+        trainer.load_state_dict(state)
+    return trainer.fit(stop_after_epoch)

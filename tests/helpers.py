@@ -1,0 +1,19 @@
+"""Tiny configs for fast tests."""
+from __future__ import annotations
+
+import dataclasses
+
+from monocon_edge.config import RunConfig, override, preset
+
+
+def tiny_digits(head: str = "monotonic", **optim) -> RunConfig:
+    """Return the embedded default shrunk to a few seconds: 400 digits, width-4 CNN, 3 epochs."""
+    cfg = preset("default", head)
+    cfg = override(cfg, "data", max_train=400)
+    cfg = override(cfg, "model", width=4)
+    return override(cfg, "optim", **{"epochs": 3, "warmup_epochs": 1, "batch_size": 64, **optim})
+
+
+def with_name(cfg: RunConfig, name: str) -> RunConfig:
+    """Return ``cfg`` renamed."""
+    return dataclasses.replace(cfg, name=name)

@@ -1,0 +1,51 @@
+"""Heads: the monotonic head is monotone with non-negative effective weights; the MLP ablation is not."""
+from __future__ import annotations
+
+import torch
+from hypothesis import given, settings, strategies as st
+
+from monocon_edge.models.heads import IdentityHead, MLPHead, SquaredLinear, build_head
+
+
+def test_shapes_follow_the_paper() -> None:
+    head = build_head("monotonic", 16)
+    assert [tuple(l.weight.shape) for l in head.layers] == [(32, 16), (16, 32)]
+    assert head(torch.randn(5, 16)).shape == (5, 16)
+    assert isinstance(build_head("none", 16), IdentityHead)
+    deep = build_head("mlp", 8, hidden_mult=3, depth=2)
+    assert [tuple(l.weight.shape) for l in deep.layers] == [(24, 8), (24, 24), (8, 24)]
+
+
+def test_monotonic_weights_are_squared_and_non_negative() -> None:
+    torch.manual_seed(0)
+    head = build_head("monotonic", 12)
+    assert all(isinstance(l, SquaredLinear) for l in head.layers)
+    for layer, effective in zip(head.layers, head.effective_weights()):
+        assert torch.equal(effective, layer.weight ** 2)
+        assert (effective >= 0).all()
+        assert (layer.weight < 0).any()  # the parameter itself is free; only its square is applied
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 10_000), coord=st.integers(0, 9), bump=st.floats(1e-3, 5.0))
+def test_raising_any_input_never_lowers_any_output(seed: int, coord: int, bump: float) -> None:
+    torch.manual_seed(seed)
+    head = MLPHead(10, 20, 10, depth=2, monotonic=True).double()
+    x = torch.randn(4, 10, dtype=torch.float64) * 3
+    raised = x.clone()
+    raised[:, coord] += bump
+    with torch.no_grad():
+        assert (head(raised) - head(x) >= -1e-12).all()
+
+
+def test_mlp_ablation_is_not_monotone() -> None:
+    torch.manual_seed(0)
+    head = build_head("mlp", 10)
+    x = torch.randn(64, 10)
+    found = False
+    with torch.no_grad():
+        for coord in range(10):
+            raised = x.clone()
+            raised[:, coord] += 1.0
+            found |= bool((head(raised) < head(x) - 1e-6).any())
+    assert found
