@@ -120,7 +120,7 @@ def resolve_init_from(cfg: RunConfig) -> tuple[RunConfig, dict[str, torch.Tensor
     ckpt_path = source.best_path if source.best_path.is_file() else source.last_path
     state = source.load_checkpoint(ckpt_path)["model"]
     model_cfg = dataclasses.replace(cfg.model, encoder=src_cfg.model.encoder, width=src_cfg.model.width,
-                                    in_channels=src_cfg.model.in_channels,
+                                    embed_dim=src_cfg.model.embed_dim, in_channels=src_cfg.model.in_channels,
                                     weights=src_cfg.model.weights if cfg.modality == "text" else "none")
     return dataclasses.replace(cfg, model=model_cfg), state
 
