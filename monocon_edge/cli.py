@@ -62,6 +62,7 @@ def train(
     download: bool = typer.Option(False, help="allow torchvision / HF downloads (needs internet)"),
     augment: Optional[str] = typer.Option(None, help="none | light | paper (TrivialAugmentWide + RandomErasing)"),
     max_train: Optional[int] = typer.Option(None, help="use a stratified subset of this many examples"),
+    m_per_class: Optional[int] = typer.Option(None, help="vision: batches of groups of m same-class images"),
     epochs: Optional[int] = typer.Option(None, help="total epochs, warm-up included"),
     warmup_epochs: Optional[int] = typer.Option(None, help="head warm-up epochs with the encoder frozen"),
     batch_size: Optional[int] = typer.Option(None),
@@ -94,7 +95,8 @@ def train(
             if data is not None:
                 data_kind = "npz" if data.endswith(".npz") else "pairs" if ".tsv" in data else None
             cfg = override(cfg, "data", path=data or data_dir, kind=data_kind, val_path=val_data,
-                           download=download or None, augment=augment, max_train=max_train)
+                           download=download or None, augment=augment, max_train=max_train,
+                           m_per_class=m_per_class)
             cfg = override(cfg, "model", encoder=encoder, width=width, weights=weights)
             cfg = override(cfg, "optim", epochs=epochs, warmup_epochs=warmup_epochs, batch_size=batch_size,
                            lr_encoder=lr_encoder, lr_head=lr_head, lr_warmup=lr_warmup, temperature=temperature,

@@ -32,6 +32,8 @@ class DataConfig:
     query_fraction: float = 0.1
     max_train: int | None = None
     augment: str = "none"
+    # Vision: build batches from groups of m same-class images (0 = plain random batches).
+    m_per_class: int = 0
     max_seq_len: int = 128
 
 
@@ -131,6 +133,8 @@ class RunConfig:
             raise MonoconError("learning rates must be >= 0")
         if o.device not in ("auto", "cpu", "cuda") and not o.device.startswith("cuda:"):
             raise MonoconError(f"unknown device {o.device!r}: choose auto, cpu or cuda")
+        if self.data.m_per_class and (self.data.m_per_class < 2 or o.batch_size % self.data.m_per_class):
+            raise MonoconError("--m-per-class must be >= 2 and divide the batch size")
         if not 0 < self.data.val_fraction < 1 or not 0 < self.data.query_fraction < 1:
             raise MonoconError("split fractions must lie strictly between 0 and 1")
         if self.model.embed_dim is not None and self.model.embed_dim < 1:

@@ -13,6 +13,7 @@ import torch
 
 from . import metrics as M
 from .config import RunConfig
+from .data.samplers import m_per_class_batches, random_batches
 from .data.splits import Splits, make_splits, stratified_subset
 from .errors import MonoconError
 from .losses import pair_labels
@@ -29,12 +30,6 @@ class Batch:
     size: int  # examples (images or sentences) in the batch
 
 
-def _feature_batches(features: torch.Tensor, labels: torch.Tensor, batch_size: int,
-                     generator: torch.Generator) -> Iterator[Batch]:
-    order = torch.randperm(features.shape[0], generator=generator)
-    for start in range(0, len(order) - batch_size + 1, batch_size):
-        idx = order[start:start + batch_size]
-        yield Batch((features[idx],), labels[idx], len(idx))
 
 
 def _pca_metrics(train: np.ndarray, held: np.ndarray) -> tuple[M.PCAStats, dict[str, float]]:
@@ -80,6 +75,14 @@ class VisionTask:
         """Return the number of training examples."""
         return len(self.splits.train)
 
+    def steps_per_epoch(self, batch_size: int) -> int:
+        """Return the number of (full) training batches per epoch."""
+        m = self.cfg.data.m_per_class
+        if not m:
+            return self.num_train // batch_size
+        _, counts = np.unique(self.data.labels[self.splits.train], return_counts=True)
+        return int((counts // m).sum()) // (batch_size // m)
+
     def input_spec(self) -> dict:
         """Return the model input description (shape without batch, value range, channel order)."""
         h, w, c = self.data.images.shape[1:]
@@ -90,8 +93,14 @@ class VisionTask:
                       num_workers: int = 0, pin_memory: bool = False) -> Iterator[Batch]:
         """Yield shuffled training batches for one epoch (augmented images, or cached features)."""
         generator = torch.Generator().manual_seed(epoch_seed)
+        m = self.cfg.data.m_per_class
+        if m:
+            batches = m_per_class_batches(self.train_labels, batch_size, m, generator)
+        else:
+            batches = random_batches(self.num_train, batch_size, generator)
         if features is not None:
-            yield from _feature_batches(features, self.train_labels, batch_size, generator)
+            for idx in batches:
+                yield Batch((features[idx],), self.train_labels[idx], len(idx))
             return
         from .data.vision import AugmentedImages, build_train_transform
 
@@ -100,7 +109,7 @@ class VisionTask:
         dataset = AugmentedImages(self.data.images[idx], self.data.labels[idx],
                                   build_train_transform(self.cfg.data.augment, size))
         loader = torch.utils.data.DataLoader(
-            dataset, batch_size=batch_size, shuffle=True, drop_last=True, generator=generator,
+            dataset, batch_sampler=[b.tolist() for b in batches], generator=generator,
             num_workers=num_workers, pin_memory=pin_memory, persistent_workers=False,
         )
         for images, labels in loader:
@@ -175,6 +184,10 @@ class TextTask:
         """Return the number of training pairs."""
         return len(self.train_pairs)
 
+    def steps_per_epoch(self, batch_size: int) -> int:
+        """Return the number of (full) training batches per epoch."""
+        return self.num_train // batch_size
+
     def input_spec(self) -> dict:
         """Return the model input description (token ids and mask, dynamic batch and sequence)."""
         return {"kind": "text", "inputs": ["input_ids", "attention_mask"], "dtype": "int64",
@@ -184,10 +197,8 @@ class TextTask:
                       num_workers: int = 0, pin_memory: bool = False) -> Iterator[Batch]:
         """Yield shuffled batches of B pairs as 2B examples [anchors; positives] with labels [0..B-1]*2."""
         generator = torch.Generator().manual_seed(epoch_seed)
-        order = torch.randperm(len(self.train_pairs), generator=generator)
         labels = pair_labels(batch_size)
-        for start in range(0, len(order) - batch_size + 1, batch_size):
-            idx = order[start:start + batch_size]
+        for idx in random_batches(len(self.train_pairs), batch_size, generator):
             pi = self.pair_index[idx]
             if features is not None:
                 yield Batch((torch.cat([features[pi[:, 0]], features[pi[:, 1]]]),), labels, 2 * batch_size)

@@ -229,7 +229,7 @@ class Trainer:
             self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=max(steps, 1))
 
     def _steps_per_epoch(self) -> int:
-        return max(self.task.num_train // self.cfg.optim.batch_size, 0)
+        return self.task.steps_per_epoch(self.cfg.optim.batch_size)
 
     def _autocast(self):
         if self.amp_dtype is None:
