@@ -34,14 +34,28 @@ def fit_pca(embeddings: np.ndarray) -> PCAStats:
     if x.shape[0] < 2:
         raise ValueError("PCA needs at least 2 embeddings")
     mean = x.mean(axis=0)
-    _, s, vt = np.linalg.svd(x - mean, full_matrices=False)
-    var = s ** 2
+    var, vt = principal_axes(x - mean)
     total = var.sum()
     ratio = var / total if total > 0 else np.zeros_like(var)
     # Fix each axis' sign (largest |coordinate| positive) so that refits give identical projections.
     signs = np.sign(vt[np.arange(vt.shape[0]), np.abs(vt).argmax(axis=1)])
     signs[signs == 0] = 1.0
     return PCAStats(mean.astype(np.float32), (vt * signs[:, None]).astype(np.float32), ratio.astype(np.float64))
+
+
+def principal_axes(centered: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Return (variances, axes as rows), largest first, of centred data (N, D).
+
+    For N > D the D x D scatter matrix is eigendecomposed: O(N D^2) and far faster than an SVD of the
+    N x D data (seconds, not a minute, for 17k x 384 on two cores).
+    """
+    n, d = centered.shape
+    if n <= d:
+        _, s, vt = np.linalg.svd(centered, full_matrices=False)
+        return s ** 2, vt
+    evals, evecs = np.linalg.eigh(centered.T @ centered)
+    order = np.argsort(evals)[::-1]
+    return np.clip(evals[order], 0.0, None), evecs[:, order].T
 
 
 def effective_dim(explained_variance_ratio: np.ndarray, threshold: float = 0.99) -> int:

@@ -43,9 +43,9 @@ def _d_eff(x: np.ndarray, normalize: bool = True) -> int:
     """Return d_eff of ``x`` (normalised first unless ``normalize`` is False)."""
     if normalize:
         return M.effective_dim(M.fit_pca(x).explained_variance_ratio)
-    centered = x - x.mean(axis=0)
-    s = np.linalg.svd(centered.astype(np.float64), compute_uv=False)
-    return M.effective_dim(s ** 2)
+    x = x.astype(np.float64)
+    variances, _ = M.principal_axes(x - x.mean(axis=0))
+    return M.effective_dim(variances)
 
 
 class VisionTask:
