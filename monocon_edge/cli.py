@@ -51,7 +51,10 @@ def _root() -> None:
 def train(
     preset: str = typer.Option("default", help="default | cifar100 | cifar10 | snli | tiny-imagenet-100 | "
                                                "cifar10-subset | nli-pairs"),
-    head: Optional[str] = typer.Option(None, help="monotonic (MonoCon) | mlp (ablation) | none (baseline)"),
+    head: Optional[str] = typer.Option(None, help="monotonic (MonoCon) | mlp (ablation) | none (baseline); "
+                                                  "default monotonic, or mlp with --loss matryoshka"),
+    loss: Optional[str] = typer.Option(None, help="supcon | matryoshka (comparator: SupCon summed over nested "
+                                                  "prefixes 16/32/64/128/full; truncation = first d coords)"),
     encoder: Optional[str] = typer.Option(None, help="smallcnn | resnet18 | resnet34 | minilm"),
     width: Optional[int] = typer.Option(None, help="smallcnn base width w (embedding = 8w dims)"),
     weights: Optional[str] = typer.Option(None, help="vision: none | imagenet | FILE; text: default | FOLDER"),
@@ -83,13 +86,14 @@ def train(
     """Train MonoCon (or a baseline / std-MLP ablation); with no option, the embedded default on digits."""
 
     def go() -> None:
-        from .config import override, preset as get_preset
+        from .config import override, preset as get_preset, with_loss
         from .train import train as run_training
         from .report import TrainProgress, print_summary
 
         cfg = None
         if resume is None:
-            cfg = get_preset(preset, head or "monotonic")
+            # The Matryoshka comparator defaults to the std-MLP head: same shape and budget as MonoCon's.
+            cfg = with_loss(get_preset(preset, head or ("mlp" if loss == "matryoshka" else "monotonic")), loss)
             data_kind = None
             if data is not None:
                 data_kind = "npz" if data.endswith(".npz") else "pairs" if ".tsv" in data else None
