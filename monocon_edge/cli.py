@@ -112,6 +112,32 @@ def train(
     _run_guarded(go)
 
 
+@app.command()
+def analyze(
+    runs: list[Path] = typer.Argument(..., help="finished run directories to compare (one modality)"),
+    out: Optional[Path] = typer.Option(None, help="output directory (default: ./analysis-TIME)"),
+    tsne: bool = typer.Option(False, "--tsne", help="also a 2-D t-SNE of each run's held-out embeddings"),
+    device: str = typer.Option("cpu", help="where to recompute embeddings: cpu | cuda | auto"),
+) -> None:
+    """Compare runs side by side: tables, clustermaps, d_eff over training, Recall@k; writes index.html."""
+
+    def go() -> None:
+        from .analysis import analyze as run_analysis
+        from .report import print_analysis
+
+        def on_event(kind: str, info: dict[str, Any]) -> None:
+            if kind == "run":
+                console.print(f"[{info['index']}/{info['total']}] {info['label']}: embedding {info['run']}",
+                              highlight=False, markup=False)
+            elif kind == "warning":
+                err_console.print(f"warning: {info['message']}", highlight=False, markup=False)
+
+        result = run_analysis(runs, out, tsne=tsne, device=device, on_event=on_event)
+        print_analysis(console, result)
+
+    _run_guarded(go)
+
+
 def main() -> None:
     """Console-script entry point."""
     app(prog_name="monocon-edge")
