@@ -9,6 +9,7 @@ import io
 from dataclasses import dataclass
 from pathlib import Path
 
+import matplotlib
 import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
@@ -46,8 +47,10 @@ def clustermap_figure(corr_ordered: np.ndarray, linkage: np.ndarray, title: str)
     ax_top, ax_left = fig.add_subplot(gs[0, 1]), fig.add_subplot(gs[1, 0])
     ax, cax = fig.add_subplot(gs[1, 1]), fig.add_subplot(gs[1, 2])
     style = {"no_labels": True, "color_threshold": 0, "above_threshold_color": "0.25"}
-    dendrogram(linkage, ax=ax_top, orientation="top", **style)
-    dendrogram(linkage, ax=ax_left, orientation="left", **style)
+    # Hundreds of leaves: thin lines, or the dendrograms turn into solid blocks.
+    with matplotlib.rc_context({"lines.linewidth": 1.0 if d <= 64 else 0.4}):
+        dendrogram(linkage, ax=ax_top, orientation="top", **style)
+        dendrogram(linkage, ax=ax_left, orientation="left", **style)
     ax_top.set_xlim(0, 10 * d)
     ax_left.set_ylim(10 * d, 0)  # first leaf at the top, as the heatmap's first row
     for a in (ax_top, ax_left):
@@ -55,7 +58,9 @@ def clustermap_figure(corr_ordered: np.ndarray, linkage: np.ndarray, title: str)
         a.set_yticks([])
         for spine in a.spines.values():
             spine.set_visible(False)
-    im = ax.imshow(corr_ordered, cmap="RdBu_r", vmin=-1, vmax=1, interpolation="nearest", aspect="auto")
+    # Sharp cells while they are bigger than a pixel; smoothed beyond (also keeps the PNG small).
+    im = ax.imshow(corr_ordered, cmap="RdBu_r", vmin=-1, vmax=1, aspect="auto",
+                   interpolation="nearest" if d <= 128 else "antialiased")
     ax.set_xlabel(f"feature, in dendrogram order ({d} dims; rows likewise)")
     ax.set_yticks([])
     ax.tick_params(labelsize=8)

@@ -138,11 +138,18 @@ def _fails_cleanly(args: list[str], expected: str) -> None:
     assert result.exception is None or isinstance(result.exception, SystemExit)
 
 
-def test_cli_prints_tables(tiny_runs, tmp_path) -> None:
-    result = runner.invoke(app, ["analyze", str(tiny_runs["monotonic"]), "--out", str(tmp_path / "a")])
+def test_cli_prints_tables_and_replaces_an_earlier_analysis(tiny_runs, tmp_path) -> None:
+    out = tmp_path / "a"
+    out.mkdir()
+    # An earlier analysis of other runs: its figures go, anything else stays.
+    (out / "analysis.json").write_text(json.dumps({"figures": [{"file": "clustermap-01-old.png"}]}))
+    (out / "clustermap-01-old.png").write_bytes(b"old")
+    (out / "notes.txt").write_text("mine")
+    result = runner.invoke(app, ["analyze", str(tiny_runs["monotonic"]), "--out", str(out)])
     assert result.exit_code == 0, result.output
     assert "Compression" in result.output and "MonoCon" in result.output and "index.html" in result.output
-    assert (tmp_path / "a" / "index.html").is_file()
+    assert (out / "index.html").is_file() and (out / "notes.txt").is_file()
+    assert not (out / "clustermap-01-old.png").exists()
 
 
 def test_cli_bad_input(tiny_runs, tmp_path) -> None:

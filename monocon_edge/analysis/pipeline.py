@@ -13,6 +13,7 @@ Output directory::
 from __future__ import annotations
 
 import html
+import json
 import re
 import time
 from collections import Counter
@@ -22,8 +23,8 @@ from typing import Any, Callable
 
 from ..errors import MonoconError
 from ..io_utils import write_json_atomic, write_text_atomic
-from .compute import held_out_points, tsne_2d
-from .run_metrics import RunAnalysis, measure_run
+from .compute import held_out_points, method_label, tsne_2d
+from .run_metrics import CLUSTER_SAMPLE, RunAnalysis, measure_run
 from .runs import FinishedRun, embed_run, open_finished_run
 from .tables import Table, comparison_tables, to_html, to_markdown
 
@@ -79,21 +80,29 @@ def check_runs(paths: list[str | Path]) -> list[FinishedRun]:
 
 
 def prepare_out_dir(out: str | Path | None) -> Path:
-    """Return the output directory (created); a non-empty one must hold an earlier analysis."""
+    """Return the output directory (created); a non-empty one must hold an earlier analysis, whose figures
+    are removed (so that none of another set of runs lingers)."""
     path = Path(out) if out is not None else Path(f"analysis-{time.strftime('%Y%m%d-%H%M%S')}")
     if path.exists():
         if not path.is_dir():
             raise MonoconError(f"{path} exists and is not a directory")
-        if any(path.iterdir()) and not (path / "analysis.json").is_file():
+        earlier = path / "analysis.json"
+        if any(path.iterdir()) and not earlier.is_file():
             raise MonoconError(f"{path} is not empty and holds no earlier analysis: choose another --out")
+        if earlier.is_file():
+            try:
+                figures = [f["file"] for f in json.loads(earlier.read_text(encoding="utf-8")).get("figures", [])]
+            except (OSError, ValueError, TypeError, KeyError):
+                raise MonoconError(f"{earlier} is unreadable: choose another --out") from None
+            for name in figures:
+                if Path(name).name == name and name.endswith(".png"):  # only our own flat file names
+                    (path / name).unlink(missing_ok=True)
     path.mkdir(parents=True, exist_ok=True)
     return path
 
 
 def _labels(runs: list[FinishedRun]) -> list[str]:
     """Return a plot label per run: its method, with the run name where two runs share a method."""
-    from .compute import method_label
-
     methods = [method_label(r.cfg.model.head, r.cfg.optim.loss) for r in runs]
     counts = Counter(methods)
     return [m if counts[m] == 1 else f"{m} [{r.name}]" for m, r in zip(methods, runs)]
@@ -126,7 +135,7 @@ def analyze(paths: list[str | Path], out: str | Path | None = None, *, tsne: boo
             emit("warning", {"message": result.warnings[-1]})
         fig = plots.clustermap_figure(clustering.ordered(), clustering.linkage,
                                       f"{label}: feature correlation, normalised output\n"
-                                      f"({finished.name}, {min(len(emb.embeddings['train']), 1000)} train inputs)")
+                                      f"({finished.name}, {min(len(emb.embeddings['train']), CLUSTER_SAMPLE)} train inputs)")
         path = plots.save_png(fig, out_dir / f"clustermap-{analysis.slug}.png")
         result.figures.append(FigureFile(path, f"{label} ({finished.name}): feature-correlation clustermap"))
         if tsne:
