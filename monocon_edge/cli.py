@@ -51,7 +51,10 @@ def _root() -> None:
 def train(
     preset: str = typer.Option("default", help="default | cifar100 | cifar10 | snli | tiny-imagenet-100 | "
                                                "cifar10-subset | nli-pairs"),
-    head: Optional[str] = typer.Option(None, help="monotonic (MonoCon) | mlp (ablation) | none (baseline)"),
+    head: Optional[str] = typer.Option(None, help="monotonic (MonoCon) | mlp (ablation) | none (baseline); "
+                                                  "default monotonic, or mlp with --loss matryoshka"),
+    loss: Optional[str] = typer.Option(None, help="supcon | matryoshka (comparator: SupCon summed over nested "
+                                                  "prefixes 16/32/64/128/full; truncation = first d coords)"),
     encoder: Optional[str] = typer.Option(None, help="smallcnn | resnet18 | resnet34 | minilm"),
     width: Optional[int] = typer.Option(None, help="smallcnn base width w (embedding = 8w dims)"),
     weights: Optional[str] = typer.Option(None, help="vision: none | imagenet | FILE; text: default | FOLDER"),
@@ -84,13 +87,14 @@ def train(
     """Train MonoCon (or a baseline / std-MLP ablation); with no option, the embedded default on digits."""
 
     def go() -> None:
-        from .config import override, preset as get_preset
+        from .config import override, preset as get_preset, with_loss
         from .train import train as run_training
         from .report import TrainProgress, print_summary
 
         cfg = None
         if resume is None:
-            cfg = get_preset(preset, head or "monotonic")
+            # The Matryoshka comparator defaults to the std-MLP head: same shape and budget as MonoCon's.
+            cfg = with_loss(get_preset(preset, head or ("mlp" if loss == "matryoshka" else "monotonic")), loss)
             data_kind = None
             if data is not None:
                 data_kind = "npz" if data.endswith(".npz") else "pairs" if ".tsv" in data else None
@@ -106,6 +110,32 @@ def train(
         with TrainProgress(console) as progress:
             result = run_training(cfg, out, resume=resume, runs_root=runs_dir, on_event=progress.on_event)
         print_summary(console, result)
+
+    _run_guarded(go)
+
+
+@app.command()
+def analyze(
+    runs: list[Path] = typer.Argument(..., help="finished run directories to compare (one modality)"),
+    out: Optional[Path] = typer.Option(None, help="output directory (default: ./analysis-TIME)"),
+    tsne: bool = typer.Option(False, "--tsne", help="also a 2-D t-SNE of each run's held-out embeddings"),
+    device: str = typer.Option("cpu", help="where to recompute embeddings: cpu | cuda | auto"),
+) -> None:
+    """Compare runs side by side: tables, clustermaps, d_eff over training, Recall@k; writes index.html."""
+
+    def go() -> None:
+        from .analysis import analyze as run_analysis
+        from .report import print_analysis
+
+        def on_event(kind: str, info: dict[str, Any]) -> None:
+            if kind == "run":
+                console.print(f"[{info['index']}/{info['total']}] {info['label']}: embedding {info['run']}",
+                              highlight=False, markup=False)
+            elif kind == "warning":
+                err_console.print(f"warning: {info['message']}", highlight=False, markup=False)
+
+        result = run_analysis(runs, out, tsne=tsne, device=device, on_event=on_event)
+        print_analysis(console, result)
 
     _run_guarded(go)
 

@@ -10,6 +10,8 @@ from typing import Any
 from .errors import MonoconError
 
 HEADS = ("monotonic", "mlp", "none")
+# supcon: MonoCon and its ablations; matryoshka: SupCon summed over nested prefixes (the comparator).
+LOSSES = ("supcon", "matryoshka")
 VISION_ENCODERS = ("smallcnn", "resnet18", "resnet34")
 TEXT_ENCODERS = ("minilm",)
 DATA_KINDS = ("digits", "npz", "cifar10", "cifar100", "pairs", "hf-snli")
@@ -68,6 +70,7 @@ class OptimConfig:
     weight_decay: float = 1e-4
     grad_clip: float = 1.0
     temperature: float = 0.1
+    loss: str = "supcon"
     eval_every: int = 1
     patience: int = 5
     min_delta: float = 0.0
@@ -92,6 +95,12 @@ class RunConfig:
     # Start the encoder from an earlier run's best checkpoint (its encoder settings are copied).
     init_from: str | None = None
 
+    @property
+    def truncation(self) -> str:
+        """Return how this run's embeddings are compressed to d dims: ``prefix`` (first d coordinates,
+        re-normalised; Matryoshka runs) or ``pca`` (projection on the train PCA, then re-normalised)."""
+        return "prefix" if self.optim.loss == "matryoshka" else "pca"
+
     def to_dict(self) -> dict[str, Any]:
         """Return the config as plain JSON-able dicts."""
         return dataclasses.asdict(self)
@@ -113,6 +122,8 @@ class RunConfig:
         """Return self after checking that the choices are known and consistent; raise MonoconError if not."""
         if self.model.head not in HEADS:
             raise MonoconError(f"unknown head {self.model.head!r}: choose one of {', '.join(HEADS)}")
+        if self.optim.loss not in LOSSES:
+            raise MonoconError(f"unknown loss {self.optim.loss!r}: choose one of {', '.join(LOSSES)}")
         if self.modality not in ("vision", "text"):
             raise MonoconError(f"unknown modality {self.modality!r}: choose vision or text")
         encoders = VISION_ENCODERS if self.modality == "vision" else TEXT_ENCODERS
@@ -242,6 +253,14 @@ def preset(name: str, head: str = "monotonic") -> RunConfig:
                               patience=6, freeze_encoder=True),
         )
     raise MonoconError(f"unknown preset {name!r}: choose one of {', '.join(PRESETS)}")
+
+
+def with_loss(cfg: RunConfig, loss: str | None) -> RunConfig:
+    """Return ``cfg`` trained with ``loss`` (None: unchanged); a non-SupCon loss is added to the run name."""
+    if loss is None or loss == cfg.optim.loss:
+        return cfg
+    cfg = override(cfg, "optim", loss=loss)
+    return dataclasses.replace(cfg, name=f"{cfg.name}-{loss}")
 
 
 def override(cfg: RunConfig, section: str | None, **changes: Any) -> RunConfig:

@@ -75,6 +75,13 @@ def pca_project(embeddings: np.ndarray, pca: PCAStats, dims: int, renormalize: b
     return l2_normalize(z) if renormalize else z.astype(np.float32)
 
 
+def prefix_truncate(embeddings: np.ndarray, dims: int) -> np.ndarray:
+    """Return the first ``dims`` coordinates of the embeddings, re-normalised (Matryoshka truncation)."""
+    if not 1 <= dims <= embeddings.shape[1]:
+        raise ValueError(f"dims must be in 1..{embeddings.shape[1]}, got {dims}")
+    return l2_normalize(embeddings[:, :dims])
+
+
 def pca_reconstruction_rmse(embeddings: np.ndarray, pca: PCAStats, dims: int) -> float:
     """Return the RMS error (over all coordinates) of normalised ``embeddings`` rebuilt from ``dims`` PCA axes."""
     x = l2_normalize(embeddings)

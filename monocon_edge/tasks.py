@@ -126,20 +126,32 @@ class VisionTask:
             out[name] = np.concatenate(chunks)
         return out
 
-    def evaluate(self, emb: dict[str, np.ndarray], full: bool = True) -> tuple[dict[str, float], M.PCAStats]:
+    def _query_gallery(self, train: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Return (query, gallery) rows of the train-set embeddings ``train``."""
+        pos = {int(i): n for n, i in enumerate(self.splits.train)}
+        qi = np.array([pos[int(i)] for i in self.splits.query])
+        gi = np.array([pos[int(i)] for i in self.splits.gallery])
+        return train[qi], train[gi]
+
+    def recall_curve(self, emb: dict[str, np.ndarray], ks: tuple[int, ...]) -> dict[int, float]:
+        """Return {k: Recall@k} of query -> gallery retrieval (the protocol of ``evaluate``)."""
+        q, g = self._query_gallery(emb["train"])
+        labels = self.data.labels
+        return M.recall_at_k(q, labels[self.splits.query], g, labels[self.splits.gallery], ks=ks)
+
+    def evaluate(self, emb: dict[str, np.ndarray], full: bool = True,
+                 truncation: str = "pca") -> tuple[dict[str, float], M.PCAStats]:
         """Return the metrics of embeddings {"train", "val"} and the train PCA.
 
         5-NN and Recall@1/5 are query -> gallery on the un-augmented train set (the paper's protocol);
         ``val_knn5`` is held-out val -> whole train set (the early-stopping metric); d_eff and the
         PCA-truncated Recall@1 use a PCA fitted on the normalised train embeddings; the reconstruction
-        RMSE is measured on the held-out val embeddings.
+        RMSE is measured on the held-out val embeddings. ``truncation="prefix"`` (Matryoshka runs) adds
+        Recall@1 of the first d coordinates, re-normalised (``recall@1_prefix{d}``).
         """
         s, labels = self.splits, self.data.labels
-        pos = {int(i): n for n, i in enumerate(s.train)}
-        gi = np.array([pos[int(i)] for i in s.gallery])
-        qi = np.array([pos[int(i)] for i in s.query])
         train = emb["train"]
-        g, q = train[gi], train[qi]
+        q, g = self._query_gallery(train)
         out: dict[str, float] = {}
         out["knn5"] = M.knn_accuracy(q, labels[s.query], g, labels[s.gallery], k=5)
         rec = M.recall_at_k(q, labels[s.query], g, labels[s.gallery], ks=(1, 5))
@@ -153,6 +165,10 @@ class VisionTask:
                     out[f"recall@1_pca{d}"] = M.recall_at_k(
                         M.pca_project(q, pca, d), labels[s.query], M.pca_project(g, pca, d), labels[s.gallery], ks=(1,)
                     )[1]
+                    if truncation == "prefix":
+                        out[f"recall@1_prefix{d}"] = M.recall_at_k(
+                            M.prefix_truncate(q, d), labels[s.query], M.prefix_truncate(g, d), labels[s.gallery],
+                            ks=(1,))[1]
         return out, pca
 
 
@@ -226,8 +242,17 @@ class TextTask:
             "sts_a": run(self.sts.first), "sts_b": run(self.sts.second),
         }
 
-    def evaluate(self, emb: dict[str, np.ndarray], full: bool = True) -> tuple[dict[str, float], M.PCAStats]:
-        """Return STS Spearman of cosine, held-out pair Recall@1/5, d_eff, recon RMSE (on STS sentences)."""
+    def recall_curve(self, emb: dict[str, np.ndarray], ks: tuple[int, ...]) -> dict[int, float]:
+        """Return {k: Recall@k} of held-out pair retrieval (the protocol of ``evaluate``)."""
+        return M.pair_recall_at_k(emb["val_a"], emb["val_b"], ks=ks)
+
+    def evaluate(self, emb: dict[str, np.ndarray], full: bool = True,
+                 truncation: str = "pca") -> tuple[dict[str, float], M.PCAStats]:
+        """Return STS Spearman of cosine, held-out pair Recall@1/5, d_eff, recon RMSE (on STS sentences).
+
+        With ``full``, also the same after PCA truncation to 128/64/16 dims, and, for
+        ``truncation="prefix"`` (Matryoshka runs), after prefix truncation (``*_prefix{d}``).
+        """
         out: dict[str, float] = {}
         out["spearman"] = M.spearman(M.cosine_scores(emb["sts_a"], emb["sts_b"]), self.sts.scores)
         rec = M.pair_recall_at_k(emb["val_a"], emb["val_b"], ks=(1, 5))
@@ -242,6 +267,11 @@ class TextTask:
                     out[f"spearman_pca{d}"] = M.spearman(M.cosine_scores(a, b), self.sts.scores)
                     out[f"recall@1_pca{d}"] = M.pair_recall_at_k(
                         M.pca_project(emb["val_a"], pca, d), M.pca_project(emb["val_b"], pca, d), ks=(1,))[1]
+                    if truncation == "prefix":
+                        a, b = M.prefix_truncate(emb["sts_a"], d), M.prefix_truncate(emb["sts_b"], d)
+                        out[f"spearman_prefix{d}"] = M.spearman(M.cosine_scores(a, b), self.sts.scores)
+                        out[f"recall@1_prefix{d}"] = M.pair_recall_at_k(
+                            M.prefix_truncate(emb["val_a"], d), M.prefix_truncate(emb["val_b"], d), ks=(1,))[1]
         return out, pca
 
 

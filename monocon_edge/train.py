@@ -19,7 +19,7 @@ from torch import nn
 
 from .config import RunConfig
 from .errors import MonoconError
-from .losses import SupConLoss
+from .losses import build_loss
 from .models.monocon import MonoConModel, build_model, load_encoder_state
 from .run_dir import RunDir
 from .tasks import TextTask, VisionTask, effective_dims_of
@@ -154,7 +154,7 @@ class Trainer:
                  on_event: EventFn | None = None) -> None:
         self.cfg, self.run, self.model, self.task, self.device = cfg, run, model, task, device
         self.emit = on_event or (lambda kind, info: None)
-        self.loss_fn = SupConLoss(cfg.optim.temperature)
+        self.loss_fn = build_loss(cfg.optim.loss, cfg.optim.temperature)
         self.phases = plan_phases(cfg)
         self.history: list[dict[str, Any]] = []
         self.best = -float("inf")
@@ -260,7 +260,7 @@ class Trainer:
         """Return (metrics, train PCA) of the current model on the task's evaluation sets."""
         feats = self.encoder_features()
         emb = {k: self._head(v) for k, v in feats.items()}
-        metrics, pca = self.task.evaluate(emb, full=full)
+        metrics, pca = self.task.evaluate(emb, full=full, truncation=self.cfg.truncation)
         metrics.update(effective_dims_of(feats["train"], emb["train"]))
         return metrics, pca
 
@@ -361,6 +361,7 @@ class Trainer:
         summary = {
             "run": str(self.run.path), "name": self.cfg.name, "preset": self.cfg.preset,
             "modality": self.cfg.modality, "head": self.cfg.model.head, "encoder": self.cfg.model.encoder,
+            "loss": self.cfg.optim.loss, "truncation": self.cfg.truncation,
             "d_enc": self.model.d_enc, "best_epoch": self.best_epoch, "epochs_run": self.epoch,
             "stopped_early": self.stopped_early, "validation_metric": self.task.validation_metric,
             "input": self.task.input_spec(), "final": final,
