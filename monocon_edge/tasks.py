@@ -223,8 +223,21 @@ class TextTask:
                 tok = self.tokenize(texts)
                 yield Batch((tok["input_ids"], tok["attention_mask"]), labels, 2 * batch_size)
 
-    def encode(self, encode_fn: Callable[..., torch.Tensor], batch_size: int = 256) -> dict[str, np.ndarray]:
-        """Return encoder features of the train sentences, held-out pairs and STS pairs."""
+    def encode(self, encode_fn: Callable[..., torch.Tensor], batch_size: int = 256,
+               encoder_fingerprint: str | None = None) -> dict[str, np.ndarray]:
+        """Return encoder features of the train sentences, held-out pairs and STS pairs.
+
+        With ``encoder_fingerprint`` (see feature_cache.fingerprint) the features are read from / written to
+        the disk cache.
+        """
+        if encoder_fingerprint is not None:
+            from .feature_cache import key_for, load_or_compute
+
+            key = key_for(encoder_fingerprint, str(self.cfg.data.max_seq_len), self.sentences,
+                          [a for a, _ in self.val_pairs], [b for _, b in self.val_pairs],
+                          self.sts.first, self.sts.second)
+            return load_or_compute(key, lambda: self.encode(encode_fn, batch_size))
+
         def run(texts: list[str]) -> np.ndarray:
             # Sorting by length keeps padding (and time) small; the order is restored afterwards.
             order = np.argsort([len(t) for t in texts], kind="stable")

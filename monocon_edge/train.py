@@ -246,7 +246,12 @@ class Trainer:
         """Return encoder features of the evaluation sets (computed once while the encoder does not change)."""
         if self._features is None:
             self.model.eval()
-            self._features = self.task.encode(self._encode_fn)
+            if self.cfg.modality == "text":
+                from .feature_cache import fingerprint
+
+                self._features = self.task.encode(self._encode_fn, encoder_fingerprint=fingerprint(self.model.encoder))
+            else:
+                self._features = self.task.encode(self._encode_fn)
         return self._features
 
     @torch.no_grad()

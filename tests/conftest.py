@@ -11,6 +11,12 @@ from monocon_edge.config import shared_data_root
 REQUIRE_SHARED = os.environ.get("MONOCON_REQUIRE_SHARED_DATA") == "1"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _private_feature_cache(tmp_path_factory) -> None:
+    """Keep the tests' encoder-feature cache out of the user's ~/.cache."""
+    os.environ["MONOCON_CACHE_DIR"] = str(tmp_path_factory.mktemp("feature-cache"))
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """Return ../shared/data; skip (or fail, when MONOCON_REQUIRE_SHARED_DATA=1) where it is absent."""

@@ -84,5 +84,10 @@ def embed_run(finished: FinishedRun, device: str = "cpu", batch: int = 4096) -> 
                  for s in range(0, len(x), batch)]
         return np.concatenate(parts) if parts else x
 
-    features = task.encode(encode)
+    if cfg.modality == "text":
+        from ..feature_cache import fingerprint
+
+        features = task.encode(encode, encoder_fingerprint=fingerprint(model.encoder))
+    else:
+        features = task.encode(encode)
     return RunEmbeddings(task, features, {k: head(v) for k, v in features.items()})
