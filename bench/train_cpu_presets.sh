@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Train every CPU preset on ../shared/data: baseline (head none), MonoCon (monotonic), std-MLP (mlp).
+# Train every CPU preset on ../shared/data: baseline (head none), MonoCon (monotonic), std-MLP (mlp) and the
+# Matryoshka comparator (std-MLP head trained with SupCon summed over nested prefixes).
 # Vision baselines train the encoder from scratch; the head runs start from the baseline's encoder.
 # Usage: bash bench/train_cpu_presets.sh [RUNS_DIR]   (default: runs/cpu-presets)
 set -euo pipefail
@@ -19,7 +20,9 @@ for preset in tiny-imagenet-100 cifar10-subset; do
   for head in monotonic mlp; do
     train "$preset-$head" --preset "$preset" --head "$head" --init-from "$runs/$preset-none"
   done
+  train "$preset-matryoshka" --preset "$preset" --loss matryoshka --init-from "$runs/$preset-none"
 done
 for head in none monotonic mlp; do
   train "nli-pairs-$head" --preset nli-pairs --head "$head"
 done
+train "nli-pairs-matryoshka" --preset nli-pairs --loss matryoshka
