@@ -57,6 +57,7 @@ def train(
                                                   "prefixes 16/32/64/128/full; truncation = first d coords)"),
     encoder: Optional[str] = typer.Option(None, help="smallcnn | resnet18 | resnet34 | minilm"),
     width: Optional[int] = typer.Option(None, help="smallcnn base width w (embedding = 8w dims)"),
+    head_init: Optional[str] = typer.Option(None, help="default (PyTorch's) | identity (head starts as identity)"),
     weights: Optional[str] = typer.Option(None, help="vision: none | imagenet | FILE; text: default | FOLDER"),
     init_from: Optional[Path] = typer.Option(None, help="start the encoder from this run's best checkpoint"),
     data: Optional[str] = typer.Option(None, help="data file: .npz images, or pair .tsv files (comma-separated)"),
@@ -101,7 +102,7 @@ def train(
             cfg = override(cfg, "data", path=data or data_dir, kind=data_kind, val_path=val_data,
                            download=download or None, augment=augment, max_train=max_train,
                            m_per_class=m_per_class)
-            cfg = override(cfg, "model", encoder=encoder, width=width, weights=weights)
+            cfg = override(cfg, "model", encoder=encoder, width=width, weights=weights, head_init=head_init)
             cfg = override(cfg, "optim", epochs=epochs, warmup_epochs=warmup_epochs, batch_size=batch_size,
                            lr_encoder=lr_encoder, lr_head=lr_head, lr_warmup=lr_warmup, temperature=temperature,
                            eval_every=eval_every, patience=patience, freeze_encoder=freeze_encoder, seed=seed,

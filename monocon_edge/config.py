@@ -55,6 +55,8 @@ class ModelConfig:
     head_hidden_mult: int = 2
     head_depth: int = 1
     negative_slope: float = 0.01
+    # default (PyTorch's, as in the paper's code) | identity (start as the identity map; see heads.py)
+    head_init: str = "default"
 
 
 @dataclass(frozen=True)
@@ -150,6 +152,8 @@ class RunConfig:
             raise MonoconError("split fractions must lie strictly between 0 and 1")
         if self.model.embed_dim is not None and self.model.embed_dim < 1:
             raise MonoconError("the embedding width must be >= 1")
+        if self.model.head_init not in ("default", "identity"):
+            raise MonoconError(f"unknown head init {self.model.head_init!r}: choose default or identity")
         if self.model.width < 1 or self.model.head_depth < 1 or self.model.head_hidden_mult < 1:
             raise MonoconError("width, head depth and head width multiplier must be >= 1")
         return self

@@ -49,3 +49,16 @@ def test_mlp_ablation_is_not_monotone() -> None:
             raised[:, coord] += 1.0
             found |= bool((head(raised) < head(x) - 1e-6).any())
     assert found
+
+
+def test_identity_init_starts_as_the_identity_and_stays_monotone() -> None:
+    torch.manual_seed(0)
+    for kind in ("monotonic", "mlp"):
+        head = build_head(kind, 16, init="identity")
+        x = torch.rand(32, 16) * 4 - 2  # inside the shifted range (-3, inf)
+        with torch.no_grad():
+            assert torch.allclose(head(x), x, atol=0.2)
+            assert torch.corrcoef(torch.stack([head(x).flatten(), x.flatten()]))[0, 1] > 0.99
+    mono = build_head("monotonic", 16, init="identity")
+    assert all((w >= 0).all() for w in mono.effective_weights())
+    assert all((l.weight != 0).all() for l in mono.layers)  # no squared weight stuck at a zero gradient

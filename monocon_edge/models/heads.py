@@ -45,6 +45,26 @@ class MLPHead(nn.Module):
                 x = F.leaky_relu(x, self.negative_slope)
         return x
 
+    @torch.no_grad()
+    def init_near_identity(self, shift: float = 3.0, noise: float = 0.01) -> None:
+        """Start the head as the identity map on inputs above ``-shift`` (the MonoCon head otherwise starts
+        collapsed: with all-positive weights every output is dominated by the same sum of the inputs).
+
+        Each layer's (effective) weight is the identity on its leading square block plus small noise — never
+        exactly 0, where a squared weight's gradient 2w would vanish for good; the first layer's bias adds
+        ``shift`` so that LeakyReLU passes x + shift unchanged, and the last layer's bias removes it.
+        """
+        # Off-diagonal effective weights of the same size for both heads: w**2 <= noise**2 when squared.
+        spread = noise if self.monotonic else noise ** 2
+        for i, layer in enumerate(self.layers):
+            layer.weight.uniform_(-spread, spread)
+            n = min(layer.weight.shape)
+            layer.weight[torch.arange(n), torch.arange(n)] = 1.0
+            layer.bias.zero_()
+            if i == 0:
+                layer.bias.fill_(shift)
+        self.layers[-1].bias.fill_(-shift)
+
     def effective_weights(self) -> list[torch.Tensor]:
         """Return the weights applied in the forward pass (squared for the monotonic head), layer by layer."""
         return [l.effective_weight() if isinstance(l, SquaredLinear) else l.weight for l in self.layers]
@@ -61,11 +81,23 @@ class IdentityHead(nn.Module):
         return x
 
 
+HEAD_INITS = ("default", "identity")
+
+
 def build_head(kind: str, d_enc: int, hidden_mult: int = 2, depth: int = 1,
-               negative_slope: float = 0.01) -> nn.Module:
-    """Return the head named ``kind`` (monotonic | mlp | none) mapping d_enc -> d_enc."""
+               negative_slope: float = 0.01, init: str = "default") -> nn.Module:
+    """Return the head named ``kind`` (monotonic | mlp | none) mapping d_enc -> d_enc.
+
+    ``init``: ``default`` (PyTorch's nn.Linear initialisation, as in the paper's code) or ``identity``
+    (see MLPHead.init_near_identity).
+    """
     if kind == "none":
         return IdentityHead(d_enc)
     if kind in ("monotonic", "mlp"):
-        return MLPHead(d_enc, hidden_mult * d_enc, d_enc, depth, negative_slope, monotonic=kind == "monotonic")
+        head = MLPHead(d_enc, hidden_mult * d_enc, d_enc, depth, negative_slope, monotonic=kind == "monotonic")
+        if init == "identity":
+            head.init_near_identity()
+        elif init != "default":
+            raise ValueError(f"unknown head init {init!r}")
+        return head
     raise ValueError(f"unknown head {kind!r}")
