@@ -20,8 +20,7 @@ from . import __version__
 from . import codes as embedding_codes
 from .artifact import FORMAT_NAME, FORMAT_VERSION, FP32_FILE, INT8_FILE, MANIFEST, OUTPUT_NAME, file_checksums
 from .errors import MonoconError
-from .gates import GateThresholds, check_int8, check_parity, code_figures, compare_figures, embed_batches
-from .gates import parity_figures
+from .gates import GateThresholds, embed_batches, measure_and_check
 from .io_utils import write_json_atomic
 
 FORMATS = ("onnx", "sentence-transformers")
@@ -148,23 +147,10 @@ def _build(loaded: Any, dims: int, opts: ExportOptions, tmp: Path, emit: EventFn
         gate_in = text_gate_inputs(loaded.task, opts.seed, lambda texts: tokenize(tokenizer, texts),
                                    opts.parity_samples, opts.code_samples)
 
-    emit("stage", {"name": f"parity gate ({gate_in.parity_source})"})
-    fp32 = _session(ort, tmp / FP32_FILE)
-    run_fp32 = _runner(fp32)
-    reference = _torch_embed(folded, gate_in.parity)
-    parity = parity_figures(reference, embed_batches(run_fp32, gate_in.parity), _batch_size(gate_in.parity))
-    parity["source"] = gate_in.parity_source
-    check_parity(parity, thr)
-    gates: dict[str, Any] = {"thresholds": thr.to_dict(), "fp32_parity": parity}
-
-    emit("stage", {"name": "int8 embedding codes"})
-    fp32_ret = gate_in.retrieval.embed(run_fp32)
-    scales = embedding_codes.calibrate_scales(embed_batches(run_fp32, gate_in.code_calibration))
-    codes_fig = code_figures(fp32_ret, scales, gate_in.retrieval)
-    check_int8(codes_fig, thr, "int8 embedding codes")
-    gates["int8_codes"] = codes_fig
+    fp32 = _runner(_session(ort, tmp / FP32_FILE))
+    scales = embedding_codes.calibrate_scales(embed_batches(fp32, gate_in.code_calibration))
     models: dict[str, Any] = {"fp32": {"file": FP32_FILE, "precision": "fp32", "opset": OPSET}}
-
+    int8 = None
     if opts.int8:
         emit("stage", {"name": "int8 quantization"})
         from .quantize import quantize_dynamic_int8, quantize_static_qdq, stamp_metadata
@@ -176,11 +162,14 @@ def _build(loaded: Any, dims: int, opts: ExportOptions, tmp: Path, emit: EventFn
             scheme = quantize_dynamic_int8(tmp / FP32_FILE, int8_path)
         stamp_metadata(int8_path, _metadata(facts, "int8"))
         check_graph(int8_path)
-        int8_fig = compare_figures(fp32_ret, gate_in.retrieval.embed(_runner(_session(ort, int8_path))),
-                                   gate_in.retrieval)
-        check_int8(int8_fig, thr, "int8 model")
-        gates["int8_model"] = int8_fig
+        int8 = _runner(_session(ort, int8_path))
         models["int8"] = {"file": INT8_FILE, "precision": "int8", "opset": OPSET, "quantization": scheme}
+
+    emit("stage", {"name": f"gates ({gate_in.parity_source})"})
+    gates: dict[str, Any] = {"thresholds": thr.to_dict()}
+    gates.update(measure_and_check(fp32, gate_in.parity, gate_in.retrieval, scales, thr,
+                                   reference=_torch_runner(folded), int8=int8))
+    gates["fp32_parity"]["source"] = gate_in.parity_source
 
     if cfg.modality == "text":
         _copy_tokenizer(Path(loaded.model.encoder.source_path), tmp)
@@ -235,16 +224,15 @@ def _runner(session: Any) -> Callable[[dict[str, np.ndarray]], np.ndarray]:
     return lambda feeds: session.run([OUTPUT_NAME], feeds)[0]
 
 
-def _batch_size(batches: list[dict[str, np.ndarray]]) -> int:
-    return int(next(iter(batches[0].values())).shape[0])
-
-
-def _torch_embed(folded: Any, batches: list[dict[str, np.ndarray]]) -> np.ndarray:
+def _torch_runner(folded: Any) -> Callable[[dict[str, np.ndarray]], np.ndarray]:
+    """Return a feed → output function running the folded PyTorch module (inputs in the graph's order)."""
     import torch
 
-    with torch.no_grad():
-        outs = [folded(*(torch.from_numpy(b[k]) for k in b)).numpy() for b in batches]
-    return np.concatenate(outs).astype(np.float32)
+    def run(feeds: dict[str, np.ndarray]) -> np.ndarray:
+        with torch.no_grad():
+            return folded(*(torch.from_numpy(feeds[k]) for k in feeds)).numpy()
+
+    return run
 
 
 def _input_spec(loaded: Any) -> dict[str, Any]:

@@ -108,3 +108,25 @@ def check_int8(fig: dict, thr: GateThresholds, what: str) -> None:
         raise GateError(f"{what}: Recall@1 drops {fig['recall_drop_points']:.2f} points "
                         f"({100 * fig['recall@1_fp32']:.2f} -> {100 * fig['recall@1']:.2f} on {fig['queries']} "
                         f"queries) > {thr.int8_max_recall_drop_points:g} (--int8-max-recall-drop)")
+
+
+def measure_and_check(fp32: EmbedFn, parity_batches: Sequence[Batch], retrieval: Retrieval, scales: np.ndarray,
+                      thr: GateThresholds, reference: EmbedFn | None = None, int8: EmbedFn | None = None) -> dict:
+    """Return the gate figures {fp32_parity?, int8_codes, int8_model?}; raise GateError at the first miss.
+
+    ``reference`` (the PyTorch folded module) enables the parity gate; ``int8`` the int8-graph gate. The
+    int8 codes gate always runs, with ``scales``.
+    """
+    figures: dict = {}
+    if reference is not None:
+        size = int(next(iter(parity_batches[0].values())).shape[0])
+        parity = parity_figures(embed_batches(reference, parity_batches), embed_batches(fp32, parity_batches), size)
+        figures["fp32_parity"] = parity
+        check_parity(parity, thr)
+    fp32_ret = retrieval.embed(fp32)
+    figures["int8_codes"] = code_figures(fp32_ret, scales, retrieval)
+    check_int8(figures["int8_codes"], thr, "int8 embedding codes")
+    if int8 is not None:
+        figures["int8_model"] = compare_figures(fp32_ret, retrieval.embed(int8), retrieval)
+        check_int8(figures["int8_model"], thr, "int8 model")
+    return figures
