@@ -63,14 +63,15 @@ def _quiet() -> Iterator[None]:
 
 
 def _preprocess(src: Path, dst: Path) -> None:
-    """Run onnxruntime's quant pre-processing (shape inference + graph optimisation) from ``src`` to ``dst``."""
+    """Run onnxruntime's quant pre-processing (ONNX shape inference + graph optimisation) from ``src`` to ``dst``.
+
+    Symbolic shape inference is skipped: ONNX shape inference covers these graphs, and on the exported
+    transformer the symbolic pass is incomplete and, before failing, dumps sym_shape_infer_temp.onnx
+    (+ ~90 MB of external data) into the current directory.
+    """
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    try:
-        quant_pre_process(str(src), str(dst), skip_symbolic_shape=False)
-    except Exception:
-        # Symbolic shape inference does not know every op; ONNX shape inference + optimisation still help.
-        quant_pre_process(str(src), str(dst), skip_symbolic_shape=True)
+    quant_pre_process(str(src), str(dst), skip_symbolic_shape=True)
 
 
 def quantize_static_qdq(fp32: Path, out: Path, calibration: list[dict[str, np.ndarray]]) -> dict:

@@ -37,13 +37,15 @@ def test_tiny_imagenet_export_parity_and_int8(shared_data: Path, tmp_path: Path)
     assert result.manifest["models"]["int8"]["quantization"]["format"] == "QDQ"
 
 
-def test_text_export_runtime_and_sentence_transformers(shared_data: Path, tmp_path: Path) -> None:
+def test_text_export_runtime_and_sentence_transformers(shared_data: Path, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)  # quantization tools must not drop files into the working directory
     cfg = override(preset("nli-pairs", "none"), "data", path=str(shared_data / NLI_PAIRS[2]), max_train=90,  # >= 128 unique train sentences: tasks.py asks the PCA for 128 dims
                    val_path=small_sts(shared_data, tmp_path, rows=20))
     run = train(cfg, tmp_path / "run").run_dir
     out = tmp_path / "art"
     result = export_run(run, ExportOptions(dims=64, int8=True, out=out, formats=("onnx", "sentence-transformers"),
                                            thresholds=LOOSE_DROP))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["art", "run", "stsb_small.tsv"]
     manifest = json.loads((out / MANIFEST).read_text())
     assert manifest["gates"]["fp32_parity"]["max_abs_diff"] <= 1e-5
     assert manifest["gates"]["int8_model"]["mean_cosine"] >= 0.99
