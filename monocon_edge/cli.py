@@ -141,6 +141,71 @@ def analyze(
     _run_guarded(go)
 
 
+@app.command("export")
+def export_cmd(
+    run_dir: Path = typer.Argument(..., help="a finished run directory (config.json, best.pt, pca.npz, ...)"),
+    dims: str = typer.Option("deff", help="output dims: 1..d_enc, or deff (the run's d_eff)"),
+    int8: bool = typer.Option(False, "--int8", help="also write model.int8.onnx (static QDQ for CNNs, dynamic for "
+                                                     "transformers), gated against fp32"),
+    out: Optional[Path] = typer.Option(None, help="artifact directory to create (default: RUN_DIR/export-dN[-int8]); "
+                                                  "never overwritten"),
+    fmt: list[str] = typer.Option(["onnx"], "--format", help="onnx (always) | sentence-transformers (text runs)"),
+    parity_atol: float = typer.Option(1e-5, help="gate: max |fp32 ONNX - PyTorch| over real inputs"),
+    int8_min_cosine: float = typer.Option(0.99, help="gate: mean cosine of int8 (graph or codes) to fp32"),
+    int8_max_recall_drop: float = typer.Option(1.0, help="gate: Recall@1 drop of int8 vs fp32, in points"),
+    parity_samples: int = typer.Option(256, help="real inputs for the parity gate"),
+    calibration_samples: int = typer.Option(256, help="training images for static int8 calibration"),
+) -> None:
+    """Fold a run (W², normalise, PCA to N dims) into one ONNX graph, gate it, and write an artifact directory."""
+
+    def go() -> None:
+        from .exporter import ExportOptions, export_run
+        from .gates import GateThresholds
+        from .report import print_export
+
+        formats = tuple(dict.fromkeys(["onnx", *fmt]))
+        opts = ExportOptions(dims=dims, int8=int8, out=out, formats=formats,
+                             thresholds=GateThresholds(parity_atol, int8_min_cosine, int8_max_recall_drop),
+                             parity_samples=parity_samples, calibration_samples=calibration_samples)
+        with console.status("exporting") as status:
+            result = export_run(run_dir, opts, on_event=lambda kind, info: status.update(info.get("name", kind)))
+        print_export(console, result.path, result.manifest)
+
+    _run_guarded(go)
+
+
+@app.command()
+def verify(
+    artifact: Path = typer.Argument(..., help="an artifact directory written by monocon-edge export"),
+    data: Optional[str] = typer.Option(None, help="re-measure on this data: .npz images+labels, or a pair .tsv"),
+    run: Optional[Path] = typer.Option(None, help="the source run (default: the path in the manifest, if present)"),
+    parity_atol: Optional[float] = typer.Option(None, help="override the recorded parity tolerance"),
+    int8_min_cosine: Optional[float] = typer.Option(None, help="override the recorded int8 cosine threshold"),
+    int8_max_recall_drop: Optional[float] = typer.Option(None, help="override the recorded Recall@1 drop (points)"),
+) -> None:
+    """Re-check an artifact: checksums, format version, a run of each graph, and its gates where data allows."""
+
+    def go() -> None:
+        import dataclasses
+
+        from .artifact import read_manifest
+        from .gates import GateThresholds
+        from .report import print_verify
+        from .verify import verify_artifact
+
+        thresholds = None
+        given = {"parity_atol": parity_atol, "int8_min_cosine": int8_min_cosine,
+                 "int8_max_recall_drop_points": int8_max_recall_drop}
+        if any(v is not None for v in given.values()):
+            recorded = GateThresholds(**read_manifest(artifact)["gates"]["thresholds"])
+            thresholds = dataclasses.replace(recorded, **{k: v for k, v in given.items() if v is not None})
+        with console.status("verifying"):
+            report = verify_artifact(artifact, data=data, run=run, thresholds=thresholds)
+        print_verify(console, report)
+
+    _run_guarded(go)
+
+
 def main() -> None:
     """Console-script entry point."""
     app(prog_name="monocon-edge")

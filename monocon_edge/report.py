@@ -97,3 +97,50 @@ def print_analysis(console: Console, result: Any) -> None:
             table.add_row(*row)
         console.print(table)
     console.print(f"{len(result.files)} files written; open [bold]{result.out_dir / 'index.html'}[/]")
+
+
+def _gate_rows(table: Table, name: str, fig: dict[str, Any]) -> None:
+    if "max_abs_diff" in fig:
+        table.add_row(name, f"max |diff| {fig['max_abs_diff']:.2e} over {fig['samples']} inputs "
+                            f"(batch {fig['batch_size']}), finite: {fig['finite_reference'] and fig['finite_onnx']}")
+    else:
+        table.add_row(name, f"mean cos {fig['mean_cosine']:.4f}, Recall@1 {100 * fig['recall@1_fp32']:.2f} -> "
+                            f"{100 * fig['recall@1']:.2f} ({fig['recall_drop_points']:+.2f} pts drop, "
+                            f"{fig['queries']} queries)")
+
+
+def print_export(console: Console, path: Any, manifest: dict[str, Any]) -> None:
+    """Print the exported artifact's gate figures, files and location."""
+    out = manifest["output"]
+    table = Table(title=f"export: {manifest['modality']} {manifest['encoder']}, head {manifest['head']}, "
+                        f"{out['dims']} dims (d_eff {out['d_eff']}, d_enc {out['d_enc']})")
+    table.add_column("gate")
+    table.add_column("measured (all passed)")
+    labels = {"fp32_parity": "fp32 ONNX vs PyTorch", "int8_codes": "int8 codes vs fp32", "int8_model": "int8 graph vs fp32"}
+    for key, label in labels.items():
+        if key in manifest["gates"]:
+            _gate_rows(table, label, manifest["gates"][key])
+    console.print(table)
+    for name in manifest["files"]:
+        if name.endswith(".onnx"):
+            console.print(f"  {name}")
+    console.print(f"artifact: [bold]{path}[/]")
+
+
+def print_verify(console: Console, report: Any) -> None:
+    """Print what verify checked and measured."""
+    table = Table(title=f"verify {report.path}")
+    table.add_column("check")
+    table.add_column("result")
+    table.add_row("checksums", f"{len(report.manifest['files'])} files match the manifest")
+    for precision, fig in report.smoke.items():
+        table.add_row(f"{precision} graph runs", f"({fig['batch']}, {fig['dims']}) normalised, "
+                                                f"max norm error {fig['max_norm_error']:.1e}")
+    labels = {"fp32_parity": "fp32 ONNX vs PyTorch", "int8_codes": "int8 codes vs fp32", "int8_model": "int8 graph vs fp32"}
+    for source, figures in report.gates.items():
+        for key, fig in figures.items():
+            _gate_rows(table, f"{labels.get(key, key)} ({source})", fig)
+    console.print(table)
+    for line in report.skipped:
+        console.print(f"skipped: {line}")
+    console.print("[bold green]verified[/]")

@@ -1,0 +1,309 @@
+"""``monocon-edge export``: run directory → gated artifact directory (fold, ONNX, int8, codes, manifest).
+
+Everything is built in a temporary directory next to the target and renamed onto it at the very end, so a
+failed gate (or any error) leaves nothing behind, and an existing target is never touched.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from . import __version__
+from . import codes as embedding_codes
+from .artifact import FORMAT_NAME, FORMAT_VERSION, FP32_FILE, INT8_FILE, MANIFEST, OUTPUT_NAME, file_checksums
+from .errors import MonoconError
+from .gates import GateThresholds, embed_batches, measure_and_check
+from .io_utils import write_json_atomic
+
+FORMATS = ("onnx", "sentence-transformers")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json")
+EventFn = Callable[[str, dict[str, Any]], None]
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    """What to export and the gates it must pass."""
+
+    dims: int | str = "deff"  # an int in 1..d_enc, or "deff" for the run's d_eff
+    int8: bool = False
+    out: Path | None = None  # default: RUN_DIR/export-d{dims}[-int8]
+    formats: tuple[str, ...] = ("onnx",)
+    thresholds: GateThresholds = field(default_factory=GateThresholds)
+    parity_samples: int = 256
+    calibration_samples: int = 256
+    code_samples: int = 1024
+    seed: int = 0
+
+
+@dataclass
+class ExportResult:
+    """The artifact that was written and its manifest."""
+
+    path: Path
+    manifest: dict[str, Any]
+
+
+def resolve_dims(dims: int | str, d_eff: int) -> int:
+    """Return the output dims for ``dims`` ("deff" → the run's d_eff, digits → int); range is checked at fold."""
+    if isinstance(dims, str):
+        text = dims.strip().lower()
+        if text in ("deff", "d_eff"):
+            return max(int(d_eff), 1)
+        try:
+            return int(text)
+        except ValueError:
+            raise MonoconError(f"--dims must be an integer or 'deff', got {dims!r}") from None
+    return int(dims)
+
+
+def _default_out(run_path: Path, dims: int, int8: bool) -> Path:
+    return run_path / f"export-d{dims}{'-int8' if int8 else ''}"
+
+
+def _check_out(out: Path) -> None:
+    if out.exists() or out.is_symlink():
+        raise MonoconError(f"{out} already exists: choose another --out (an artifact is never overwritten)")
+    if not out.parent.is_dir():
+        raise MonoconError(f"the folder for --out does not exist: {out.parent}")
+
+
+def _check_options(opts: ExportOptions, modality: str) -> None:
+    unknown = [f for f in opts.formats if f not in FORMATS]
+    if unknown:
+        raise MonoconError(f"unknown format {unknown[0]!r}: choose {', '.join(FORMATS)}")
+    if "sentence-transformers" in opts.formats and modality != "text":
+        raise MonoconError("--format sentence-transformers is for text runs only")
+    t = opts.thresholds
+    if not t.parity_atol > 0 or not -1 <= t.int8_min_cosine <= 1 or not t.int8_max_recall_drop_points >= 0:
+        raise MonoconError("gate thresholds: --parity-atol > 0, --int8-min-cosine in [-1, 1], "
+                           "--int8-max-recall-drop >= 0")
+    if min(opts.parity_samples, opts.calibration_samples, opts.code_samples) < 1:
+        raise MonoconError("sample counts must be >= 1")
+
+
+def export_run(run_dir: str | Path, opts: ExportOptions, on_event: EventFn | None = None) -> ExportResult:
+    """Export the run at ``run_dir`` as an artifact directory; return where it went and its manifest.
+
+    Raises MonoconError for bad input and GateError when a measured figure misses its threshold; in both
+    cases no artifact directory is left behind.
+    """
+    from .export_data import load_run
+    from .fold import check_dims
+
+    emit = on_event or (lambda kind, info: None)
+    loaded = load_run(run_dir)
+    _check_options(opts, loaded.cfg.modality)
+    dims = check_dims(resolve_dims(opts.dims, loaded.d_eff), loaded.pca, loaded.model.d_enc)
+    out = Path(opts.out) if opts.out is not None else _default_out(loaded.run.path, dims, opts.int8)
+    _check_out(out)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        manifest = _build(loaded, dims, opts, tmp, emit)
+        if out.exists():
+            raise MonoconError(f"{out} appeared while exporting: nothing was overwritten")
+        _make_readable(tmp)
+        os.rename(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return ExportResult(out, manifest)
+
+
+def _build(loaded: Any, dims: int, opts: ExportOptions, tmp: Path, emit: EventFn) -> dict[str, Any]:
+    """Write every artifact file into ``tmp`` and return the manifest (written last)."""
+    import onnxruntime as ort
+
+    from .export_data import text_gate_inputs, vision_gate_inputs
+    from .fold import fold
+    from .onnx_export import OPSET, check_graph, example_inputs, export_onnx
+
+    cfg, thr = loaded.cfg, opts.thresholds
+    folded, spec = fold(loaded.model, loaded.pca, dims)
+    input_spec = _input_spec(loaded)
+    facts = _facts(loaded, dims, input_spec)
+    metadata = _metadata(facts, "fp32")
+
+    emit("stage", {"name": "export ONNX (fp32)"})
+    shape = tuple(input_spec["shape"]) if cfg.modality == "vision" else None
+    export_onnx(folded, cfg.modality, example_inputs(cfg.modality, shape), tmp / FP32_FILE, metadata, OPSET)
+
+    if cfg.modality == "vision":
+        gate_in = vision_gate_inputs(loaded.task, opts.seed, opts.parity_samples, opts.calibration_samples,
+                                     opts.code_samples)
+    else:
+        from .runtime import build_tokenizer, tokenize
+
+        tok = input_spec["tokenizer"]
+        tokenizer = build_tokenizer(Path(loaded.model.encoder.source_path) / tok["file"], tok["max_length"],
+                                    tok["pad_id"], tok["pad_token"])
+        gate_in = text_gate_inputs(loaded.task, opts.seed, lambda texts: tokenize(tokenizer, texts),
+                                   opts.parity_samples, opts.code_samples)
+
+    fp32 = _runner(_session(ort, tmp / FP32_FILE))
+    scales = embedding_codes.calibrate_scales(embed_batches(fp32, gate_in.code_calibration))
+    models: dict[str, Any] = {"fp32": {"file": FP32_FILE, "precision": "fp32", "opset": OPSET}}
+    int8 = None
+    if opts.int8:
+        emit("stage", {"name": "int8 quantization"})
+        from .quantize import quantize_dynamic_int8, quantize_static_qdq, stamp_metadata
+
+        int8_path = tmp / INT8_FILE
+        if cfg.modality == "vision":
+            scheme = quantize_static_qdq(tmp / FP32_FILE, int8_path, gate_in.calibration)
+        else:
+            scheme = quantize_dynamic_int8(tmp / FP32_FILE, int8_path)
+        stamp_metadata(int8_path, _metadata(facts, "int8"))
+        check_graph(int8_path)
+        int8 = _runner(_session(ort, int8_path))
+        models["int8"] = {"file": INT8_FILE, "precision": "int8", "opset": OPSET, "quantization": scheme}
+
+    emit("stage", {"name": f"gates ({gate_in.parity_source})"})
+    gates: dict[str, Any] = {"thresholds": thr.to_dict()}
+    gates.update(measure_and_check(fp32, gate_in.parity, gate_in.retrieval, scales, thr,
+                                   reference=_torch_runner(folded), int8=int8))
+    gates["fp32_parity"]["source"] = gate_in.parity_source
+
+    if cfg.modality == "text":
+        _copy_tokenizer(Path(loaded.model.encoder.source_path), tmp)
+    if "sentence-transformers" in opts.formats:
+        emit("stage", {"name": "sentence-transformers folder"})
+        from .st_format import write_sentence_transformer
+
+        write_sentence_transformer(loaded.model, folded, tmp / "sentence-transformers", input_spec)
+
+    manifest = {
+        "format": FORMAT_NAME, "format_version": FORMAT_VERSION,
+        **facts,
+        "head_folded": {"kind": spec.head, "layers": [list(x) for x in spec.head_layers],
+                        "negative_slope": spec.negative_slope,
+                        "weights": "effective (W² for monotonic) stored as constants"},
+        "models": models,
+        "embedding_codes": {"dtype": "int8", "scheme": embedding_codes.SCHEME, "scales": scales.tolist(),
+                            "calibration": f"max |x| per dimension over {embed_batches_rows(gate_in)} train "
+                                           "embeddings of the fp32 graph"},
+        "gates": gates,
+        "formats": {"sentence-transformers": "sentence-transformers/"} if "sentence-transformers" in opts.formats
+        else {},
+        "versions": _versions(),
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    manifest["files"] = file_checksums(tmp)
+    write_json_atomic(tmp / MANIFEST, manifest)
+    return manifest
+
+
+def _make_readable(folder: Path) -> None:
+    """Give the artifact ordinary permissions (mkdtemp / mkstemp create owner-only ones): it is meant to be copied."""
+    folder.chmod(0o755)
+    for p in folder.rglob("*"):
+        p.chmod(0o755 if p.is_dir() else 0o644)
+
+
+def embed_batches_rows(gate_in: Any) -> int:
+    """Return how many examples calibrated the embedding codes."""
+    from .gates import batch_rows
+
+    return batch_rows(gate_in.code_calibration)
+
+
+def _session(ort: Any, path: Path) -> Any:
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def _runner(session: Any) -> Callable[[dict[str, np.ndarray]], np.ndarray]:
+    return lambda feeds: session.run([OUTPUT_NAME], feeds)[0]
+
+
+def _torch_runner(folded: Any) -> Callable[[dict[str, np.ndarray]], np.ndarray]:
+    """Return a feed → output function running the folded PyTorch module (inputs in the graph's order)."""
+    import torch
+
+    def run(feeds: dict[str, np.ndarray]) -> np.ndarray:
+        with torch.no_grad():
+            return folded(*(torch.from_numpy(feeds[k]) for k in feeds)).numpy()
+
+    return run
+
+
+def _input_spec(loaded: Any) -> dict[str, Any]:
+    """Return the manifest's input spec: shape and preprocessing (vision) or tokenizer settings (text)."""
+    cfg, model = loaded.cfg, loaded.model
+    if cfg.modality == "vision":
+        norm = model.encoder.normalize
+        spec = dict(loaded.summary["input"])
+        spec.update({
+            "names": ["pixels"],
+            "preprocessing": {
+                "from_uint8": "pixels = uint8 HWC image / 255, transposed to CHW (runtime.embed does this)",
+                "resize": f"images must be {spec['shape'][1]}x{spec['shape'][2]} (the training size)",
+                "normalisation_in_graph": {"mean": norm.mean.flatten().tolist(), "std": norm.std.flatten().tolist()},
+            },
+        })
+        return spec
+    enc = model.encoder
+    return {
+        "kind": "text", "names": ["input_ids", "attention_mask"], "dtype": "int64", "layout": "(batch, sequence)",
+        "tokenizer": {"file": "tokenizer.json", "max_length": int(min(cfg.data.max_seq_len, enc.max_seq_length)),
+                      "pad_id": int(enc.tokenizer.pad_token_id), "pad_token": str(enc.tokenizer.pad_token),
+                      "padding": "longest in batch", "truncation": "longest first"},
+        "pooling": "masked mean over tokens, in the graph",
+    }
+
+
+def _facts(loaded: Any, dims: int, input_spec: dict[str, Any]) -> dict[str, Any]:
+    cfg = loaded.cfg
+    return {
+        "modality": cfg.modality,
+        "encoder": cfg.model.encoder if cfg.modality == "vision" else f"{cfg.model.encoder} ({cfg.model.weights})",
+        "head": cfg.model.head,
+        "input": input_spec,
+        "output": {"name": OUTPUT_NAME, "dims": dims, "d_enc": int(loaded.model.d_enc), "d_eff": int(loaded.d_eff),
+                   "l2_normalised": True, "dtype": "float32",
+                   "computes": "normalise(P_d · (normalise(head(encoder(x))) − μ)), P_d = top-d PCA axes of the "
+                               "normalised train embeddings"},
+        "source_run": {"path": str(loaded.run.path.resolve()), "name": cfg.name, "preset": cfg.preset,
+                       "best_epoch": loaded.summary.get("best_epoch"),
+                       "checkpoint_sha256": loaded.checkpoint_sha256,
+                       "metrics": {k: loaded.summary["final"].get(k) for k in ("recall@1", "knn5", "spearman", "d_eff")
+                                   if k in loaded.summary.get("final", {})}},
+    }
+
+
+def _metadata(facts: dict[str, Any], precision: str) -> dict[str, str]:
+    """Return the ONNX metadata_props: the key facts of the manifest, as strings."""
+    return {
+        "monocon_edge.format": FORMAT_NAME, "monocon_edge.format_version": str(FORMAT_VERSION),
+        "monocon_edge.version": __version__, "monocon_edge.precision": precision,
+        "monocon_edge.modality": facts["modality"], "monocon_edge.encoder": facts["encoder"],
+        "monocon_edge.head": facts["head"], "monocon_edge.dims": str(facts["output"]["dims"]),
+        "monocon_edge.d_eff": str(facts["output"]["d_eff"]), "monocon_edge.l2_normalised": "true",
+        "monocon_edge.input": json.dumps(facts["input"], sort_keys=True),
+        "monocon_edge.source_run": facts["source_run"]["name"],
+    }
+
+
+def _copy_tokenizer(source: Path, dest: Path) -> None:
+    if not (source / "tokenizer.json").is_file():
+        raise MonoconError(f"{source} has no tokenizer.json: the device runtime needs one")
+    for name in TOKENIZER_FILES:
+        if (source / name).is_file():
+            shutil.copyfile(source / name, dest / name)
+
+
+def _versions() -> dict[str, str]:
+    import onnx
+    import onnxruntime
+    import torch
+
+    return {"monocon_edge": __version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__,
+            "torch": torch.__version__}

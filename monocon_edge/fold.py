@@ -1,0 +1,162 @@
+"""Fold a trained MonoCon model and its run's PCA into one plain, static eval module.
+
+The folded module computes ``normalise(P_d · (normalise(head(encoder(x))) − μ))`` where every head weight is
+stored as it is applied (W² for the monotonic head, computed once here) in an ordinary ``nn.Linear``, and the
+PCA projection is one more ``nn.Linear`` with weight P_d and bias −P_d·μ. Nothing is squared at run time, so
+the exported graph holds no Pow/Mul on weights: the constants are the effective weights.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from .errors import MonoconError
+from .metrics import PCAStats
+from .models.heads import IdentityHead, MLPHead
+from .models.monocon import MonoConModel
+
+# Names of the folded tail's parameters: export and quantization find the head / projection by these prefixes.
+HEAD_PREFIX = "head_layers"
+PROJECTION_PREFIX = "projection"
+
+
+@dataclass(frozen=True)
+class FoldSpec:
+    """What was folded: output dims, head kind and the head's layer widths (for the manifest)."""
+
+    dims: int
+    d_enc: int
+    head: str
+    head_layers: tuple[tuple[int, int], ...]
+    negative_slope: float
+
+
+class FoldedHead(nn.Module):
+    """The head with effective weights as plain Linear layers, LeakyReLU between them (empty for the baseline)."""
+
+    def __init__(self, weights: list[torch.Tensor], biases: list[torch.Tensor], negative_slope: float) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList()
+        for w, b in zip(weights, biases):
+            layer = nn.Linear(w.shape[1], w.shape[0])
+            with torch.no_grad():
+                layer.weight.copy_(w)
+                layer.bias.copy_(b)
+            self.layers.append(layer)
+        self.negative_slope = negative_slope
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for i, layer in enumerate(self.layers):
+            x = layer(x)
+            if i < len(self.layers) - 1:
+                x = F.leaky_relu(x, self.negative_slope)
+        return x
+
+
+class FoldedTail(nn.Module):
+    """head → normalise → (x − μ)·P_dᵀ as one Linear → normalise."""
+
+    def __init__(self, head: FoldedHead, components: np.ndarray, mean: np.ndarray) -> None:
+        super().__init__()
+        # Attribute names are HEAD_PREFIX / PROJECTION_PREFIX (the graph's initializer names start with them).
+        self.head_layers = head
+        p = torch.from_numpy(np.ascontiguousarray(components, dtype=np.float32))
+        mu = torch.from_numpy(np.ascontiguousarray(mean, dtype=np.float32))
+        self.projection = nn.Linear(p.shape[1], p.shape[0])
+        with torch.no_grad():
+            self.projection.weight.copy_(p)
+            self.projection.bias.copy_(-(p.double() @ mu.double()).float())
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        z = F.normalize(self.head_layers(features), dim=-1)
+        return F.normalize(self.projection(z), dim=-1)
+
+
+class FoldedVisionModel(nn.Module):
+    """Pixels (N, C, H, W) float in [0, 1] → (N, d) L2-normalised embeddings."""
+
+    def __init__(self, encoder: nn.Module, tail: FoldedTail) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.tail = tail
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.tail(self.encoder(pixels))
+
+
+class FoldedTextModel(nn.Module):
+    """(input_ids, attention_mask) int64 (N, L) → (N, d) L2-normalised embeddings; mean pooling in the graph."""
+
+    def __init__(self, transformer: nn.Module, tail: FoldedTail) -> None:
+        super().__init__()
+        self.transformer = transformer
+        self.tail = tail
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        tokens = self.transformer(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        mask = attention_mask.unsqueeze(-1).to(tokens.dtype)
+        pooled = (tokens * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
+        return self.tail(pooled)
+
+
+def effective_head(head: nn.Module) -> tuple[list[torch.Tensor], list[torch.Tensor], float]:
+    """Return the head's applied weights (W² for monotonic), biases and LeakyReLU slope; empty for the baseline."""
+    if isinstance(head, IdentityHead):
+        return [], [], 0.0
+    if not isinstance(head, MLPHead):
+        raise MonoconError(f"cannot fold a head of type {type(head).__name__}")
+    with torch.no_grad():
+        weights = [w.detach().clone().float() for w in head.effective_weights()]
+        biases = [layer.bias.detach().clone().float() for layer in head.layers]
+    return weights, biases, float(head.negative_slope)
+
+
+def check_dims(dims: int, pca: PCAStats, d_enc: int) -> int:
+    """Return ``dims`` if 1 ≤ dims ≤ min(d_enc, PCA components); raise MonoconError otherwise."""
+    limit = min(d_enc, int(pca.components.shape[0]))
+    if not isinstance(dims, (int, np.integer)) or isinstance(dims, bool) or not 1 <= dims <= limit:
+        extra = "" if limit == d_enc else f" (the run's PCA has only {limit} components)"
+        raise MonoconError(f"--dims must be between 1 and {limit} for this run (d_enc = {d_enc}){extra}, got {dims}")
+    return int(dims)
+
+
+def fold(model: MonoConModel, pca: PCAStats, dims: int) -> tuple[nn.Module, FoldSpec]:
+    """Return (the folded eval module, its FoldSpec) for ``model`` truncated to ``dims`` PCA coordinates.
+
+    The model itself is left untouched: the encoder is deep-copied into the folded module.
+    """
+    dims = check_dims(dims, pca, model.d_enc)
+    if pca.mean.shape[0] != model.d_enc or pca.components.shape[1] != model.d_enc:
+        raise MonoconError(f"pca.npz is {pca.components.shape[1]}-d but the model's embedding is {model.d_enc}-d")
+    weights, biases, slope = effective_head(model.head)
+    tail = FoldedTail(FoldedHead(weights, biases, slope), pca.components[:dims], pca.mean)
+    if model.modality == "vision":
+        folded: nn.Module = FoldedVisionModel(copy.deepcopy(model.encoder), tail)
+    else:
+        folded = FoldedTextModel(copy.deepcopy(model.encoder.transformer), tail)
+    folded.eval()
+    for p in folded.parameters():
+        p.requires_grad_(False)
+    spec = FoldSpec(dims=dims, d_enc=model.d_enc, head=_head_kind(model.head),
+                    head_layers=tuple((int(w.shape[1]), int(w.shape[0])) for w in weights), negative_slope=slope)
+    return folded, spec
+
+
+def _head_kind(head: nn.Module) -> str:
+    if isinstance(head, IdentityHead):
+        return "none"
+    return "monotonic" if head.monotonic else "mlp"
+
+
+@torch.no_grad()
+def reference_embeddings(model: MonoConModel, pca: PCAStats, dims: int, *inputs: torch.Tensor) -> np.ndarray:
+    """Return the unfolded computation normalise(P_d(normalise(model(x)) − μ)) in float32 (for tests and gates)."""
+    model.eval()
+    z = F.normalize(model(*inputs), dim=-1).double() - torch.from_numpy(pca.mean).double()
+    out = z @ torch.from_numpy(pca.components[:dims]).double().T
+    return F.normalize(out, dim=-1).float().numpy()

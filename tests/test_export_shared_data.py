@@ -1,0 +1,71 @@
+"""Export on the real data sets in ../shared/data: a 32x32 RGB image run, and MiniLM text with int8 + ST folder."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from monocon_edge import runtime
+from monocon_edge.artifact import MANIFEST
+from monocon_edge.config import NLI_PAIRS, TINY_IMAGENET, override, preset
+from monocon_edge.export_data import load_run
+from monocon_edge.exporter import ExportOptions, export_run
+from monocon_edge.fold import fold
+from monocon_edge.gates import GateThresholds
+from monocon_edge.train import train
+from test_shared_data import small_sts
+
+pytestmark = pytest.mark.shared_data
+# Tiny runs have a few dozen queries: one flipped query moves Recall@1 by several points.
+LOOSE_DROP = GateThresholds(int8_max_recall_drop_points=100.0)
+
+
+def test_tiny_imagenet_export_parity_and_int8(shared_data: Path, tmp_path: Path) -> None:
+    cfg = override(preset("tiny-imagenet-100", "none"), "data", path=str(shared_data / TINY_IMAGENET), max_train=400,
+                   augment="none")
+    cfg = override(override(cfg, "model", width=4), "optim", epochs=1, batch_size=64)
+    run = train(cfg, tmp_path / "run").run_dir
+    result = export_run(run, ExportOptions(dims=16, int8=True, out=tmp_path / "art", thresholds=LOOSE_DROP))
+    gates = result.manifest["gates"]
+    assert gates["fp32_parity"]["samples"] >= 256 and gates["fp32_parity"]["max_abs_diff"] <= 1e-5
+    assert gates["int8_model"]["mean_cosine"] >= 0.99 and gates["int8_codes"]["mean_cosine"] >= 0.99
+    assert result.manifest["input"]["shape"] == [3, 32, 32]
+    assert result.manifest["models"]["int8"]["quantization"]["format"] == "QDQ"
+
+
+def test_text_export_runtime_and_sentence_transformers(shared_data: Path, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)  # quantization tools must not drop files into the working directory
+    cfg = override(preset("nli-pairs", "none"), "data", path=str(shared_data / NLI_PAIRS[2]), max_train=90,  # >= 128 unique train sentences: tasks.py asks the PCA for 128 dims
+                   val_path=small_sts(shared_data, tmp_path, rows=20))
+    run = train(cfg, tmp_path / "run").run_dir
+    out = tmp_path / "art"
+    result = export_run(run, ExportOptions(dims=64, int8=True, out=out, formats=("onnx", "sentence-transformers"),
+                                           thresholds=LOOSE_DROP))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["art", "run", "stsb_small.tsv"]
+    manifest = json.loads((out / MANIFEST).read_text())
+    assert manifest["gates"]["fp32_parity"]["max_abs_diff"] <= 1e-5
+    assert manifest["gates"]["int8_model"]["mean_cosine"] >= 0.99
+    assert manifest["models"]["int8"]["quantization"]["method"] == "dynamic"
+    assert "tokenizer.json" in manifest["files"] and "sentence-transformers/modules.json" in manifest["files"]
+    assert result.manifest["input"]["tokenizer"]["max_length"] == 128
+
+    # The runtime (tokenizers + onnxruntime) gives what the run's own PyTorch model gives on HF tokenization.
+    texts = ["A man is playing a guitar.", "Two dogs run through the snowy park", "short", ""]
+    loaded = load_run(run)
+    folded, _ = fold(loaded.model, loaded.pca, 64)
+    tok = loaded.model.encoder.tokenize(texts, 128)
+    with torch.no_grad():
+        want = folded(tok["input_ids"], tok["attention_mask"]).numpy()
+    model = runtime.load(out)
+    np.testing.assert_allclose(model.embed(texts, batch_size=3), want, atol=1e-5, rtol=0)
+    assert (model.tokenize(texts)["input_ids"] == tok["input_ids"].numpy()).all()
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from sentence_transformers import SentenceTransformer
+
+    st = SentenceTransformer(str(out / "sentence-transformers"), device="cpu")
+    np.testing.assert_allclose(st.encode(texts, convert_to_numpy=True), want, atol=1e-5, rtol=0)
