@@ -2,8 +2,10 @@
 
 The folded module computes ``normalise(P_d · (normalise(head(encoder(x))) − μ))`` where every head weight is
 stored as it is applied (W² for the monotonic head, computed once here) in an ordinary ``nn.Linear``, and the
-PCA projection is one more ``nn.Linear`` with weight P_d and bias −P_d·μ. Nothing is squared at run time, so
-the exported graph holds no Pow/Mul on weights: the constants are the effective weights.
+PCA step subtracts the constant μ and multiplies by the constant P_d (subtracting first, rather than folding
+−P_d·μ into a bias, keeps float32 exact when the embedding is concentrated near μ, as a collapsed or strongly
+compressed MonoCon embedding is). Nothing is squared at run time, so the exported graph holds no Pow/Mul on
+weights: the constants are the effective weights.
 """
 from __future__ import annotations
 
@@ -59,7 +61,7 @@ class FoldedHead(nn.Module):
 
 
 class FoldedTail(nn.Module):
-    """head → normalise → (x − μ)·P_dᵀ as one Linear → normalise."""
+    """head → normalise → (x − μ)·P_dᵀ → normalise."""
 
     def __init__(self, head: FoldedHead, components: np.ndarray, mean: np.ndarray) -> None:
         super().__init__()
@@ -67,14 +69,18 @@ class FoldedTail(nn.Module):
         self.head_layers = head
         p = torch.from_numpy(np.ascontiguousarray(components, dtype=np.float32))
         mu = torch.from_numpy(np.ascontiguousarray(mean, dtype=np.float32))
-        self.projection = nn.Linear(p.shape[1], p.shape[0])
+        self.register_buffer("mean", mu.clone())
+        self.projection = nn.Linear(p.shape[1], p.shape[0], bias=False)
         with torch.no_grad():
             self.projection.weight.copy_(p)
-            self.projection.bias.copy_(-(p.double() @ mu.double()).float())
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         z = F.normalize(self.head_layers(features), dim=-1)
-        return F.normalize(self.projection(z), dim=-1)
+        return F.normalize(self.projection(z - self.mean), dim=-1)
+
+    def projection_bias(self) -> torch.Tensor:
+        """Return −P_d·μ (computed in float64): the bias of the same projection as one affine layer."""
+        return -(self.projection.weight.double() @ self.mean.double()).float()
 
 
 class FoldedVisionModel(nn.Module):

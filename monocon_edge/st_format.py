@@ -22,11 +22,12 @@ from .errors import MonoconError
 _DEFAULT_LEAKY_SLOPE = 0.01
 
 
-def _dense(layer: nn.Linear, activation: nn.Module) -> Any:
+def _dense(layer: nn.Linear, activation: nn.Module, bias: torch.Tensor | None = None) -> Any:
     from sentence_transformers.sentence_transformer.modules import Dense
 
+    bias = layer.bias if bias is None else bias
     return Dense(layer.in_features, layer.out_features, bias=True, activation_function=activation,
-                 init_weight=layer.weight.detach().clone(), init_bias=layer.bias.detach().clone())
+                 init_weight=layer.weight.detach().clone(), init_bias=bias.detach().clone())
 
 
 def write_sentence_transformer(model: Any, folded: nn.Module, out: Path, input_spec: dict[str, Any]) -> None:
@@ -51,6 +52,7 @@ def write_sentence_transformer(model: Any, folded: nn.Module, out: Path, input_s
         for i, layer in enumerate(head_layers):
             last = i == len(head_layers) - 1
             modules.append(_dense(layer, nn.Identity() if last else nn.LeakyReLU(_DEFAULT_LEAKY_SLOPE)))
-        modules += [Normalize(), _dense(tail.projection, nn.Identity()), Normalize()]
+        # A Dense layer has no "subtract first" form: the PCA step is its affine equivalent P_d·z − P_d·μ.
+        modules += [Normalize(), _dense(tail.projection, nn.Identity(), tail.projection_bias()), Normalize()]
         st = SentenceTransformer(modules=modules, device="cpu")
         st.save(str(out))

@@ -161,7 +161,7 @@ class VisionTask:
         out.update(pm)
         if full:
             for d in PCA_DIMS:
-                if d < train.shape[1]:
+                if d < train.shape[1] and d <= pca.components.shape[0]:
                     out[f"recall@1_pca{d}"] = M.recall_at_k(
                         M.pca_project(q, pca, d), labels[s.query], M.pca_project(g, pca, d), labels[s.gallery], ks=(1,)
                     )[1]
@@ -275,7 +275,7 @@ class TextTask:
         out.update(pm)
         if full:
             for d in PCA_DIMS:
-                if d < emb["train"].shape[1]:
+                if d < emb["train"].shape[1] and d <= pca.components.shape[0]:
                     a, b = M.pca_project(emb["sts_a"], pca, d), M.pca_project(emb["sts_b"], pca, d)
                     out[f"spearman_pca{d}"] = M.spearman(M.cosine_scores(a, b), self.sts.scores)
                     out[f"recall@1_pca{d}"] = M.pair_recall_at_k(
