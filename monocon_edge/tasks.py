@@ -14,6 +14,7 @@ import torch
 from . import metrics as M
 from .config import RunConfig
 from .data.splits import Splits, make_splits, stratified_subset
+from .distributed import shard_indices
 from .errors import MonoconError
 from .losses import pair_labels
 
@@ -27,13 +28,15 @@ class Batch:
     inputs: tuple[torch.Tensor, ...]
     labels: torch.Tensor
     size: int  # examples (images or sentences) in the batch
+    # True when labels only identify examples within this batch (text pairs: 0..B-1), so batches gathered
+    # from other processes need their labels offset; False for class labels, which mean the same everywhere.
+    batch_local_labels: bool = False
 
 
 def _feature_batches(features: torch.Tensor, labels: torch.Tensor, batch_size: int,
-                     generator: torch.Generator) -> Iterator[Batch]:
+                     generator: torch.Generator, rank: int, world_size: int) -> Iterator[Batch]:
     order = torch.randperm(features.shape[0], generator=generator)
-    for start in range(0, len(order) - batch_size + 1, batch_size):
-        idx = order[start:start + batch_size]
+    for idx in shard_indices(order, batch_size, rank, world_size):
         yield Batch((features[idx],), labels[idx], len(idx))
 
 
@@ -87,11 +90,16 @@ class VisionTask:
                 "channels": "RGB" if c == 3 else "grey", "layout": "NCHW"}
 
     def train_batches(self, epoch_seed: int, batch_size: int, features: torch.Tensor | None,
-                      num_workers: int = 0, pin_memory: bool = False) -> Iterator[Batch]:
-        """Yield shuffled training batches for one epoch (augmented images, or cached features)."""
+                      num_workers: int = 0, pin_memory: bool = False, rank: int = 0,
+                      world_size: int = 1) -> Iterator[Batch]:
+        """Yield this rank's shuffled training batches for one epoch (augmented images, or cached features).
+
+        All ranks draw the same permutation from ``epoch_seed``; each takes its slice of every global batch
+        of ``batch_size * world_size`` examples (see ``shard_indices``).
+        """
         generator = torch.Generator().manual_seed(epoch_seed)
         if features is not None:
-            yield from _feature_batches(features, self.train_labels, batch_size, generator)
+            yield from _feature_batches(features, self.train_labels, batch_size, generator, rank, world_size)
             return
         from .data.vision import AugmentedImages, build_train_transform
 
@@ -99,8 +107,12 @@ class VisionTask:
         size = self.data.images.shape[1]
         dataset = AugmentedImages(self.data.images[idx], self.data.labels[idx],
                                   build_train_transform(self.cfg.data.augment, size))
+        order = torch.randperm(len(idx), generator=generator)
+        batches = [b.tolist() for b in shard_indices(order, batch_size, rank, world_size)]
+        # The loader's generator only seeds worker processes (their augmentation RNG): different per rank.
+        worker_seed = torch.Generator().manual_seed(epoch_seed + 1_000_003 * rank)
         loader = torch.utils.data.DataLoader(
-            dataset, batch_size=batch_size, shuffle=True, drop_last=True, generator=generator,
+            dataset, batch_sampler=batches, generator=worker_seed,
             num_workers=num_workers, pin_memory=pin_memory, persistent_workers=False,
         )
         for images, labels in loader:
@@ -181,20 +193,23 @@ class TextTask:
                 "max_seq_len": self.cfg.data.max_seq_len}
 
     def train_batches(self, epoch_seed: int, batch_size: int, features: torch.Tensor | None,
-                      num_workers: int = 0, pin_memory: bool = False) -> Iterator[Batch]:
-        """Yield shuffled batches of B pairs as 2B examples [anchors; positives] with labels [0..B-1]*2."""
+                      num_workers: int = 0, pin_memory: bool = False, rank: int = 0,
+                      world_size: int = 1) -> Iterator[Batch]:
+        """Yield this rank's shuffled batches of B pairs as 2B examples [anchors; positives], labels [0..B-1]*2.
+
+        Sharded across ranks like ``VisionTask.train_batches``.
+        """
         generator = torch.Generator().manual_seed(epoch_seed)
         order = torch.randperm(len(self.train_pairs), generator=generator)
         labels = pair_labels(batch_size)
-        for start in range(0, len(order) - batch_size + 1, batch_size):
-            idx = order[start:start + batch_size]
+        for idx in shard_indices(order, batch_size, rank, world_size):
             pi = self.pair_index[idx]
             if features is not None:
-                yield Batch((torch.cat([features[pi[:, 0]], features[pi[:, 1]]]),), labels, 2 * batch_size)
+                yield Batch((torch.cat([features[pi[:, 0]], features[pi[:, 1]]]),), labels, 2 * batch_size, True)
             else:
                 texts = [self.sentences[i] for i in pi[:, 0].tolist()] + [self.sentences[i] for i in pi[:, 1].tolist()]
                 tok = self.tokenize(texts)
-                yield Batch((tok["input_ids"], tok["attention_mask"]), labels, 2 * batch_size)
+                yield Batch((tok["input_ids"], tok["attention_mask"]), labels, 2 * batch_size, True)
 
     def encode(self, encode_fn: Callable[..., torch.Tensor], batch_size: int = 256) -> dict[str, np.ndarray]:
         """Return encoder features of the train sentences, held-out pairs and STS pairs."""
