@@ -128,6 +128,12 @@ def broadcast_object(obj: Any, ctx: DistContext) -> Any:
     return box[0]
 
 
+def barrier(ctx: DistContext) -> None:
+    """Wait until every rank gets here (nothing without distributed training)."""
+    if ctx.enabled:
+        dist.barrier()
+
+
 def all_reduce_sum(t: torch.Tensor, ctx: DistContext) -> torch.Tensor:
     """Return the sum of ``t`` over ranks (no gradient; ``t`` itself without distributed training)."""
     if not ctx.enabled:

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from .config import RunConfig
-from .distributed import (SINGLE, DistContext, all_reduce_grads_mean, all_reduce_sum, broadcast_object,
+from .distributed import (SINGLE, DistContext, all_reduce_grads_mean, all_reduce_sum, barrier, broadcast_object,
                           gather_others, resolve_device)
 from .distributed import setup as setup_distributed
 from .distributed import teardown as teardown_distributed
@@ -211,6 +211,9 @@ class Trainer:
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         _set_rng_state(state["rng"])
+        differs = torch.tensor(float(broadcast_object(self.epoch, self.dist) != self.epoch), device=self.device)
+        if all_reduce_sum(differs, self.dist).item() > 0:
+            raise MonoconError(f"the ranks read different checkpoints from {self.run.last_path}: was it being written?")
         self.history = [r for r in self.run.metrics() if r["epoch"] <= self.epoch]
         if self.dist.is_main:
             self.run.write_metrics(self.history)  # drop rows logged after the checkpoint
@@ -422,6 +425,7 @@ class Trainer:
             if self.dist.is_main:
                 self.run.save_checkpoint(self.run.last_path, self.state_dict())
             if stop_after_epoch is not None and self.epoch >= stop_after_epoch:
+                barrier(self.dist)  # rank 0 has written last.pt: a resume that follows must not read an older one
                 return TrainResult(self.run.path, {}, self.history, self.best_epoch, False, False)
         return self._finish()
 
