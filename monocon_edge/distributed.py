@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime
 import os
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 import torch.distributed as dist
@@ -163,6 +163,24 @@ def gather_others(embeddings: torch.Tensor, labels: torch.Tensor,
     dist.all_gather(label_parts, labels.contiguous())
     others = [i for i in range(ctx.world_size) if i != ctx.rank]
     return torch.cat([parts[i] for i in others]), torch.cat([label_parts[i] for i in others])
+
+
+def gathered_supcon(loss_fn: Callable[..., torch.Tensor], embeddings: torch.Tensor, labels: torch.Tensor,
+                    ctx: DistContext, label_offset: int = 0) -> torch.Tensor:
+    """Return this rank's share of the SupCon loss of the global batch (anchors local, candidates global).
+
+    ``loss_fn`` is a SupConLoss. ``label_offset`` > 0 marks labels that only identify examples within a
+    batch (text pairs 0..B-1): rank r's labels are shifted by r * label_offset so they do not collide.
+    The result is scaled so that its mean over ranks -- what DDP's gradient averaging optimises -- equals
+    the SupCon loss one process computes on the concatenated global batch, whatever the number of anchors
+    with a positive on each rank.
+    """
+    labels = labels + ctx.rank * label_offset
+    ref, ref_labels = gather_others(embeddings, labels, ctx)
+    loss = loss_fn(embeddings, labels, ref, ref_labels)
+    candidates = torch.cat([labels, ref_labels])
+    anchors = ((labels[:, None] == candidates[None, :]).sum(dim=1) > 1).sum().float()
+    return loss * (anchors * ctx.world_size / all_reduce_sum(anchors, ctx).clamp(min=1.0))
 
 
 def shard_indices(order: torch.Tensor, batch_size: int, rank: int = 0, world_size: int = 1) -> Iterator[torch.Tensor]:

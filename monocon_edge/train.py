@@ -22,7 +22,7 @@ from torch import nn
 
 from .config import RunConfig
 from .distributed import (SINGLE, DistContext, all_reduce_grads_mean, all_reduce_sum, barrier, broadcast_object,
-                          gather_others, resolve_device)
+                          gathered_supcon, resolve_device)
 from .distributed import setup as setup_distributed
 from .distributed import teardown as teardown_distributed
 from .errors import MonoconError
@@ -305,15 +305,8 @@ class Trainer:
         """
         if not (self.dist.enabled and self.cfg.optim.gather_negatives):
             return self.loss_fn(emb, labels)
-        if batch.batch_local_labels:
-            labels = labels + self.dist.rank * batch.size  # pair ids must not collide across ranks
-        ref, ref_labels = gather_others(emb, labels, self.dist)
-        loss = self.loss_fn(emb, labels, ref, ref_labels)
-        # SupConLoss averages over this rank's anchors that have a positive; ranks may have different counts.
-        candidates = torch.cat([labels, ref_labels])
-        anchors = ((labels[:, None] == candidates[None, :]).sum(dim=1) > 1).sum().float()
-        all_anchors = all_reduce_sum(anchors, self.dist)
-        return loss * (anchors * self.dist.world_size / all_anchors.clamp(min=1.0))
+        return gathered_supcon(self.loss_fn, emb, labels, self.dist,
+                               label_offset=batch.size if batch.batch_local_labels else 0)
 
     def _train_epoch(self) -> tuple[float, int, float]:
         """Run one epoch; return (mean loss over ranks and steps, examples seen by all ranks, seconds)."""

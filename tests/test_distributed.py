@@ -12,6 +12,8 @@ import json
 import os
 import shutil
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -22,6 +24,8 @@ from typer.testing import CliRunner
 
 from monocon_edge.cli import app
 from monocon_edge.config import override
+from monocon_edge.distributed import DistContext, all_reduce_sum, gathered_supcon
+from monocon_edge.losses import SupConLoss, pair_labels
 from monocon_edge.run_dir import RunDir
 from monocon_edge.train import train
 
@@ -51,6 +55,43 @@ def _full(base: Path, batch_size: int):
                     gather_negatives=True)
 
 
+def _gathered_loss_check(rank: int) -> dict[str, list[float]]:
+    """Return, per label kind, [mean over ranks of the gathered loss, one-process loss, max gradient error].
+
+    The gradient error compares each rank's embedding gradient with world_size times the one-process
+    gradient of the same rows (DDP then averages over ranks, giving exactly the one-process gradient).
+    """
+    ctx = DistContext(True, rank, WORLD, rank)
+    loss_fn = SupConLoss(0.1)
+    g = torch.Generator().manual_seed(0)
+    out = {}
+    # Text pairs: each rank has B pairs stacked [anchors; positives] with labels 0..B-1 twice.
+    b, d = 4, 8
+    anchors, positives = torch.randn(WORLD * b, d, generator=g), torch.randn(WORLD * b, d, generator=g)
+    whole = torch.cat([anchors, positives]).requires_grad_()
+    single = loss_fn(whole, pair_labels(WORLD * b))
+    single.backward()
+    rows = slice(rank * b, (rank + 1) * b)
+    local = torch.cat([anchors[rows], positives[rows]]).requires_grad_()
+    mine = gathered_supcon(loss_fn, local, pair_labels(b), ctx, label_offset=2 * b)
+    mine.backward()
+    want = WORLD * torch.cat([whole.grad[:WORLD * b][rows], whole.grad[WORLD * b:][rows]])
+    out["pairs"] = [all_reduce_sum(mine.detach(), ctx).item() / WORLD, single.item(),
+                    (local.grad - want).abs().max().item()]
+    # Class labels with an uneven number of anchors that have a positive: 2 on rank 0, 1 on rank 1.
+    labels = torch.tensor([0, 0, 1, 2, 0, 3, 4, 5])
+    whole = torch.randn(8, d, generator=g).requires_grad_()
+    single = loss_fn(whole, labels)
+    single.backward()
+    rows = slice(rank * 4, (rank + 1) * 4)
+    local = whole.detach()[rows].clone().requires_grad_()
+    mine = gathered_supcon(loss_fn, local, labels[rows], ctx)
+    mine.backward()
+    out["classes"] = [all_reduce_sum(mine.detach(), ctx).item() / WORLD, single.item(),
+                      (local.grad - WORLD * whole.grad[rows]).abs().max().item()]
+    return out
+
+
 def _worker(rank: int, port: int, base: str, out: str) -> None:
     """One DDP rank: the frozen and full runs, then the full run killed after epoch 2 and resumed."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
@@ -58,7 +99,7 @@ def _worker(rank: int, port: int, base: str, out: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=WORLD)
     out_dir, base_dir = Path(out), Path(base)
-    results = {}
+    results: dict = {"loss_check": _gathered_loss_check(rank)}
     for name, cfg in (("frozen", _frozen(base_dir, PER_RANK_BATCH)), ("full", _full(base_dir, PER_RANK_BATCH))):
         r = train(cfg, out_dir / name)
         results[name] = {"final": r.final, "losses": [row["loss"] for row in r.history], "run": str(r.run_dir)}
@@ -99,7 +140,16 @@ def _losses(result) -> list[float]:
     return [row["loss"] for row in result.history][1:]  # row 0 is the initial evaluation (no loss)
 
 
-def test_gathered_loss_matches_one_process_with_the_global_batch(runs) -> None:
+@pytest.mark.parametrize("kind", ["pairs", "classes"])
+def test_gathered_supcon_equals_one_process_loss_and_gradient(runs, kind) -> None:
+    for rank in range(WORLD):
+        mean_over_ranks, single, grad_error = runs["ranks"][rank]["loss_check"][kind]
+        assert single > 0.5  # a real loss, not the 0 of a batch without positives
+        assert mean_over_ranks == pytest.approx(single, rel=1e-6)
+        assert grad_error < 1e-6
+
+
+def test_training_with_gathered_loss_follows_one_process_with_the_global_batch(runs) -> None:
     ddp, single = runs["ranks"][0]["frozen"], runs["single"]["frozen"]
     assert len(ddp["losses"][1:]) == 3
     assert ddp["losses"][1:] == pytest.approx(_losses(single), rel=1e-5, abs=1e-6)
@@ -169,3 +219,21 @@ def test_cuda_without_cuda_fails_clearly(tmp_path) -> None:
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert "no CUDA device" in result.output
     assert not (tmp_path / "r").exists()
+
+
+def test_torchrun_cli_prints_once_and_writes_one_run(tmp_path) -> None:
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(repo), os.environ.get("PYTHONPATH", "")]),
+           "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(WORLD),
+           "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
+           "-m", "monocon_edge.cli", "train", "--max-train", "300", "--width", "4", "--epochs", "2",
+           "--batch-size", "32", "--gather-negatives", "--out", str(tmp_path / "run")]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=240, cwd=tmp_path, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.count("final metrics") == 1 and done.stdout.count("epoch   2 [main]") == 1
+    assert "Traceback" not in done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+    run = RunDir(tmp_path / "run")
+    assert run.read_config().optim.world_size == WORLD and run.read_config().optim.gather_negatives
+    assert run.read_summary()["global_batch_size"] == 32 * WORLD
