@@ -374,7 +374,7 @@ class Trainer:
         if metric > self.best + self.cfg.optim.min_delta or self.best_epoch < 0:
             self.best, self.best_epoch, self.bad_evals = metric, self.epoch, 0
             if self.dist.is_main:
-                    self.run.save_checkpoint(self.run.best_path, {"model": self.model.state_dict(), "epoch": self.epoch,
+                self.run.save_checkpoint(self.run.best_path, {"model": self.model.state_dict(), "epoch": self.epoch,
                                                               "metric": metric, "config": self.cfg.to_dict()})
         elif in_main:
             self.bad_evals += 1
