@@ -63,7 +63,10 @@ def _root() -> None:
 def train(
     preset: str = typer.Option("default", help="default | cifar100 | cifar10 | snli | tiny-imagenet-100 | "
                                                "cifar10-subset | nli-pairs"),
-    head: Optional[str] = typer.Option(None, help="monotonic (MonoCon) | mlp (ablation) | none (baseline)"),
+    head: Optional[str] = typer.Option(None, help="monotonic (MonoCon) | mlp (ablation) | none (baseline); "
+                                                  "default monotonic, or mlp with --loss matryoshka"),
+    loss: Optional[str] = typer.Option(None, help="supcon | matryoshka (comparator: SupCon summed over nested "
+                                                  "prefixes 16/32/64/128/full; truncation = first d coords)"),
     encoder: Optional[str] = typer.Option(None, help="smallcnn | resnet18 | resnet34 | minilm"),
     width: Optional[int] = typer.Option(None, help="smallcnn base width w (embedding = 8w dims)"),
     weights: Optional[str] = typer.Option(None, help="vision: none | imagenet | FILE; text: default | FOLDER"),
@@ -74,6 +77,7 @@ def train(
     download: bool = typer.Option(False, help="allow torchvision / HF downloads (needs internet)"),
     augment: Optional[str] = typer.Option(None, help="none | light | paper (TrivialAugmentWide + RandomErasing)"),
     max_train: Optional[int] = typer.Option(None, help="use a stratified subset of this many examples"),
+    m_per_class: Optional[int] = typer.Option(None, help="vision: batches of groups of m same-class images"),
     epochs: Optional[int] = typer.Option(None, help="total epochs, warm-up included"),
     warmup_epochs: Optional[int] = typer.Option(None, help="head warm-up epochs with the encoder frozen"),
     batch_size: Optional[int] = typer.Option(None),
@@ -110,18 +114,20 @@ def train(
     """Train MonoCon (or a baseline / std-MLP ablation); with no option, the embedded default on digits."""
 
     def go() -> None:
-        from .config import override, preset as get_preset
+        from .config import override, preset as get_preset, with_loss
         from .train import train as run_training
         from .report import TrainProgress, print_summary
 
         cfg = None
         if resume is None:
-            cfg = get_preset(preset, head or "monotonic")
+            # The Matryoshka comparator defaults to the std-MLP head: same shape and budget as MonoCon's.
+            cfg = with_loss(get_preset(preset, head or ("mlp" if loss == "matryoshka" else "monotonic")), loss)
             data_kind = None
             if data is not None:
                 data_kind = "npz" if data.endswith(".npz") else "pairs" if ".tsv" in data else None
             cfg = override(cfg, "data", path=data or data_dir, kind=data_kind, val_path=val_data,
-                           download=download or None, augment=augment, max_train=max_train)
+                           download=download or None, augment=augment, max_train=max_train,
+                           m_per_class=m_per_class)
             cfg = override(cfg, "model", encoder=encoder, width=width, weights=weights)
             cfg = override(cfg, "optim", epochs=epochs, warmup_epochs=warmup_epochs, batch_size=batch_size,
                            lr_encoder=lr_encoder, lr_head=lr_head, lr_warmup=lr_warmup, temperature=temperature,
@@ -137,6 +143,32 @@ def train(
             result = run_training(cfg, out, resume=resume, runs_root=runs_dir, on_event=progress.on_event,
                                   distributed=distributed)
         print_summary(console, result)
+
+    _run_guarded(go)
+
+
+@app.command()
+def analyze(
+    runs: list[Path] = typer.Argument(..., help="finished run directories to compare (one modality)"),
+    out: Optional[Path] = typer.Option(None, help="output directory (default: ./analysis-TIME)"),
+    tsne: bool = typer.Option(False, "--tsne", help="also a 2-D t-SNE of each run's held-out embeddings"),
+    device: str = typer.Option("cpu", help="where to recompute embeddings: cpu | cuda | auto"),
+) -> None:
+    """Compare runs side by side: tables, clustermaps, d_eff over training, Recall@k; writes index.html."""
+
+    def go() -> None:
+        from .analysis import analyze as run_analysis
+        from .report import print_analysis
+
+        def on_event(kind: str, info: dict[str, Any]) -> None:
+            if kind == "run":
+                console.print(f"[{info['index']}/{info['total']}] {info['label']}: embedding {info['run']}",
+                              highlight=False, markup=False)
+            elif kind == "warning":
+                err_console.print(f"warning: {info['message']}", highlight=False, markup=False)
+
+        result = run_analysis(runs, out, tsne=tsne, device=device, on_event=on_event)
+        print_analysis(console, result)
 
     _run_guarded(go)
 

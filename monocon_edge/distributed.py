@@ -1,7 +1,7 @@
 """Multi-process training: the torchrun environment, the process group, rank-sharded batches and gathers.
 
 One process per device (``torchrun --nproc_per_node N -m monocon_edge.cli train ...``): nccl on CUDA, gloo on
-CPU. Every rank sees a disjoint shard of the same seeded permutation, so the ranks' batches at one step
+CPU. Every rank takes a disjoint slice of the same seeded global batches, so the ranks' batches at one step
 together are exactly the batch a single process with the global batch size (per-rank batch x world size)
 would take. Rank 0 alone writes the run directory, evaluates and reports; the others receive its results.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime
 import os
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import torch
 import torch.distributed as dist
@@ -169,7 +169,8 @@ def gathered_supcon(loss_fn: Callable[..., torch.Tensor], embeddings: torch.Tens
                     ctx: DistContext, label_offset: int = 0) -> torch.Tensor:
     """Return this rank's share of the SupCon loss of the global batch (anchors local, candidates global).
 
-    ``loss_fn`` is a SupConLoss. ``label_offset`` > 0 marks labels that only identify examples within a
+    ``loss_fn`` is a SupConLoss or MatryoshkaSupConLoss (each averages over the anchors that have a positive,
+    and takes ``ref_embeddings``/``ref_labels`` as extra candidates). ``label_offset`` > 0 marks labels that only identify examples within a
     batch (text pairs 0..B-1): rank r's labels are shifted by r * label_offset so they do not collide.
     The result is scaled so that its mean over ranks -- what DDP's gradient averaging optimises -- equals
     the SupCon loss one process computes on the concatenated global batch, whatever the number of anchors
@@ -183,16 +184,16 @@ def gathered_supcon(loss_fn: Callable[..., torch.Tensor], embeddings: torch.Tens
     return loss * (anchors * ctx.world_size / all_reduce_sum(anchors, ctx).clamp(min=1.0))
 
 
-def shard_indices(order: torch.Tensor, batch_size: int, rank: int = 0, world_size: int = 1) -> Iterator[torch.Tensor]:
-    """Yield this rank's ``batch_size`` indices for each full global batch of ``order``.
+def shard_batches(global_batches: list[torch.Tensor], rank: int = 0, world_size: int = 1) -> list[torch.Tensor]:
+    """Return this rank's part of each global batch: the ``rank``-th of ``world_size`` equal contiguous slices.
 
-    Global batch s is ``order[s*G:(s+1)*G]`` with G = batch_size * world_size; rank r takes its r-th slice,
-    so the ranks' shards are disjoint and together form the batch one process would take with batch G.
-    The last incomplete global batch is dropped.
+    Every rank builds the same global batches (same seed), so the parts are disjoint and together form the
+    batches one process takes with the global batch size. Contiguous slices keep the m-per-class groups
+    whole when m divides the per-rank batch.
     """
-    global_batch = batch_size * world_size
-    for start in range(0, len(order) - global_batch + 1, global_batch):
-        yield order[start + rank * batch_size:start + (rank + 1) * batch_size]
+    if world_size == 1:
+        return global_batches
+    return [b.view(world_size, -1)[rank] for b in global_batches]
 
 
 def all_reduce_grads_mean(params: list[torch.Tensor], ctx: DistContext) -> None:

@@ -1,9 +1,11 @@
-"""Contrastive losses on L2-normalised embeddings."""
+"""Contrastive losses on L2-normalised embeddings: SupCon, and the Matryoshka comparator built on it."""
 from __future__ import annotations
 
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+from .config import LOSSES
 
 
 class SupConLoss(nn.Module):
@@ -53,6 +55,55 @@ class SupConLoss(nn.Module):
         log_prob = log_prob.masked_fill(~positives, 0.0)  # drop the -inf self terms before summing
         mean_log_prob_pos = log_prob.sum(dim=1)[has_pos] / pos_count[has_pos]
         return -mean_log_prob_pos.mean()
+
+
+MATRYOSHKA_DIMS = (16, 32, 64, 128)
+
+
+class MatryoshkaSupConLoss(nn.Module):
+    """SupCon summed over nested prefixes of the embedding: the Matryoshka comparator.
+
+    After Kusupati et al., "Matryoshka Representation Learning", NeurIPS 2022: for an embedding of D dims
+    and nested sizes M = {m in ``dims`` : m < D} + {D},
+
+        loss = sum_{m in M} SupCon(z[:, :m])
+
+    where each prefix is L2-normalised on its own inside SupCon (``SupConLoss``, same temperature), and all
+    sizes weigh 1 (the paper's default c_m = 1). Training this way makes "keep the first m coordinates and
+    re-normalise" the compression, where MonoCon compresses by PCA.
+
+    Inputs as for ``SupConLoss``: ``embeddings`` (N, D), ``labels`` (N,), optional reference candidates.
+    """
+
+    def __init__(self, temperature: float = 0.1, dims: tuple[int, ...] = MATRYOSHKA_DIMS) -> None:
+        super().__init__()
+        if not dims or min(dims) < 1:
+            raise ValueError("Matryoshka prefix sizes must be >= 1")
+        self.supcon = SupConLoss(temperature)
+        self.dims = tuple(sorted(set(int(d) for d in dims)))
+
+    def prefixes(self, width: int) -> list[int]:
+        """Return the nested prefix sizes used for an embedding of ``width`` dims, smallest first."""
+        return [d for d in self.dims if d < width] + [width]
+
+    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor,
+                ref_embeddings: torch.Tensor | None = None, ref_labels: torch.Tensor | None = None) -> torch.Tensor:
+        if embeddings.ndim != 2:
+            raise ValueError("MatryoshkaSupConLoss expects embeddings (N, D) and labels (N,)")
+        total = embeddings.new_zeros((), dtype=torch.float32)
+        for m in self.prefixes(embeddings.shape[1]):
+            ref = ref_embeddings[:, :m] if ref_embeddings is not None else None
+            total = total + self.supcon(embeddings[:, :m], labels, ref, ref_labels)
+        return total
+
+
+def build_loss(name: str, temperature: float) -> nn.Module:
+    """Return the training loss named ``name`` (supcon | matryoshka) at ``temperature``."""
+    if name == "supcon":
+        return SupConLoss(temperature)
+    if name == "matryoshka":
+        return MatryoshkaSupConLoss(temperature)
+    raise ValueError(f"unknown loss {name!r}: choose one of {', '.join(LOSSES)}")
 
 
 def pair_labels(batch_size: int, device: torch.device | str = "cpu") -> torch.Tensor:

@@ -34,14 +34,28 @@ def fit_pca(embeddings: np.ndarray) -> PCAStats:
     if x.shape[0] < 2:
         raise ValueError("PCA needs at least 2 embeddings")
     mean = x.mean(axis=0)
-    _, s, vt = np.linalg.svd(x - mean, full_matrices=False)
-    var = s ** 2
+    var, vt = principal_axes(x - mean)
     total = var.sum()
     ratio = var / total if total > 0 else np.zeros_like(var)
     # Fix each axis' sign (largest |coordinate| positive) so that refits give identical projections.
     signs = np.sign(vt[np.arange(vt.shape[0]), np.abs(vt).argmax(axis=1)])
     signs[signs == 0] = 1.0
     return PCAStats(mean.astype(np.float32), (vt * signs[:, None]).astype(np.float32), ratio.astype(np.float64))
+
+
+def principal_axes(centered: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Return (variances, axes as rows), largest first, of centred data (N, D).
+
+    For N > D the D x D scatter matrix is eigendecomposed: O(N D^2) and far faster than an SVD of the
+    N x D data (seconds, not a minute, for 17k x 384 on two cores).
+    """
+    n, d = centered.shape
+    if n <= d:
+        _, s, vt = np.linalg.svd(centered, full_matrices=False)
+        return s ** 2, vt
+    evals, evecs = np.linalg.eigh(centered.T @ centered)
+    order = np.argsort(evals)[::-1]
+    return np.clip(evals[order], 0.0, None), evecs[:, order].T
 
 
 def effective_dim(explained_variance_ratio: np.ndarray, threshold: float = 0.99) -> int:
@@ -59,6 +73,13 @@ def pca_project(embeddings: np.ndarray, pca: PCAStats, dims: int, renormalize: b
         raise ValueError(f"dims must be in 1..{pca.components.shape[0]}, got {dims}")
     z = (l2_normalize(embeddings) - pca.mean) @ pca.components[:dims].T
     return l2_normalize(z) if renormalize else z.astype(np.float32)
+
+
+def prefix_truncate(embeddings: np.ndarray, dims: int) -> np.ndarray:
+    """Return the first ``dims`` coordinates of the embeddings, re-normalised (Matryoshka truncation)."""
+    if not 1 <= dims <= embeddings.shape[1]:
+        raise ValueError(f"dims must be in 1..{embeddings.shape[1]}, got {dims}")
+    return l2_normalize(embeddings[:, :dims])
 
 
 def pca_reconstruction_rmse(embeddings: np.ndarray, pca: PCAStats, dims: int) -> float:

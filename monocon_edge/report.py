@@ -13,6 +13,9 @@ METRIC_LABELS = {
     "recall@1": "Recall@1", "recall@5": "Recall@5",
     "recall@1_pca128": "Recall@1 @128d", "recall@1_pca64": "Recall@1 @64d", "recall@1_pca16": "Recall@1 @16d",
     "spearman_pca128": "Spearman @128d", "spearman_pca64": "Spearman @64d", "spearman_pca16": "Spearman @16d",
+    "recall@1_prefix128": "Recall@1 @128d prefix", "recall@1_prefix64": "Recall@1 @64d prefix",
+    "recall@1_prefix16": "Recall@1 @16d prefix", "spearman_prefix128": "Spearman @128d prefix",
+    "spearman_prefix64": "Spearman @64d prefix", "spearman_prefix16": "Spearman @16d prefix",
     "d_eff": "d_eff (99% var.)", "d_eff_encoder": "d_eff encoder", "recon_rmse": "PCA recon. RMSE @d_eff",
 }
 
@@ -89,3 +92,15 @@ def print_summary(console: Console, result: Any) -> None:
     if result.stopped_early:
         console.print("stopped early: the validation metric stopped improving")
     console.print(f"run directory: [bold]{result.run_dir}[/]")
+
+
+def print_analysis(console: Console, result: Any) -> None:
+    """Print an analysis' tables (rich) and where its files are."""
+    for t in result.tables:
+        table = Table(title=t.title, caption=t.note or None)
+        for column, numeric in zip(t.columns, t.numeric_columns()):
+            table.add_column(column, justify="right" if numeric else "left")
+        for row in t.rows:
+            table.add_row(*row)
+        console.print(table)
+    console.print(f"{len(result.files)} files written; open [bold]{result.out_dir / 'index.html'}[/]")

@@ -13,8 +13,9 @@ import torch
 
 from . import metrics as M
 from .config import RunConfig
+from .data.samplers import m_per_class_batches, random_batches
 from .data.splits import Splits, make_splits, stratified_subset
-from .distributed import shard_indices
+from .distributed import shard_batches
 from .errors import MonoconError
 from .losses import pair_labels
 
@@ -33,13 +34,6 @@ class Batch:
     batch_local_labels: bool = False
 
 
-def _feature_batches(features: torch.Tensor, labels: torch.Tensor, batch_size: int,
-                     generator: torch.Generator, rank: int, world_size: int) -> Iterator[Batch]:
-    order = torch.randperm(features.shape[0], generator=generator)
-    for idx in shard_indices(order, batch_size, rank, world_size):
-        yield Batch((features[idx],), labels[idx], len(idx))
-
-
 def _pca_metrics(train: np.ndarray, held: np.ndarray) -> tuple[M.PCAStats, dict[str, float]]:
     """Return the PCA of normalised ``train`` and {d_eff, recon_rmse of ``held`` at d_eff}."""
     pca = M.fit_pca(train)
@@ -51,9 +45,9 @@ def _d_eff(x: np.ndarray, normalize: bool = True) -> int:
     """Return d_eff of ``x`` (normalised first unless ``normalize`` is False)."""
     if normalize:
         return M.effective_dim(M.fit_pca(x).explained_variance_ratio)
-    centered = x - x.mean(axis=0)
-    s = np.linalg.svd(centered.astype(np.float64), compute_uv=False)
-    return M.effective_dim(s ** 2)
+    x = x.astype(np.float64)
+    variances, _ = M.principal_axes(x - x.mean(axis=0))
+    return M.effective_dim(variances)
 
 
 class VisionTask:
@@ -83,6 +77,14 @@ class VisionTask:
         """Return the number of training examples."""
         return len(self.splits.train)
 
+    def steps_per_epoch(self, batch_size: int) -> int:
+        """Return the number of (full) training batches per epoch."""
+        m = self.cfg.data.m_per_class
+        if not m:
+            return self.num_train // batch_size
+        _, counts = np.unique(self.data.labels[self.splits.train], return_counts=True)
+        return int((counts // m).sum()) // (batch_size // m)
+
     def input_spec(self) -> dict:
         """Return the model input description (shape without batch, value range, channel order)."""
         h, w, c = self.data.images.shape[1:]
@@ -94,12 +96,19 @@ class VisionTask:
                       world_size: int = 1) -> Iterator[Batch]:
         """Yield this rank's shuffled training batches for one epoch (augmented images, or cached features).
 
-        All ranks draw the same permutation from ``epoch_seed``; each takes its slice of every global batch
-        of ``batch_size * world_size`` examples (see ``shard_indices``).
+        All ranks build the same global batches of ``batch_size * world_size`` examples from ``epoch_seed``;
+        each takes its own slice of every one (see ``distributed.shard_batches``).
         """
         generator = torch.Generator().manual_seed(epoch_seed)
+        m = self.cfg.data.m_per_class
+        if m:
+            batches = m_per_class_batches(self.train_labels, batch_size * world_size, m, generator)
+        else:
+            batches = random_batches(self.num_train, batch_size * world_size, generator)
+        batches = shard_batches(batches, rank, world_size)
         if features is not None:
-            yield from _feature_batches(features, self.train_labels, batch_size, generator, rank, world_size)
+            for idx in batches:
+                yield Batch((features[idx],), self.train_labels[idx], len(idx))
             return
         from .data.vision import AugmentedImages, build_train_transform
 
@@ -107,12 +116,10 @@ class VisionTask:
         size = self.data.images.shape[1]
         dataset = AugmentedImages(self.data.images[idx], self.data.labels[idx],
                                   build_train_transform(self.cfg.data.augment, size))
-        order = torch.randperm(len(idx), generator=generator)
-        batches = [b.tolist() for b in shard_indices(order, batch_size, rank, world_size)]
         # The loader's generator only seeds worker processes (their augmentation RNG): different per rank.
         worker_seed = torch.Generator().manual_seed(epoch_seed + 1_000_003 * rank)
         loader = torch.utils.data.DataLoader(
-            dataset, batch_sampler=batches, generator=worker_seed,
+            dataset, batch_sampler=[b.tolist() for b in batches], generator=worker_seed,
             num_workers=num_workers, pin_memory=pin_memory, persistent_workers=False,
         )
         for images, labels in loader:
@@ -129,20 +136,32 @@ class VisionTask:
             out[name] = np.concatenate(chunks)
         return out
 
-    def evaluate(self, emb: dict[str, np.ndarray], full: bool = True) -> tuple[dict[str, float], M.PCAStats]:
+    def _query_gallery(self, train: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Return (query, gallery) rows of the train-set embeddings ``train``."""
+        pos = {int(i): n for n, i in enumerate(self.splits.train)}
+        qi = np.array([pos[int(i)] for i in self.splits.query])
+        gi = np.array([pos[int(i)] for i in self.splits.gallery])
+        return train[qi], train[gi]
+
+    def recall_curve(self, emb: dict[str, np.ndarray], ks: tuple[int, ...]) -> dict[int, float]:
+        """Return {k: Recall@k} of query -> gallery retrieval (the protocol of ``evaluate``)."""
+        q, g = self._query_gallery(emb["train"])
+        labels = self.data.labels
+        return M.recall_at_k(q, labels[self.splits.query], g, labels[self.splits.gallery], ks=ks)
+
+    def evaluate(self, emb: dict[str, np.ndarray], full: bool = True,
+                 truncation: str = "pca") -> tuple[dict[str, float], M.PCAStats]:
         """Return the metrics of embeddings {"train", "val"} and the train PCA.
 
         5-NN and Recall@1/5 are query -> gallery on the un-augmented train set (the paper's protocol);
         ``val_knn5`` is held-out val -> whole train set (the early-stopping metric); d_eff and the
         PCA-truncated Recall@1 use a PCA fitted on the normalised train embeddings; the reconstruction
-        RMSE is measured on the held-out val embeddings.
+        RMSE is measured on the held-out val embeddings. ``truncation="prefix"`` (Matryoshka runs) adds
+        Recall@1 of the first d coordinates, re-normalised (``recall@1_prefix{d}``).
         """
         s, labels = self.splits, self.data.labels
-        pos = {int(i): n for n, i in enumerate(s.train)}
-        gi = np.array([pos[int(i)] for i in s.gallery])
-        qi = np.array([pos[int(i)] for i in s.query])
         train = emb["train"]
-        g, q = train[gi], train[qi]
+        q, g = self._query_gallery(train)
         out: dict[str, float] = {}
         out["knn5"] = M.knn_accuracy(q, labels[s.query], g, labels[s.gallery], k=5)
         rec = M.recall_at_k(q, labels[s.query], g, labels[s.gallery], ks=(1, 5))
@@ -156,6 +175,10 @@ class VisionTask:
                     out[f"recall@1_pca{d}"] = M.recall_at_k(
                         M.pca_project(q, pca, d), labels[s.query], M.pca_project(g, pca, d), labels[s.gallery], ks=(1,)
                     )[1]
+                    if truncation == "prefix":
+                        out[f"recall@1_prefix{d}"] = M.recall_at_k(
+                            M.prefix_truncate(q, d), labels[s.query], M.prefix_truncate(g, d), labels[s.gallery],
+                            ks=(1,))[1]
         return out, pca
 
 
@@ -187,6 +210,10 @@ class TextTask:
         """Return the number of training pairs."""
         return len(self.train_pairs)
 
+    def steps_per_epoch(self, batch_size: int) -> int:
+        """Return the number of (full) training batches per epoch."""
+        return self.num_train // batch_size
+
     def input_spec(self) -> dict:
         """Return the model input description (token ids and mask, dynamic batch and sequence)."""
         return {"kind": "text", "inputs": ["input_ids", "attention_mask"], "dtype": "int64",
@@ -200,9 +227,9 @@ class TextTask:
         Sharded across ranks like ``VisionTask.train_batches``.
         """
         generator = torch.Generator().manual_seed(epoch_seed)
-        order = torch.randperm(len(self.train_pairs), generator=generator)
         labels = pair_labels(batch_size)
-        for idx in shard_indices(order, batch_size, rank, world_size):
+        for idx in shard_batches(random_batches(len(self.train_pairs), batch_size * world_size, generator),
+                                 rank, world_size):
             pi = self.pair_index[idx]
             if features is not None:
                 yield Batch((torch.cat([features[pi[:, 0]], features[pi[:, 1]]]),), labels, 2 * batch_size, True)
@@ -211,8 +238,21 @@ class TextTask:
                 tok = self.tokenize(texts)
                 yield Batch((tok["input_ids"], tok["attention_mask"]), labels, 2 * batch_size, True)
 
-    def encode(self, encode_fn: Callable[..., torch.Tensor], batch_size: int = 256) -> dict[str, np.ndarray]:
-        """Return encoder features of the train sentences, held-out pairs and STS pairs."""
+    def encode(self, encode_fn: Callable[..., torch.Tensor], batch_size: int = 256,
+               encoder_fingerprint: str | None = None) -> dict[str, np.ndarray]:
+        """Return encoder features of the train sentences, held-out pairs and STS pairs.
+
+        With ``encoder_fingerprint`` (see feature_cache.fingerprint) the features are read from / written to
+        the disk cache.
+        """
+        if encoder_fingerprint is not None:
+            from .feature_cache import key_for, load_or_compute
+
+            key = key_for(encoder_fingerprint, str(self.cfg.data.max_seq_len), self.sentences,
+                          [a for a, _ in self.val_pairs], [b for _, b in self.val_pairs],
+                          self.sts.first, self.sts.second)
+            return load_or_compute(key, lambda: self.encode(encode_fn, batch_size))
+
         def run(texts: list[str]) -> np.ndarray:
             # Sorting by length keeps padding (and time) small; the order is restored afterwards.
             order = np.argsort([len(t) for t in texts], kind="stable")
@@ -230,8 +270,17 @@ class TextTask:
             "sts_a": run(self.sts.first), "sts_b": run(self.sts.second),
         }
 
-    def evaluate(self, emb: dict[str, np.ndarray], full: bool = True) -> tuple[dict[str, float], M.PCAStats]:
-        """Return STS Spearman of cosine, held-out pair Recall@1/5, d_eff, recon RMSE (on STS sentences)."""
+    def recall_curve(self, emb: dict[str, np.ndarray], ks: tuple[int, ...]) -> dict[int, float]:
+        """Return {k: Recall@k} of held-out pair retrieval (the protocol of ``evaluate``)."""
+        return M.pair_recall_at_k(emb["val_a"], emb["val_b"], ks=ks)
+
+    def evaluate(self, emb: dict[str, np.ndarray], full: bool = True,
+                 truncation: str = "pca") -> tuple[dict[str, float], M.PCAStats]:
+        """Return STS Spearman of cosine, held-out pair Recall@1/5, d_eff, recon RMSE (on STS sentences).
+
+        With ``full``, also the same after PCA truncation to 128/64/16 dims, and, for
+        ``truncation="prefix"`` (Matryoshka runs), after prefix truncation (``*_prefix{d}``).
+        """
         out: dict[str, float] = {}
         out["spearman"] = M.spearman(M.cosine_scores(emb["sts_a"], emb["sts_b"]), self.sts.scores)
         rec = M.pair_recall_at_k(emb["val_a"], emb["val_b"], ks=(1, 5))
@@ -246,6 +295,11 @@ class TextTask:
                     out[f"spearman_pca{d}"] = M.spearman(M.cosine_scores(a, b), self.sts.scores)
                     out[f"recall@1_pca{d}"] = M.pair_recall_at_k(
                         M.pca_project(emb["val_a"], pca, d), M.pca_project(emb["val_b"], pca, d), ks=(1,))[1]
+                    if truncation == "prefix":
+                        a, b = M.prefix_truncate(emb["sts_a"], d), M.prefix_truncate(emb["sts_b"], d)
+                        out[f"spearman_prefix{d}"] = M.spearman(M.cosine_scores(a, b), self.sts.scores)
+                        out[f"recall@1_prefix{d}"] = M.pair_recall_at_k(
+                            M.prefix_truncate(emb["val_a"], d), M.prefix_truncate(emb["val_b"], d), ks=(1,))[1]
         return out, pca
 
 

@@ -22,11 +22,11 @@ from torch import nn
 
 from .config import RunConfig
 from .distributed import (SINGLE, DistContext, all_reduce_grads_mean, all_reduce_sum, barrier, broadcast_object,
-                          gathered_supcon, resolve_device)
+                          gathered_supcon, resolve_device)  # resolve_device: re-exported (analysis uses it)
 from .distributed import setup as setup_distributed
 from .distributed import teardown as teardown_distributed
 from .errors import MonoconError
-from .losses import SupConLoss
+from .losses import build_loss
 from .models.monocon import MonoConModel, build_model, load_encoder_state
 from .run_dir import RunDir
 from .tasks import TextTask, VisionTask, effective_dims_of
@@ -120,7 +120,7 @@ def resolve_init_from(cfg: RunConfig) -> tuple[RunConfig, dict[str, torch.Tensor
     ckpt_path = source.best_path if source.best_path.is_file() else source.last_path
     state = source.load_checkpoint(ckpt_path)["model"]
     model_cfg = dataclasses.replace(cfg.model, encoder=src_cfg.model.encoder, width=src_cfg.model.width,
-                                    in_channels=src_cfg.model.in_channels,
+                                    embed_dim=src_cfg.model.embed_dim, in_channels=src_cfg.model.in_channels,
                                     weights=src_cfg.model.weights if cfg.modality == "text" else "none")
     return dataclasses.replace(cfg, model=model_cfg), state
 
@@ -164,7 +164,7 @@ class Trainer:
         self._train_module: nn.Module | None = None
         self._ddp: nn.Module | None = None
         self._since_eval = {"examples": 0, "seconds": 0.0, "epochs": 0}
-        self.loss_fn = SupConLoss(cfg.optim.temperature)
+        self.loss_fn = build_loss(cfg.optim.loss, cfg.optim.temperature)
         self.phases = plan_phases(cfg)
         self.history: list[dict[str, Any]] = []
         self.best = -float("inf")
@@ -256,7 +256,7 @@ class Trainer:
         self._train_module = torch.compile(module) if o.compile else module
 
     def _steps_per_epoch(self) -> int:
-        return max(self.task.num_train // (self.cfg.optim.batch_size * self.dist.world_size), 0)
+        return self.task.steps_per_epoch(self.cfg.optim.batch_size * self.dist.world_size)
 
     def _to_device(self, t: torch.Tensor) -> torch.Tensor:
         if self.channels_last and t.ndim == 4:
@@ -278,7 +278,12 @@ class Trainer:
         """Return encoder features of the evaluation sets (computed once while the encoder does not change)."""
         if self._features is None:
             self.model.eval()
-            self._features = self.task.encode(self._encode_fn)
+            if self.cfg.modality == "text":
+                from .feature_cache import fingerprint
+
+                self._features = self.task.encode(self._encode_fn, encoder_fingerprint=fingerprint(self.model.encoder))
+            else:
+                self._features = self.task.encode(self._encode_fn)
         return self._features
 
     @torch.no_grad()
@@ -292,7 +297,7 @@ class Trainer:
         """Return (metrics, train PCA) of the current model on the task's evaluation sets."""
         feats = self.encoder_features()
         emb = {k: self._head(v) for k, v in feats.items()}
-        metrics, pca = self.task.evaluate(emb, full=full)
+        metrics, pca = self.task.evaluate(emb, full=full, truncation=self.cfg.truncation)
         metrics.update(effective_dims_of(feats["train"], emb["train"]))
         return metrics, pca
 
@@ -433,6 +438,7 @@ class Trainer:
             summary = {
                 "run": str(self.run.path), "name": self.cfg.name, "preset": self.cfg.preset,
                 "modality": self.cfg.modality, "head": self.cfg.model.head, "encoder": self.cfg.model.encoder,
+                "loss": self.cfg.optim.loss, "truncation": self.cfg.truncation,
                 "d_enc": self.model.d_enc, "best_epoch": self.best_epoch, "epochs_run": self.epoch,
                 "stopped_early": self.stopped_early, "validation_metric": self.task.validation_metric,
                 "world_size": self.dist.world_size,

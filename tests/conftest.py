@@ -11,6 +11,12 @@ from monocon_edge.config import shared_data_root
 REQUIRE_SHARED = os.environ.get("MONOCON_REQUIRE_SHARED_DATA") == "1"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _private_feature_cache(tmp_path_factory) -> None:
+    """Keep the tests' encoder-feature cache out of the user's ~/.cache."""
+    os.environ["MONOCON_CACHE_DIR"] = str(tmp_path_factory.mktemp("feature-cache"))
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """Return ../shared/data; skip (or fail, when MONOCON_REQUIRE_SHARED_DATA=1) where it is absent."""
@@ -21,3 +27,30 @@ def shared_data() -> Path:
             pytest.fail(message + " but MONOCON_REQUIRE_SHARED_DATA=1 requires it")
         pytest.skip(message)
     return root
+
+
+class TinyRuns:
+    """Tiny finished runs on digits, trained on first use and shared by the whole test session."""
+
+    KINDS = ("none", "monotonic", "mlp", "matryoshka")
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._done: dict[str, Path] = {}
+
+    def __getitem__(self, kind: str) -> Path:
+        """Return the run directory of ``kind`` (a head, or "matryoshka": std-MLP head + Matryoshka loss)."""
+        if kind not in self._done:
+            from helpers import tiny_digits
+            from monocon_edge.config import with_loss
+            from monocon_edge.train import train
+
+            cfg = with_loss(tiny_digits("mlp"), "matryoshka") if kind == "matryoshka" else tiny_digits(kind)
+            self._done[kind] = train(cfg, self.root / kind).run_dir
+        return self._done[kind]
+
+
+@pytest.fixture(scope="session")
+def tiny_runs(tmp_path_factory) -> TinyRuns:
+    """Return the session's TinyRuns (treat the run directories as read-only)."""
+    return TinyRuns(tmp_path_factory.mktemp("tiny-runs"))

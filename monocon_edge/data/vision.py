@@ -113,7 +113,8 @@ def build_train_transform(kind: str, size: int):
     if kind == "light":
         return v2.Compose([v2.RandomCrop(size, padding=max(1, size // 8)), v2.RandomHorizontalFlip(), to_float])
     if kind == "paper":
-        return v2.Compose([v2.TrivialAugmentWide(), to_float, v2.RandomErasing()])
+        # TrivialAugmentWide runs ~14x faster on PIL images than on tensors for 32x32 inputs.
+        return v2.Compose([v2.ToPILImage(), v2.TrivialAugmentWide(), v2.PILToTensor(), to_float, v2.RandomErasing()])
     raise MonoconError(f"unknown augmentation {kind!r}")
 
 

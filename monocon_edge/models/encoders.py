@@ -40,20 +40,25 @@ def _conv_bn_relu(c_in: int, c_out: int, stride: int = 1) -> nn.Sequential:
 
 
 class SmallCNN(nn.Module):
-    """A 7-conv network for small images (8x8 digits, 32x32 photos): widths w, 2w, 4w, 8w; output 8w dims."""
+    """A 6-conv network for small images (8x8 digits, 32x32 photos).
 
-    def __init__(self, in_channels: int = 3, width: int = 32) -> None:
+    Widths w, 2w, 4w at full, 1/2 and 1/4 resolution, then one stride-2 conv to ``out_dim`` (default 8w) and
+    global average pooling. The last conv is the only wide one, which keeps a 256-d encoder cheap on a CPU.
+    """
+
+    def __init__(self, in_channels: int = 3, width: int = 32, out_dim: int | None = None) -> None:
         super().__init__()
         w = width
+        out_dim = out_dim or 8 * w
         self.features = nn.Sequential(
             _conv_bn_relu(in_channels, w),
             _conv_bn_relu(w, 2 * w, 2), _conv_bn_relu(2 * w, 2 * w),
             _conv_bn_relu(2 * w, 4 * w, 2), _conv_bn_relu(4 * w, 4 * w),
-            _conv_bn_relu(4 * w, 8 * w, 2), _conv_bn_relu(8 * w, 8 * w),
+            _conv_bn_relu(4 * w, out_dim, 2),
             nn.AdaptiveAvgPool2d(1),
             nn.Flatten(),
         )
-        self.out_dim = 8 * w
+        self.out_dim = out_dim
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.features(x)
@@ -122,10 +127,11 @@ def _read_weights_file(path: str) -> dict[str, torch.Tensor]:
     return state
 
 
-def build_vision_encoder(name: str, in_channels: int = 3, width: int = 32, weights: str = "none") -> VisionEncoder:
+def build_vision_encoder(name: str, in_channels: int = 3, width: int = 32, weights: str = "none",
+                         embed_dim: int | None = None) -> VisionEncoder:
     """Return a VisionEncoder (``smallcnn``, ``resnet18`` or ``resnet34``) with the requested initial weights."""
     if name == "smallcnn":
-        backbone: nn.Module = SmallCNN(in_channels, width)
+        backbone: nn.Module = SmallCNN(in_channels, width, embed_dim)
         out_dim = backbone.out_dim
     elif name in ("resnet18", "resnet34"):
         if in_channels != 3:

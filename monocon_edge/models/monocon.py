@@ -37,7 +37,7 @@ def build_model(cfg: RunConfig) -> MonoConModel:
     """Return the untrained (or pre-trained-encoder) model that ``cfg`` describes."""
     m = cfg.model
     if cfg.modality == "vision":
-        encoder = build_vision_encoder(m.encoder, m.in_channels, m.width, m.weights)
+        encoder = build_vision_encoder(m.encoder, m.in_channels, m.width, m.weights, m.embed_dim)
     else:
         encoder = build_text_encoder(m.weights)
     head = build_head(m.head, encoder.out_dim, m.head_hidden_mult, m.head_depth, m.negative_slope)

@@ -1,0 +1,82 @@
+"""The Matryoshka comparator: the loss is the sum of per-prefix SupCon losses; a tiny run records prefix
+truncation."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from monocon_edge.cli import app
+from monocon_edge.config import with_loss
+from monocon_edge.losses import MatryoshkaSupConLoss, SupConLoss, build_loss
+from monocon_edge.run_dir import RunDir
+
+from helpers import tiny_digits
+
+
+def test_loss_is_the_sum_of_per_prefix_supcon_losses() -> None:
+    # Prefixes (1, 2) of a 3-D batch, plus the full 3 dims.
+    z = torch.tensor([[1.0, 0.0, 0.0], [1.0, 1.0, 0.0], [-1.0, 0.0, 1.0], [0.5, -1.0, 2.0]])
+    labels = torch.tensor([0, 0, 1, 1])
+    loss = MatryoshkaSupConLoss(temperature=1.0, dims=(2, 1))
+    assert loss.prefixes(3) == [1, 2, 3]
+    expected = sum(SupConLoss(1.0)(z[:, :m], labels) for m in (1, 2, 3))
+    assert loss(z, labels).item() == pytest.approx(expected.item(), abs=1e-6)
+    # The 1-D prefix by hand: normalised coordinates are +1, +1, -1, +1 (labels 0, 0, 1, 1). Anchors 0 and 1
+    # see their positive at cos 1 and the others at cos -1 and 1; anchor 2 sees everything at cos -1
+    # (loss log 3); anchor 3 sees its positive at cos -1 and the others at cos 1, 1.
+    a01 = -(1 - math.log(math.e + math.e + math.exp(-1)))
+    a2 = math.log(3)
+    a3 = -(-1 - math.log(math.e + math.e + math.exp(-1)))
+    assert SupConLoss(1.0)(z[:, :1], labels).item() == pytest.approx((2 * a01 + a2 + a3) / 4, abs=1e-6)
+
+
+def test_prefixes_keep_only_sizes_below_the_width() -> None:
+    loss = MatryoshkaSupConLoss()
+    assert loss.prefixes(32) == [16, 32]
+    assert loss.prefixes(128) == [16, 32, 64, 128]
+    assert loss.prefixes(384) == [16, 32, 64, 128, 384]
+    assert loss.prefixes(8) == [8]
+
+
+def test_every_prefix_gets_a_gradient_and_no_positive_gives_zero() -> None:
+    z = torch.randn(8, 40, requires_grad=True)
+    loss = MatryoshkaSupConLoss(0.1)(z, torch.tensor([0, 0, 1, 1, 2, 2, 3, 3]))
+    loss.backward()
+    assert torch.isfinite(loss) and (z.grad.abs().sum(dim=0) > 0).all()
+    assert MatryoshkaSupConLoss(0.1)(torch.randn(4, 40), torch.arange(4)).item() == 0.0
+
+
+def test_build_loss() -> None:
+    assert isinstance(build_loss("matryoshka", 0.1), MatryoshkaSupConLoss)
+    assert type(build_loss("supcon", 0.1)) is SupConLoss
+    with pytest.raises(ValueError, match="unknown loss"):
+        build_loss("triplet", 0.1)
+
+
+def test_with_loss_names_the_run_and_sets_prefix_truncation() -> None:
+    cfg = with_loss(tiny_digits("mlp"), "matryoshka")
+    assert cfg.optim.loss == "matryoshka" and cfg.truncation == "prefix" and cfg.name.endswith("-matryoshka")
+    assert tiny_digits("mlp").truncation == "pca"
+    assert with_loss(cfg, None) is cfg
+
+
+def test_tiny_matryoshka_run_records_prefix_truncation(tiny_runs) -> None:
+    run = RunDir(tiny_runs["matryoshka"])
+    cfg = run.read_config()
+    assert (cfg.optim.loss, cfg.model.head) == ("matryoshka", "mlp")
+    summary = run.read_summary()
+    assert summary["loss"] == "matryoshka" and summary["truncation"] == "prefix"
+    final = summary["final"]
+    # d_enc is 32 here: only the 16-dim prefix compresses.
+    assert 0.0 <= final["recall@1_prefix16"] <= 1.0
+    assert "recall@1_pca16" in final and "recall@1_prefix64" not in final
+    assert all(r["loss"] is None or math.isfinite(r["loss"]) for r in run.metrics())
+
+
+def test_unknown_loss_fails_cleanly(tmp_path) -> None:
+    result = CliRunner().invoke(app, ["train", "--loss", "triplet", "--out", str(tmp_path / "r")])
+    assert result.exit_code == 1 and "unknown loss" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "r").exists()
