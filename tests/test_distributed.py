@@ -237,3 +237,19 @@ def test_torchrun_cli_prints_once_and_writes_one_run(tmp_path) -> None:
     run = RunDir(tmp_path / "run")
     assert run.read_config().optim.world_size == WORLD and run.read_config().optim.gather_negatives
     assert run.read_summary()["global_batch_size"] == 32 * WORLD
+
+
+def test_shards_are_disjoint_slices_that_keep_m_per_class_groups_whole() -> None:
+    from monocon_edge.data.samplers import m_per_class_batches
+    from monocon_edge.distributed import shard_batches
+
+    labels = torch.arange(40) % 5
+    global_batches = m_per_class_batches(labels, 16, 4, torch.Generator().manual_seed(0))
+    parts = [shard_batches(global_batches, rank, 2) for rank in range(2)]
+    assert len(global_batches) == 2 and all(len(p) == 2 for p in parts)
+    for step, whole in enumerate(global_batches):
+        assert torch.equal(torch.cat([parts[0][step], parts[1][step]]), whole)
+        for rank in range(2):
+            groups = labels[parts[rank][step]].view(-1, 4)  # each rank's 8 examples: two whole groups of 4
+            assert bool((groups == groups[:, :1]).all())
+    assert shard_batches(global_batches, 0, 1) is global_batches
