@@ -1,7 +1,8 @@
 """The `monocon-edge` command line: each command parses its options and calls one library function.
 
 Errors caused by input (MonoconError, missing files, bad values) print one line on stderr and exit 1;
-set MONOCON_DEBUG=1 to see the traceback of anything unexpected.
+set MONOCON_DEBUG=1 to see the traceback of anything unexpected. Under torchrun only rank 0 prints (input
+errors are found alike on every rank); the other ranks report only unexpected errors, with their rank.
 """
 from __future__ import annotations
 
@@ -19,17 +20,27 @@ console = Console()
 err_console = Console(stderr=True)
 
 
+def _is_main_process() -> bool:
+    """Return True unless this is a torchrun rank other than 0."""
+    from .distributed import env_rank
+
+    return env_rank() == 0
+
+
 def _run_guarded(fn: Callable[[], Any]) -> Any:
     """Run ``fn``; turn expected failures into one clear line on stderr and a non-zero exit."""
     from .errors import MonoconError
 
+    main = _is_main_process()
     try:
         return fn()
     except MonoconError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False, soft_wrap=True)
+        if main:
+            err_console.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None
     except KeyboardInterrupt:
-        err_console.print("interrupted", highlight=False)
+        if main:
+            err_console.print("interrupted", highlight=False)
         raise typer.Exit(130) from None
     except (typer.Exit, typer.Abort, SystemExit):
         raise
@@ -37,8 +48,9 @@ def _run_guarded(fn: Callable[[], Any]) -> Any:
         if os.environ.get("MONOCON_DEBUG"):
             raise
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        err_console.print(f"[bold red]error:[/] {type(exc).__name__}: {msg} (MONOCON_DEBUG=1 shows the traceback)",
-                          markup=True, highlight=False, soft_wrap=True)
+        where = "" if main else f"(rank {os.environ.get('RANK')}) "
+        err_console.print(f"[bold red]error:[/] {where}{type(exc).__name__}: {msg} "
+                          "(MONOCON_DEBUG=1 shows the traceback)", markup=True, highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None
 
 
@@ -79,7 +91,22 @@ def train(
     freeze_encoder: Optional[bool] = typer.Option(None, "--freeze-encoder/--train-encoder"),
     seed: Optional[int] = typer.Option(None),
     device: Optional[str] = typer.Option(None, help="auto | cpu | cuda"),
-    num_workers: Optional[int] = typer.Option(None),
+    amp: Optional[bool] = typer.Option(None, "--amp/--no-amp", help="CUDA: bf16 autocast (fp16 + grad scaler "
+                                                                   "where bf16 is unsupported)"),
+    channels_last: Optional[bool] = typer.Option(None, "--channels-last/--no-channels-last",
+                                                 help="CUDA, vision: channels_last memory format"),
+    compile_model: Optional[bool] = typer.Option(None, "--compile/--no-compile",
+                                                 help="torch.compile the training model"),
+    deterministic: Optional[bool] = typer.Option(None, "--deterministic/--no-deterministic",
+                                                 help="deterministic kernels (off: cuDNN autotuning, faster)"),
+    num_workers: Optional[int] = typer.Option(None, help="data-loader worker processes (vision, per GPU)"),
+    distributed: bool = typer.Option(False, "--distributed", help="DDP over the processes torchrun started "
+                                                                  "(implied when torchrun starts several); "
+                                                                  "--batch-size is then per process"),
+    gather_negatives: Optional[bool] = typer.Option(None, "--gather-negatives/--local-negatives",
+                                                    help="DDP: SupCon over the embeddings of all processes"),
+    sync_bn: Optional[bool] = typer.Option(None, "--sync-bn/--no-sync-bn",
+                                           help="DDP on CUDA: BatchNorm statistics over the global batch"),
     name: Optional[str] = typer.Option(None, help="run name (directory prefix)"),
     out: Optional[Path] = typer.Option(None, help="run directory to create (default: RUNS_DIR/NAME-TIME)"),
     runs_dir: Path = typer.Option(Path("runs"), help="where new run directories go"),
@@ -106,10 +133,16 @@ def train(
             cfg = override(cfg, "optim", epochs=epochs, warmup_epochs=warmup_epochs, batch_size=batch_size,
                            lr_encoder=lr_encoder, lr_head=lr_head, lr_warmup=lr_warmup, temperature=temperature,
                            eval_every=eval_every, patience=patience, freeze_encoder=freeze_encoder, seed=seed,
-                           device=device, num_workers=num_workers)
+                           device=device, num_workers=num_workers, amp=amp, channels_last=channels_last,
+                           compile=compile_model, deterministic=deterministic, gather_negatives=gather_negatives,
+                           sync_bn=sync_bn)
             cfg = override(cfg, None, name=name, init_from=str(init_from) if init_from else None)
+        if not _is_main_process():
+            run_training(cfg, out, resume=resume, runs_root=runs_dir, distributed=distributed)
+            return
         with TrainProgress(console) as progress:
-            result = run_training(cfg, out, resume=resume, runs_root=runs_dir, on_event=progress.on_event)
+            result = run_training(cfg, out, resume=resume, runs_root=runs_dir, on_event=progress.on_event,
+                                  distributed=distributed)
         print_summary(console, result)
 
     _run_guarded(go)

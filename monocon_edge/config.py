@@ -80,8 +80,20 @@ class OptimConfig:
     seed: int = 42
     deterministic: bool = True
     device: str = "auto"
+    # CUDA only: autocast (bf16 where supported, else fp16 with a grad scaler); channels_last for CNNs.
     amp: bool = True
+    channels_last: bool = True
+    # torch.compile the module that trains (each phase compiles once; the first steps are slow).
+    compile: bool = False
     num_workers: int = 0
+    # Multi-process (torchrun / DDP): batch_size is per process, the global batch is batch_size * world_size.
+    # Written at run start, checked on resume (the schedule's length depends on it).
+    world_size: int = 1
+    # SupCon over the embeddings of all processes (anchors local, candidates global): the effective batch
+    # grows with the number of processes and the loss equals one process's loss on the global batch.
+    gather_negatives: bool = False
+    # SyncBatchNorm under DDP (CUDA): batch statistics over the global batch instead of each process's shard.
+    sync_bn: bool = False
 
 
 @dataclass(frozen=True)
@@ -146,8 +158,10 @@ class RunConfig:
             raise MonoconError("learning rates must be >= 0")
         if o.device not in ("auto", "cpu", "cuda") and not o.device.startswith("cuda:"):
             raise MonoconError(f"unknown device {o.device!r}: choose auto, cpu or cuda")
+        if o.world_size < 1 or o.num_workers < 0:
+            raise MonoconError("world size must be >= 1 and the number of data-loader workers >= 0")
         if self.data.m_per_class and (self.data.m_per_class < 2 or o.batch_size % self.data.m_per_class):
-            raise MonoconError("--m-per-class must be >= 2 and divide the batch size")
+            raise MonoconError("--m-per-class must be >= 2 and divide the batch size (per process under torchrun)")
         if not 0 < self.data.val_fraction < 1 or not 0 < self.data.query_fraction < 1:
             raise MonoconError("split fractions must lie strictly between 0 and 1")
         if self.model.embed_dim is not None and self.model.embed_dim < 1:

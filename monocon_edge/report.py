@@ -59,12 +59,19 @@ class TrainProgress:
             p.reset(self.step_task, total=max(self.steps_per_epoch, 1), info=info["phase"])
         elif kind == "step":
             p.update(self.step_task, advance=1, info=f"{info['phase'] if 'phase' in info else ''}loss {info['loss']:.4f}")
+        elif kind == "epoch_end":
+            p.update(self.epoch_task, completed=info["epoch"])
+            self.console.print(f"epoch {info['epoch']:>3} [{info['phase']}]  loss {fmt(info['loss'])}  "
+                               f"{info['examples_per_s']:.0f} {info['unit']}/s  {info['seconds']:.1f} s",
+                               highlight=False, markup=False)
         elif kind == "eval":
-            if info["epoch"] > 0:
-                p.update(self.epoch_task, completed=info["epoch"])
-            shown = {k: info[k] for k in ("loss", "val_knn5", "spearman", "recall@1", "d_eff") if info.get(k) is not None}
+            # Epochs > 0 already printed their loss and throughput (epoch_end): show the metrics under them.
+            keys = ("loss", "val_knn5", "spearman", "recall@1", "d_eff") if info["epoch"] == 0 else (
+                "val_knn5", "spearman", "recall@1", "d_eff")
+            shown = {k: info[k] for k in keys if info.get(k) is not None}
             line = "  ".join(f"{k} {fmt(v)}" for k, v in shown.items())
-            self.console.print(f"epoch {info['epoch']:>3} [{info['phase']}]  {line}", highlight=False, markup=False)
+            head = f"epoch {info['epoch']:>3} [{info['phase']}]" if info["epoch"] == 0 else " " * 9 + "eval"
+            self.console.print(f"{head}  {line}", highlight=False, markup=False)
         elif kind == "done":
             p.update(self.epoch_task, completed=p.tasks[self.epoch_task].total)
 

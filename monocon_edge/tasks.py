@@ -15,6 +15,7 @@ from . import metrics as M
 from .config import RunConfig
 from .data.samplers import m_per_class_batches, random_batches
 from .data.splits import Splits, make_splits, stratified_subset
+from .distributed import shard_batches
 from .errors import MonoconError
 from .losses import pair_labels
 
@@ -28,8 +29,9 @@ class Batch:
     inputs: tuple[torch.Tensor, ...]
     labels: torch.Tensor
     size: int  # examples (images or sentences) in the batch
-
-
+    # True when labels only identify examples within this batch (text pairs: 0..B-1), so batches gathered
+    # from other processes need their labels offset; False for class labels, which mean the same everywhere.
+    batch_local_labels: bool = False
 
 
 def _pca_metrics(train: np.ndarray, held: np.ndarray) -> tuple[M.PCAStats, dict[str, float]]:
@@ -90,14 +92,20 @@ class VisionTask:
                 "channels": "RGB" if c == 3 else "grey", "layout": "NCHW"}
 
     def train_batches(self, epoch_seed: int, batch_size: int, features: torch.Tensor | None,
-                      num_workers: int = 0, pin_memory: bool = False) -> Iterator[Batch]:
-        """Yield shuffled training batches for one epoch (augmented images, or cached features)."""
+                      num_workers: int = 0, pin_memory: bool = False, rank: int = 0,
+                      world_size: int = 1) -> Iterator[Batch]:
+        """Yield this rank's shuffled training batches for one epoch (augmented images, or cached features).
+
+        All ranks build the same global batches of ``batch_size * world_size`` examples from ``epoch_seed``;
+        each takes its own slice of every one (see ``distributed.shard_batches``).
+        """
         generator = torch.Generator().manual_seed(epoch_seed)
         m = self.cfg.data.m_per_class
         if m:
-            batches = m_per_class_batches(self.train_labels, batch_size, m, generator)
+            batches = m_per_class_batches(self.train_labels, batch_size * world_size, m, generator)
         else:
-            batches = random_batches(self.num_train, batch_size, generator)
+            batches = random_batches(self.num_train, batch_size * world_size, generator)
+        batches = shard_batches(batches, rank, world_size)
         if features is not None:
             for idx in batches:
                 yield Batch((features[idx],), self.train_labels[idx], len(idx))
@@ -108,8 +116,10 @@ class VisionTask:
         size = self.data.images.shape[1]
         dataset = AugmentedImages(self.data.images[idx], self.data.labels[idx],
                                   build_train_transform(self.cfg.data.augment, size))
+        # The loader's generator only seeds worker processes (their augmentation RNG): different per rank.
+        worker_seed = torch.Generator().manual_seed(epoch_seed + 1_000_003 * rank)
         loader = torch.utils.data.DataLoader(
-            dataset, batch_sampler=[b.tolist() for b in batches], generator=generator,
+            dataset, batch_sampler=[b.tolist() for b in batches], generator=worker_seed,
             num_workers=num_workers, pin_memory=pin_memory, persistent_workers=False,
         )
         for images, labels in loader:
@@ -210,18 +220,23 @@ class TextTask:
                 "max_seq_len": self.cfg.data.max_seq_len}
 
     def train_batches(self, epoch_seed: int, batch_size: int, features: torch.Tensor | None,
-                      num_workers: int = 0, pin_memory: bool = False) -> Iterator[Batch]:
-        """Yield shuffled batches of B pairs as 2B examples [anchors; positives] with labels [0..B-1]*2."""
+                      num_workers: int = 0, pin_memory: bool = False, rank: int = 0,
+                      world_size: int = 1) -> Iterator[Batch]:
+        """Yield this rank's shuffled batches of B pairs as 2B examples [anchors; positives], labels [0..B-1]*2.
+
+        Sharded across ranks like ``VisionTask.train_batches``.
+        """
         generator = torch.Generator().manual_seed(epoch_seed)
         labels = pair_labels(batch_size)
-        for idx in random_batches(len(self.train_pairs), batch_size, generator):
+        for idx in shard_batches(random_batches(len(self.train_pairs), batch_size * world_size, generator),
+                                 rank, world_size):
             pi = self.pair_index[idx]
             if features is not None:
-                yield Batch((torch.cat([features[pi[:, 0]], features[pi[:, 1]]]),), labels, 2 * batch_size)
+                yield Batch((torch.cat([features[pi[:, 0]], features[pi[:, 1]]]),), labels, 2 * batch_size, True)
             else:
                 texts = [self.sentences[i] for i in pi[:, 0].tolist()] + [self.sentences[i] for i in pi[:, 1].tolist()]
                 tok = self.tokenize(texts)
-                yield Batch((tok["input_ids"], tok["attention_mask"]), labels, 2 * batch_size)
+                yield Batch((tok["input_ids"], tok["attention_mask"]), labels, 2 * batch_size, True)
 
     def encode(self, encode_fn: Callable[..., torch.Tensor], batch_size: int = 256,
                encoder_fingerprint: str | None = None) -> dict[str, np.ndarray]:

@@ -2,10 +2,13 @@
 schedule, grad-norm clipping, periodic evaluation, early stopping, atomic resumable checkpoints.
 
 Model code is silent: progress goes to the optional ``on_event(kind, info)`` callback, which the CLI renders.
+Under torchrun (DDP) every rank trains its shard of each global batch; rank 0 alone evaluates, writes the run
+directory and emits events, and the other ranks receive its evaluation results (see ``distributed.py``).
 """
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import random
 import time
@@ -18,6 +21,10 @@ import torch
 from torch import nn
 
 from .config import RunConfig
+from .distributed import (SINGLE, DistContext, all_reduce_grads_mean, all_reduce_sum, barrier, broadcast_object,
+                          gathered_supcon, resolve_device)  # resolve_device: re-exported (analysis uses it)
+from .distributed import setup as setup_distributed
+from .distributed import teardown as teardown_distributed
 from .errors import MonoconError
 from .losses import build_loss
 from .models.monocon import MonoConModel, build_model, load_encoder_state
@@ -25,6 +32,8 @@ from .run_dir import RunDir
 from .tasks import TextTask, VisionTask, effective_dims_of
 
 EventFn = Callable[[str, dict[str, Any]], None]
+# Per-epoch seeds of rank r are offset by r * this, so ranks draw different augmentations (rank 0 = 1 process).
+RANK_SEED_STRIDE = 1_000_003
 
 
 @dataclass
@@ -63,15 +72,6 @@ def plan_phases(cfg: RunConfig) -> list[Phase]:
     if o.epochs > warm and (train_encoder or has_head):
         phases.append(Phase("main", warm + 1, o.epochs, train_encoder, o.lr_encoder, o.lr_head, True))
     return phases
-
-
-def resolve_device(name: str) -> torch.device:
-    """Return the torch device for ``auto`` | ``cpu`` | ``cuda[:i]``; asking for CUDA without one is an error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise MonoconError("--device cuda asked for, but torch sees no CUDA device here")
-    return torch.device(name)
 
 
 def seed_everything(seed: int) -> None:
@@ -151,9 +151,19 @@ class Trainer:
     """Holds one run's model, task, optimizer state and early-stopping state; ``fit`` runs it to the end."""
 
     def __init__(self, cfg: RunConfig, run: RunDir, model: MonoConModel, task, device: torch.device,
-                 on_event: EventFn | None = None) -> None:
-        self.cfg, self.run, self.model, self.task, self.device = cfg, run, model, task, device
-        self.emit = on_event or (lambda kind, info: None)
+                 on_event: EventFn | None = None, dist: DistContext = SINGLE) -> None:
+        self.cfg, self.run, self.model, self.task, self.device, self.dist = cfg, run, model, task, device, dist
+        self.emit = on_event if on_event is not None and dist.is_main else (lambda kind, info: None)
+        self.channels_last = device.type == "cuda" and cfg.modality == "vision" and cfg.optim.channels_last
+        if self.channels_last:
+            model.to(memory_format=torch.channels_last)
+        if dist.enabled and cfg.optim.sync_bn:
+            nn.SyncBatchNorm.convert_sync_batchnorm(model)  # replaces the BatchNorm children in place
+        # What the training step calls: the model (DDP-wrapped under torchrun) or, while the encoder is
+        # frozen, the head alone; torch.compile'd with --compile.
+        self._train_module: nn.Module | None = None
+        self._ddp: nn.Module | None = None
+        self._since_eval = {"examples": 0, "seconds": 0.0, "epochs": 0}
         self.loss_fn = build_loss(cfg.optim.loss, cfg.optim.temperature)
         self.phases = plan_phases(cfg)
         self.history: list[dict[str, Any]] = []
@@ -201,8 +211,12 @@ class Trainer:
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         _set_rng_state(state["rng"])
+        differs = torch.tensor(float(broadcast_object(self.epoch, self.dist) != self.epoch), device=self.device)
+        if all_reduce_sum(differs, self.dist).item() > 0:
+            raise MonoconError(f"the ranks read different checkpoints from {self.run.last_path}: was it being written?")
         self.history = [r for r in self.run.metrics() if r["epoch"] <= self.epoch]
-        self.run.write_metrics(self.history)  # drop rows logged after the checkpoint
+        if self.dist.is_main:
+            self.run.write_metrics(self.history)  # drop rows logged after the checkpoint
 
     def _phase_named(self, name: str) -> Phase:
         for p in self.phases:
@@ -227,9 +241,27 @@ class Trainer:
         if phase.cosine:
             steps = self._steps_per_epoch() * (phase.last_epoch - phase.first_epoch + 1)
             self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=max(steps, 1))
+        module: nn.Module = self.model.head
+        if phase.train_encoder:
+            module = self.model
+            if self.dist.enabled:
+                # Only the phase that trains the encoder uses DDP (built once: it registers the parameters
+                # that require a gradient when it is built); head-only phases all-reduce the head's gradients.
+                if self._ddp is None:
+                    from torch.nn.parallel import DistributedDataParallel
+
+                    ids = [self.device.index] if self.device.type == "cuda" else None
+                    self._ddp = DistributedDataParallel(self.model, device_ids=ids)
+                module = self._ddp
+        self._train_module = torch.compile(module) if o.compile else module
 
     def _steps_per_epoch(self) -> int:
-        return self.task.steps_per_epoch(self.cfg.optim.batch_size)
+        return self.task.steps_per_epoch(self.cfg.optim.batch_size * self.dist.world_size)
+
+    def _to_device(self, t: torch.Tensor) -> torch.Tensor:
+        if self.channels_last and t.ndim == 4:
+            return t.to(self.device, non_blocking=True, memory_format=torch.channels_last)
+        return t.to(self.device, non_blocking=True)
 
     def _autocast(self):
         if self.amp_dtype is None:
@@ -239,7 +271,7 @@ class Trainer:
     @torch.no_grad()
     def _encode_fn(self, *inputs: torch.Tensor) -> np.ndarray:
         with self._autocast():
-            out = self.model.encoder(*(t.to(self.device, non_blocking=True) for t in inputs))
+            out = self.model.encoder(*(self._to_device(t) for t in inputs))
         return out.float().cpu().numpy()
 
     def encoder_features(self) -> dict[str, np.ndarray]:
@@ -269,8 +301,20 @@ class Trainer:
         metrics.update(effective_dims_of(feats["train"], emb["train"]))
         return metrics, pca
 
-    def _train_epoch(self) -> tuple[float, float]:
-        """Run one epoch; return (mean loss, examples per second)."""
+    def _loss(self, emb: torch.Tensor, labels: torch.Tensor, batch) -> torch.Tensor:
+        """Return this rank's SupCon loss on its batch.
+
+        With ``gather_negatives`` under DDP, the anchors are this rank's examples and the candidates those of
+        the whole global batch; the loss is scaled so that its mean over ranks (the gradient DDP averages)
+        is exactly the SupCon loss one process computes on the global batch.
+        """
+        if not (self.dist.enabled and self.cfg.optim.gather_negatives):
+            return self.loss_fn(emb, labels)
+        return gathered_supcon(self.loss_fn, emb, labels, self.dist,
+                               label_offset=batch.size if batch.batch_local_labels else 0)
+
+    def _train_epoch(self) -> tuple[float, int, float]:
+        """Run one epoch; return (mean loss over ranks and steps, examples seen by all ranks, seconds)."""
         o = self.cfg.optim
         cached = None
         if not self.phase.train_encoder:
@@ -279,50 +323,64 @@ class Trainer:
         if not self.phase.train_encoder:
             self.model.encoder.eval()  # frozen: BatchNorm statistics stay as they are
         params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        manual_sync = self.dist.enabled and not self.phase.train_encoder  # head-only phases run without DDP
         total, steps, seen, t0 = 0.0, 0, 0, time.perf_counter()
         pin = self.device.type == "cuda"
-        batches = self.task.train_batches(o.seed + self.epoch, o.batch_size, cached, o.num_workers, pin)
+        batches = self.task.train_batches(o.seed + self.epoch, o.batch_size, cached, o.num_workers, pin,
+                                          self.dist.rank, self.dist.world_size)
         for batch in batches:
-            inputs = [t.to(self.device, non_blocking=True) for t in batch.inputs]
+            inputs = [self._to_device(t) for t in batch.inputs]
             labels = batch.labels.to(self.device, non_blocking=True)
             with self._autocast():
-                emb = self.model.head(inputs[0]) if cached is not None else self.model(*inputs)
-            loss = self.loss_fn(emb.float(), labels)
-            if not torch.isfinite(loss):
+                emb = self._train_module(*inputs)
+            loss = self._loss(emb.float(), labels, batch)
+            # Every rank sees the same (mean) loss, so a non-finite one stops all ranks together.
+            value = all_reduce_sum(loss.detach(), self.dist).item() / self.dist.world_size
+            if not math.isfinite(value):
                 raise MonoconError(
-                    f"the loss became {loss.item()} at epoch {self.epoch}, step {steps + 1}: lower the learning rate"
+                    f"the loss became {value} at epoch {self.epoch}, step {steps + 1}: lower the learning rate"
                 )
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
+            if manual_sync:
+                all_reduce_grads_mean(params, self.dist)
             self.scaler.unscale_(self.optimizer)
             nn.utils.clip_grad_norm_(params, o.grad_clip)
             self.scaler.step(self.optimizer)
             self.scaler.update()
             if self.scheduler is not None:
                 self.scheduler.step()
-            total += loss.item()
+            total += value
             steps += 1
-            seen += batch.size
-            self.emit("step", {"epoch": self.epoch, "step": steps, "loss": loss.item()})
+            seen += batch.size * self.dist.world_size
+            self.emit("step", {"epoch": self.epoch, "step": steps, "loss": value})
         if steps == 0:
             raise MonoconError(
-                f"not one full batch of {o.batch_size} in {self.task.num_train} training examples: lower --batch-size"
+                f"not one full batch of {o.batch_size * self.dist.world_size} in {self.task.num_train} training "
+                "examples: lower --batch-size"
             )
         if self.phase.train_encoder:
             self._features = None
-        return total / steps, seen / max(time.perf_counter() - t0, 1e-9)
+        return total / steps, seen, time.perf_counter() - t0
+
+    def _evaluate_on_main(self, full: bool = False) -> dict[str, Any]:
+        """Return the metrics of the current model, computed once on rank 0 and sent to every rank."""
+        metrics = self.evaluate(full=full)[0] if self.dist.is_main else None
+        return broadcast_object(metrics, self.dist)
 
     def _log(self, row: dict[str, Any]) -> None:
         self.history.append(row)
-        self.run.write_metrics(self.history)
+        if self.dist.is_main:
+            self.run.write_metrics(self.history)
         self.emit("eval", row)
 
     def _consider_best(self, row: dict[str, Any], in_main: bool) -> None:
         metric = row[self.task.validation_metric]
         if metric > self.best + self.cfg.optim.min_delta or self.best_epoch < 0:
             self.best, self.best_epoch, self.bad_evals = metric, self.epoch, 0
-            self.run.save_checkpoint(self.run.best_path, {"model": self.model.state_dict(), "epoch": self.epoch,
-                                                          "metric": metric, "config": self.cfg.to_dict()})
+            if self.dist.is_main:
+                self.run.save_checkpoint(self.run.best_path, {"model": self.model.state_dict(), "epoch": self.epoch,
+                                                              "metric": metric, "config": self.cfg.to_dict()})
         elif in_main:
             self.bad_evals += 1
             if self.bad_evals >= self.cfg.optim.patience:
@@ -336,7 +394,7 @@ class Trainer:
         self.emit("start", {"epochs": total_epochs, "steps_per_epoch": self._steps_per_epoch(),
                             "resumed_at": self.epoch, "phases": [p.name for p in self.phases]})
         if self.epoch == 0 and not self.history:
-            metrics, _ = self.evaluate(full=False)
+            metrics = self._evaluate_on_main()
             self._log({"epoch": 0, "phase": "init", "loss": None, **metrics})
             self._consider_best(self.history[-1], in_main=False)
         while self.epoch < total_epochs and not self.stopped_early:
@@ -344,48 +402,69 @@ class Trainer:
             phase = next(p for p in self.phases if p.first_epoch <= self.epoch <= p.last_epoch)
             if self.phase is None or phase.name != self.phase.name:
                 self._enter_phase(phase)
-            seed_everything(o.seed + self.epoch)
+            seed_everything(o.seed + self.epoch + RANK_SEED_STRIDE * self.dist.rank)
             self.emit("epoch_start", {"epoch": self.epoch, "phase": phase.name})
-            loss, speed = self._train_epoch()
+            loss, seen, seconds = self._train_epoch()
+            self.emit("epoch_end", {"epoch": self.epoch, "phase": phase.name, "loss": loss, "seconds": seconds,
+                                    "examples_per_s": seen / max(seconds, 1e-9),
+                                    "unit": "images" if self.cfg.modality == "vision" else "sentences"})
+            since = self._since_eval
+            since["examples"] += seen
+            since["seconds"] += seconds
+            since["epochs"] += 1
             if self.epoch % o.eval_every == 0 or self.epoch == total_epochs:
-                metrics, _ = self.evaluate(full=False)
+                metrics = self._evaluate_on_main()
+                # Throughput over every training epoch since the previous row (all ranks together).
                 self._log({"epoch": self.epoch, "phase": phase.name, "loss": loss,
-                           "examples_per_s": speed, **metrics})
+                           "examples_per_s": since["examples"] / max(since["seconds"], 1e-9),
+                           "epoch_s": since["seconds"] / since["epochs"], **metrics})
+                self._since_eval = {"examples": 0, "seconds": 0.0, "epochs": 0}
                 self._consider_best(self.history[-1], in_main=phase.name == "main")
-            self.run.save_checkpoint(self.run.last_path, self.state_dict())
+            if self.dist.is_main:
+                self.run.save_checkpoint(self.run.last_path, self.state_dict())
             if stop_after_epoch is not None and self.epoch >= stop_after_epoch:
+                barrier(self.dist)  # rank 0 has written last.pt: a resume that follows must not read an older one
                 return TrainResult(self.run.path, {}, self.history, self.best_epoch, False, False)
         return self._finish()
 
     def _finish(self) -> TrainResult:
-        best = self.run.load_checkpoint(self.run.best_path)
-        self.model.load_state_dict(best["model"])
-        self._features = None
-        final, pca = self.evaluate(full=True)
-        self.run.save_pca(pca, int(final["d_eff"]))
-        summary = {
-            "run": str(self.run.path), "name": self.cfg.name, "preset": self.cfg.preset,
-            "modality": self.cfg.modality, "head": self.cfg.model.head, "encoder": self.cfg.model.encoder,
-            "loss": self.cfg.optim.loss, "truncation": self.cfg.truncation,
-            "d_enc": self.model.d_enc, "best_epoch": self.best_epoch, "epochs_run": self.epoch,
-            "stopped_early": self.stopped_early, "validation_metric": self.task.validation_metric,
-            "input": self.task.input_spec(), "final": final,
-        }
-        self.run.write_summary(summary)
-        self.emit("done", summary)
+        final = None
+        if self.dist.is_main:
+            best = self.run.load_checkpoint(self.run.best_path)
+            self.model.load_state_dict(best["model"])
+            self._features = None
+            final, pca = self.evaluate(full=True)
+            self.run.save_pca(pca, int(final["d_eff"]))
+            summary = {
+                "run": str(self.run.path), "name": self.cfg.name, "preset": self.cfg.preset,
+                "modality": self.cfg.modality, "head": self.cfg.model.head, "encoder": self.cfg.model.encoder,
+                "loss": self.cfg.optim.loss, "truncation": self.cfg.truncation,
+                "d_enc": self.model.d_enc, "best_epoch": self.best_epoch, "epochs_run": self.epoch,
+                "stopped_early": self.stopped_early, "validation_metric": self.task.validation_metric,
+                "world_size": self.dist.world_size,
+                "global_batch_size": self.cfg.optim.batch_size * self.dist.world_size,
+                "input": self.task.input_spec(), "final": final,
+            }
+            self.run.write_summary(summary)
+            self.emit("done", summary)
+        final = broadcast_object(final, self.dist)
         return TrainResult(self.run.path, final, self.history, self.best_epoch, self.stopped_early, True)
 
 
 def train(cfg: RunConfig | None = None, out: str | Path | None = None, *, resume: str | Path | None = None,
           runs_root: str | Path = "runs", on_event: EventFn | None = None,
-          stop_after_epoch: int | None = None) -> TrainResult:
+          stop_after_epoch: int | None = None, distributed: bool = False) -> TrainResult:
     """Train a new run from ``cfg`` (into ``out`` or ``runs_root/NAME-TIME``), or continue ``resume``.
 
     Everything that can fail on bad input (config, data, weights, init-from run) is checked before a new
     run directory is created. Returns the TrainResult; ``stop_after_epoch`` stops early on purpose
     (as a kill would), leaving a resumable run.
+
+    Distributed (DDP) training runs when ``distributed`` is asked for (it then needs the torchrun
+    environment), when torchrun started several processes, or inside a process group the caller set up.
+    Every rank returns the same TrainResult; only rank 0 writes files and emits events.
     """
-    state = None
+    state, run = None, None
     if resume is not None:
         run = RunDir.open_existing(resume)
         cfg = run.read_config()
@@ -397,7 +476,28 @@ def train(cfg: RunConfig | None = None, out: str | Path | None = None, *, resume
     elif cfg is None:
         raise MonoconError("train needs a config or a run to resume")
     cfg = cfg.validate()
-    device = resolve_device(cfg.optim.device)
+    dist, device = setup_distributed(distributed, cfg.optim.device)
+    try:
+        result = _train(cfg, dist, device, out, run, state, runs_root, on_event, stop_after_epoch)
+    except BaseException:
+        teardown_distributed(dist, clean=False)
+        raise
+    teardown_distributed(dist)
+    return result
+
+
+def _train(cfg: RunConfig, dist: DistContext, device: torch.device, out: str | Path | None,
+           resumed: RunDir | None, state: dict[str, Any] | None, runs_root: str | Path,
+           on_event: EventFn | None, stop_after_epoch: int | None) -> TrainResult:
+    """Return the TrainResult of ``train`` once the process group (if any) is up."""
+    resume = resumed.path if resumed is not None else None
+    if resume is not None and cfg.optim.world_size != dist.world_size:
+        raise MonoconError(f"{resume} was trained by {cfg.optim.world_size} process(es), this is "
+                           f"{dist.world_size}: resume it with the same number (the schedule depends on it)")
+    if resume is None:
+        cfg = dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, world_size=dist.world_size))
+    if dist.enabled and cfg.optim.sync_bn and device.type != "cuda":
+        raise MonoconError("--sync-bn needs CUDA (SyncBatchNorm has no CPU kernels)")
     set_determinism(cfg.optim.deterministic)
     seed_everything(cfg.optim.seed)
     if resume is None:
@@ -408,12 +508,31 @@ def train(cfg: RunConfig | None = None, out: str | Path | None = None, *, resume
     if init_state is not None:
         load_encoder_state(model, init_state, str(cfg.init_from))
     task = build_task(cfg, model)
-    if resume is None:
-        run = _new_run_dir(out, cfg, runs_root)
-        run.write_config(cfg)
-        run.save_splits(task.splits.to_arrays())
+    run = resumed if resumed is not None else _create_run_dir_on_main(out, cfg, runs_root, task, dist)
     model.to(device)
-    trainer = Trainer(cfg, run, model, task, device, on_event)
+    trainer = Trainer(cfg, run, model, task, device, on_event, dist)
     if state is not None:
         trainer.load_state_dict(state)
     return trainer.fit(stop_after_epoch)
+
+
+def _create_run_dir_on_main(out: str | Path | None, cfg: RunConfig, runs_root: str | Path, task,
+                            dist: DistContext) -> RunDir:
+    """Return the new run directory, created (with config and splits) by rank 0 and shared with the others.
+
+    A failure on rank 0 is sent to the other ranks too, so that none of them waits for it forever.
+    """
+    error, path = None, None
+    if dist.is_main:
+        try:
+            run = _new_run_dir(out, cfg, runs_root)
+            run.write_config(cfg)
+            run.save_splits(task.splits.to_arrays())
+            path = str(run.path)
+        except Exception as exc:
+            broadcast_object((f"rank 0 could not create the run directory: {exc}", None), dist)
+            raise
+    error, path = broadcast_object((error, path), dist)
+    if error is not None:
+        raise MonoconError(error)
+    return RunDir(path)
