@@ -15,6 +15,10 @@ train() {  # name, then train options
   else rm -rf "${runs:?}/$name"; monocon-edge train "$@" --out "$runs/$name"; fi
   log "$name $((SECONDS - t0)) s"
 }
+for head in none monotonic mlp; do
+  train "nli-pairs-$head" --preset nli-pairs --head "$head"
+done
+train "nli-pairs-matryoshka" --preset nli-pairs --loss matryoshka
 for preset in tiny-imagenet-100 cifar10-subset; do
   train "$preset-none" --preset "$preset" --head none
   for head in monotonic mlp; do
@@ -22,7 +26,3 @@ for preset in tiny-imagenet-100 cifar10-subset; do
   done
   train "$preset-matryoshka" --preset "$preset" --loss matryoshka --init-from "$runs/$preset-none"
 done
-for head in none monotonic mlp; do
-  train "nli-pairs-$head" --preset nli-pairs --head "$head"
-done
-train "nli-pairs-matryoshka" --preset nli-pairs --loss matryoshka

@@ -208,17 +208,22 @@ PRESETS: dict[str, str] = {
 
 def _cpu_vision(name: str, data_file: str, head: str) -> RunConfig:
     # Crop + flip rather than the paper's TrivialAugmentWide + RandomErasing: a CNN trained from scratch for a
-    # few CPU epochs learns too little under the paper's strong augmentation.
-    data = DataConfig(kind="npz", path=_shared(data_file), augment="light", val_fraction=0.1)
+    # few CPU epochs learns too little under the paper's strong augmentation. Batches of 4 images per class:
+    # with 100 classes, a random batch of 256 holds few positive pairs for SupCon.
+    data = DataConfig(kind="npz", path=_shared(data_file), augment="light", val_fraction=0.1, m_per_class=4)
     model = ModelConfig(encoder="smallcnn", width=16, embed_dim=256, in_channels=3, weights="none", head=head)
     if head == "none":
         # No ImageNet weights offline: the baseline trains the encoder from scratch with SupCon, and
         # MonoCon / std-MLP start from its encoder (--init-from), as the pre-trained encoder does in the paper.
-        optim = OptimConfig(epochs=20, warmup_epochs=0, batch_size=256, lr_encoder=2e-3, lr_head=2e-3,
-                            temperature=0.1, patience=4, eval_every=2)
+        optim = OptimConfig(epochs=10, warmup_epochs=0, batch_size=256, lr_encoder=2e-3, lr_head=2e-3,
+                            temperature=0.1, patience=3, eval_every=2)
     else:
-        optim = OptimConfig(epochs=8, warmup_epochs=2, batch_size=256, lr_encoder=2e-4, lr_head=2e-4,
-                            temperature=0.1, patience=4, eval_every=2)
+        # The paper's head warm-up (10 epochs at 1e-4, encoder frozen) is cheap here: it trains on cached
+        # encoder features. Then 3 end-to-end epochs; the head's LR is 5x the encoder's because a monotonic
+        # head starts collapsed (all-positive weights) and needs the larger steps to spread out (measured on
+        # the text preset: 2e-4 left Spearman at 0.38 after 3 epochs, 2e-3 reached 0.83 by epoch 10).
+        optim = OptimConfig(epochs=13, warmup_epochs=10, batch_size=256, lr_encoder=2e-4, lr_head=1e-3,
+                            lr_warmup=1e-4, temperature=0.1, patience=3, eval_every=1)
     return RunConfig(name=f"{name}-{head}", preset=name, modality="vision", data=data, model=model, optim=optim)
 
 
@@ -266,9 +271,12 @@ def preset(name: str, head: str = "monotonic") -> RunConfig:
             model=ModelConfig(encoder="minilm", weights="default", head=head),
             # Encoder frozen (lr 0): the paper's 2e-7 barely moves it, and freezing lets the head
             # train on features computed once, which is what makes this run on two CPU cores.
-            optim=OptimConfig(epochs=40, warmup_epochs=1 if head != "none" else 0, batch_size=128,
-                              lr_encoder=0.0, lr_head=2e-4, lr_warmup=1e-4, temperature=0.05,
-                              patience=6, freeze_encoder=True),
+            # Head LR 2e-3, not the paper's 2e-4: measured on STS-B dev, the monotonic head (which starts
+            # collapsed, d_eff 2) reached Spearman 0.38 after 3 epochs at 2e-4 and 0.83 by epoch 10 at 2e-3,
+            # then slowly declined (8.5k pairs overfit): hence 16 epochs with early stopping.
+            optim=OptimConfig(epochs=16, warmup_epochs=1 if head != "none" else 0, batch_size=128,
+                              lr_encoder=0.0, lr_head=2e-3, lr_warmup=1e-4, temperature=0.05,
+                              patience=3, eval_every=2, freeze_encoder=True),
         )
     raise MonoconError(f"unknown preset {name!r}: choose one of {', '.join(PRESETS)}")
 

@@ -396,7 +396,8 @@ class Trainer:
         if self.epoch == 0 and not self.history:
             metrics = self._evaluate_on_main()
             self._log({"epoch": 0, "phase": "init", "loss": None, **metrics})
-            self._consider_best(self.history[-1], in_main=False)
+            if not self.phases:  # nothing to train: the initial model is the result
+                self._consider_best(self.history[-1], in_main=False)
         while self.epoch < total_epochs and not self.stopped_early:
             self.epoch += 1
             phase = next(p for p in self.phases if p.first_epoch <= self.epoch <= p.last_epoch)

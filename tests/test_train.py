@@ -37,6 +37,11 @@ def test_tiny_run_writes_everything(tmp_path) -> None:
     assert {"model", "optimizer", "scheduler", "epoch", "rng", "early_stop"} <= set(last)
 
 
+def test_best_checkpoint_comes_from_training_not_the_initial_model(tmp_path) -> None:
+    result = train(tiny_digits("mlp"), tmp_path / "run")
+    assert result.best_epoch >= 1
+
+
 def test_training_improves_on_the_initial_model(tmp_path) -> None:
     cfg = override(tiny_digits("none"), "optim", epochs=4)
     result = train(cfg, tmp_path / "run")
@@ -63,9 +68,9 @@ def test_init_from_copies_the_encoder(tmp_path) -> None:
     base = train(tiny_digits("none"), tmp_path / "base")
     cfg = override(tiny_digits("monotonic"), None, init_from=str(base.run_dir))
     cfg = override(cfg, "model", width=16)  # overridden by the source run's encoder settings
-    result = train(cfg, tmp_path / "mono", stop_after_epoch=0)
+    result = train(cfg, tmp_path / "mono", stop_after_epoch=1)  # epoch 1 is the warm-up: encoder frozen
     src = torch.load(base.run_dir / "best.pt", weights_only=True)["model"]
-    got = torch.load(result.run_dir / "best.pt", weights_only=True)["model"]
+    got = torch.load(result.run_dir / "last.pt", weights_only=True)["model"]
     assert all(torch.equal(src[k], got[k]) for k in src if k.startswith("encoder."))
     assert json.loads((result.run_dir / "config.json").read_text())["model"]["width"] == 4
 
