@@ -19,7 +19,7 @@ from torch.nn import functional as F
 
 from .errors import MonoconError
 from .metrics import PCAStats
-from .models.heads import IdentityHead, MLPHead
+from .models.heads import IdentityHead, MLPHead, mlp_forward
 from .models.monocon import MonoConModel
 
 # Names of the folded tail's parameters: export and quantization find the head / projection by these prefixes.
@@ -53,11 +53,7 @@ class FoldedHead(nn.Module):
         self.negative_slope = negative_slope
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for i, layer in enumerate(self.layers):
-            x = layer(x)
-            if i < len(self.layers) - 1:
-                x = F.leaky_relu(x, self.negative_slope)
-        return x
+        return mlp_forward(self.layers, x, self.negative_slope)
 
 
 class FoldedTail(nn.Module):

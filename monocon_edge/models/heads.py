@@ -21,6 +21,15 @@ class SquaredLinear(nn.Linear):
         return F.linear(x, self.effective_weight(), self.bias)
 
 
+def mlp_forward(layers: nn.ModuleList, x: torch.Tensor, negative_slope: float) -> torch.Tensor:
+    """Return ``x`` passed through ``layers`` with LeakyReLU between them (none after the last)."""
+    for i, layer in enumerate(layers):
+        x = layer(x)
+        if i < len(layers) - 1:
+            x = F.leaky_relu(x, negative_slope)
+    return x
+
+
 class MLPHead(nn.Module):
     """``depth`` hidden layers of width ``hidden`` with LeakyReLU, then a linear output of ``out_dim``.
 
@@ -39,11 +48,7 @@ class MLPHead(nn.Module):
         self.in_dim, self.out_dim = in_dim, out_dim
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for i, layer in enumerate(self.layers):
-            x = layer(x)
-            if i < len(self.layers) - 1:
-                x = F.leaky_relu(x, self.negative_slope)
-        return x
+        return mlp_forward(self.layers, x, self.negative_slope)
 
     @torch.no_grad()
     def init_near_identity(self, shift: float = 3.0, noise: float = 0.01) -> None:
