@@ -215,8 +215,8 @@ def _cpu_vision(name: str, data_file: str, head: str) -> RunConfig:
     if head == "none":
         # No ImageNet weights offline: the baseline trains the encoder from scratch with SupCon, and
         # MonoCon / std-MLP start from its encoder (--init-from), as the pre-trained encoder does in the paper.
-        optim = OptimConfig(epochs=10, warmup_epochs=0, batch_size=256, lr_encoder=2e-3, lr_head=2e-3,
-                            temperature=0.1, patience=3, eval_every=2)
+        optim = OptimConfig(epochs=30, warmup_epochs=0, batch_size=256, lr_encoder=2e-3, lr_head=2e-3,
+                            temperature=0.1, patience=3, eval_every=3)
     else:
         # The paper's head warm-up (10 epochs at 1e-4, encoder frozen) is cheap here: it trains on cached
         # encoder features. Then 3 end-to-end epochs; the head's LR is 5x the encoder's because a monotonic
