@@ -129,3 +129,24 @@ def print_verify(console: Console, report: Any) -> None:
     for line in report.skipped:
         console.print(f"skipped: {line}")
     console.print("[bold green]verified[/]")
+
+
+def print_bench(console: Console, result: Any, written: list[str]) -> None:
+    """Print a bench result as a table (columns of bench.output.COLUMNS), its header facts and the files written."""
+    from .bench.output import COLUMNS, cell
+
+    h = result.header
+    table = Table(title=f"bench{' ' + h['suite'] if h['suite'] else ''}: {h['cpu']}, {h['threads']} threads, "
+                        f"{h['device']}", show_lines=False)
+    shown = [c for c in COLUMNS if c[0] not in ("dims", "latency_ms_p99", "index_bytes")
+             and any(r.get(c[0]) is not None for r in result.rows)]
+    for key, label, _ in shown:
+        table.add_column(label, justify="left" if key in ("model", "head", "dims_label", "precision", "index_codes")
+                         else "right")
+    for row in result.rows:
+        table.add_row(*(cell(row.get(k), spec) for k, _, spec in shown))
+    console.print(table)
+    for note in result.notes:
+        console.print(f"note: {note}", highlight=False)
+    for path in written:
+        console.print(f"wrote [bold]{path}[/]")
