@@ -87,6 +87,12 @@ def write_plot(path: str | Path, result: BenchResult) -> None:
                 ax.plot([p[0] for p in pts], [p[1] for p in pts], style, marker="o", color=colours[i % len(colours)],
                         label=f"{name} ({precision}, {codes} codes)")
     ax.set_xscale("log", base=2)
+    ticks = sorted({r["dims"] for r in result.rows})
+    if ticks:
+        from matplotlib.ticker import NullMinorFormatter
+
+        ax.set_xticks(ticks, [str(t) for t in ticks])
+        ax.xaxis.set_minor_formatter(NullMinorFormatter())
     ax.set_xlabel("embedding dims (log scale)")
     ax.set_ylabel("Recall@1")
     h = result.header

@@ -241,6 +241,9 @@ def _base_row(target: Target, dims: int, label: str, precision: str, folder: Pat
         "speedup_throughput": ratio(timing["throughput"], reference["throughput"]) if reference else None,
         "peak_rss_mb": memory.peak_rss_mb if memory else None,
         "baseline_rss_mb": memory.baseline_rss_mb if memory else None,
+        "rss_probe": f"{memory.source} of a child that imports only the runtime, batch {memory.batch}"
+                     if memory else None,
+        "rss_probe_imported_torch": memory.torch_imported if memory else None,
         "model_bytes": model_file.stat().st_size,
         "artifact": str(folder),
     }
