@@ -52,7 +52,7 @@ class EvalSet:
         Text: the single sentence has the median length of the queries (latency grows with tokens).
         """
         if self.modality == "vision":
-            pool = np.concatenate([self.gallery, self.query])
+            pool = np.concatenate([self.gallery[:batch], self.query[:batch]])
             reps = -(-batch // len(pool))
             return pool[:1], np.concatenate([pool] * reps)[:batch]
         pool = list(self.query) + list(self.gallery)

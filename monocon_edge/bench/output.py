@@ -89,10 +89,10 @@ def write_plot(path: str | Path, result: BenchResult) -> None:
     ax.set_xscale("log", base=2)
     ticks = sorted({r["dims"] for r in result.rows})
     if ticks:
-        from matplotlib.ticker import NullMinorFormatter
+        from matplotlib.ticker import NullFormatter
 
         ax.set_xticks(ticks, [str(t) for t in ticks])
-        ax.xaxis.set_minor_formatter(NullMinorFormatter())
+        ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("embedding dims (log scale)")
     ax.set_ylabel("Recall@1")
     h = result.header

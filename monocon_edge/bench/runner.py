@@ -167,6 +167,7 @@ class _Bench:
         import torch
 
         from .. import runtime
+        from ..artifact import read_manifest
         from .evaldata import eval_set
 
         opts = self.opts
@@ -178,12 +179,14 @@ class _Bench:
                                      "and synthetic timing inputs")
         reference = None
         for dims, (label, folder) in target.artifacts.items():
-            from ..artifact import read_manifest
-
             manifest = read_manifest(folder)
             for precision in [p for p in ("fp32", "int8") if p in manifest["models"] and (opts.int8 or p == "fp32")]:
                 self.emit("model", {"name": f"{target.name} {label} ({dims}d) {precision}"})
                 model = runtime.load(folder, precision, threads=self.threads, providers=self.providers)
+                if model.session.get_providers()[0] != self.providers[0]:
+                    # onnxruntime falls back to CPU quietly when the CUDA libraries do not load.
+                    raise MonoconError(f"onnxruntime could not start {self.providers[0]} for {folder} "
+                                       f"(running on {model.session.get_providers()[0]})")
                 one, many = data.timing_inputs(opts.batch) if data is not None else _synthetic(model, opts.batch)
                 feed_one, feed_many = _feeds(model, one), _feeds(model, many)
                 timing = _timing(model.run, feed_one, feed_many, opts)
