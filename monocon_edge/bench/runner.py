@@ -88,6 +88,23 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine() or "unknown"
 
 
+def _load_average() -> float | None:
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):
+        return None
+
+
+def busy_machine_note(threads: int) -> str | None:
+    """Return a warning when other processes already keep the CPUs busy (timings are then contention-bound)."""
+    load = _load_average()
+    if load is not None and load + threads > available_threads() + 0.5:
+        return (f"the 1-min load average was {load:g} on {available_threads()} CPUs before this bench started: "
+                f"with {threads} threads, timings include waiting for CPUs (PyTorch's OpenMP threads suffer most; "
+                "compare on an idle machine or with --threads 1)")
+    return None
+
+
 def providers_for(device: str) -> list[str]:
     """Return the onnxruntime providers for ``device``; raise MonoconError when CUDA is asked for but absent."""
     import onnxruntime as ort
@@ -111,6 +128,7 @@ def _header(opts: BenchOptions, threads: int, providers: list[str]) -> dict[str,
         "versions": {"python": platform.python_version(), "monocon_edge": __version__, "numpy": numpy.__version__,
                      "onnxruntime": onnxruntime.__version__, "torch": torch.__version__},
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "load_average_1min_at_start": _load_average(),
         "options": asdict(opts),
         "latency": f"onnxruntime session.run on model-ready real inputs at batch 1: {opts.warmup} warm-up + "
                    f"{opts.iterations} timed calls; throughput at batch {opts.batch}: {opts.batch_iterations} calls",
@@ -141,6 +159,9 @@ class _Bench:
         self.providers = providers_for(opts.device)
         self.threads = opts.threads or available_threads()
         self.result = BenchResult(_header(opts, self.threads, self.providers))
+        busy = busy_machine_note(self.threads)
+        if busy:
+            self.result.notes.append(busy)
         self.loaded: dict[Path, Any] = {}
 
     def load(self, run_path: Path) -> Any:
