@@ -239,6 +239,66 @@ def verify(
     _run_guarded(go)
 
 
+@app.command()
+def bench(
+    paths: list[Path] = typer.Argument(..., help="run directories (exported per dims into RUN/artifacts/, reused "
+                                                 "while valid) and/or artifact directories"),
+    dims: str = typer.Option("128,64,16,deff", help="dims besides full: integers and/or deff (dims >= d_enc skipped)"),
+    device: str = typer.Option("cpu", help="cpu | cuda (onnxruntime's CUDA provider)"),
+    threads: Optional[int] = typer.Option(None, help="intra-op threads for onnxruntime and torch "
+                                                     "(default: every CPU available)"),
+    int8: bool = typer.Option(True, "--int8/--no-int8", help="also bench the int8 graph (exported with --int8)"),
+    json_path: Optional[Path] = typer.Option(None, "--json", help="write the rows + header as JSON"),
+    md: Optional[Path] = typer.Option(None, "--md", help="write the table as Markdown"),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="write a PNG of Recall@1 against dims"),
+    results_dir: Optional[Path] = typer.Option(None, help="write JSON, Markdown and PNG here, named "
+                                                          "<suite>-<precisions>-<cpu>-<threads>t"),
+    suite: str = typer.Option("", help="suite name (for the header and --results-dir file names)"),
+    warmup: int = typer.Option(10, help="untimed calls before each timing"),
+    iterations: int = typer.Option(100, help="timed batch-1 calls (latency percentiles)"),
+    batch: int = typer.Option(64, help="throughput batch size"),
+    batch_iterations: int = typer.Option(10, help="timed calls at the throughput batch"),
+    search_iterations: int = typer.Option(50, help="timed single-query index searches"),
+    max_queries: Optional[int] = typer.Option(None, help="cap the accuracy queries (seeded subset)"),
+    memory: bool = typer.Option(True, "--memory/--no-memory", help="peak RSS of a torch-free child process"),
+    reference: bool = typer.Option(True, "--reference/--no-reference", help="time the unfolded PyTorch model"),
+    parity_atol: float = typer.Option(1e-5, help="fp32 parity gate of the exports bench makes (int8 is measured, "
+                                                 "not gated)"),
+) -> None:
+    """Benchmark artifacts: Recall@k, 5-NN / STS, sizes, latency, throughput, peak RSS, search, vs PyTorch eager."""
+
+    def go() -> None:
+        from .bench.output import result_stem, write_json, write_markdown, write_plot
+        from .bench.runner import BenchOptions, run_bench
+        from .errors import MonoconError
+        from .report import print_bench
+
+        opts = BenchOptions(dims=dims, int8=int8, device=device, threads=threads, warmup=warmup,
+                            iterations=iterations, batch=batch, batch_iterations=batch_iterations,
+                            search_iterations=search_iterations, max_queries=max_queries, memory_probe=memory,
+                            torch_reference=reference, parity_atol=parity_atol, suite=suite)
+        opts.check()
+        for p in (json_path, md, plot):
+            if p is not None and not p.parent.is_dir():
+                raise MonoconError(f"the folder for {p} does not exist")
+        with console.status("benchmarking") as status:
+            result = run_bench(paths, opts, on_event=lambda kind, info: status.update(info.get("name", kind)))
+        outputs = {"json": json_path, "md": md, "png": plot}
+        if results_dir is not None:
+            results_dir.mkdir(parents=True, exist_ok=True)
+            stem = result_stem(result)
+            outputs = {k: v or results_dir / f"{stem}.{k}" for k, v in outputs.items()}
+        writers = {"json": write_json, "md": write_markdown, "png": write_plot}
+        written = []
+        for kind, path in outputs.items():
+            if path is not None:
+                writers[kind](path, result)
+                written.append(str(path))
+        print_bench(console, result, written)
+
+    _run_guarded(go)
+
+
 def main() -> None:
     """Console-script entry point."""
     app(prog_name="monocon-edge")

@@ -89,17 +89,19 @@ def _check_options(opts: ExportOptions, modality: str) -> None:
         raise MonoconError("sample counts must be >= 1")
 
 
-def export_run(run_dir: str | Path, opts: ExportOptions, on_event: EventFn | None = None) -> ExportResult:
+def export_run(run_dir: str | Path, opts: ExportOptions, on_event: EventFn | None = None,
+               loaded: Any = None) -> ExportResult:
     """Export the run at ``run_dir`` as an artifact directory; return where it went and its manifest.
 
-    Raises MonoconError for bad input and GateError when a measured figure misses its threshold; in both
-    cases no artifact directory is left behind.
+    ``loaded``: the run already loaded with ``export_data.load_run(run_dir)`` (saves loading it again when
+    one caller exports several dims). Raises MonoconError for bad input and GateError when a measured figure
+    misses its threshold; in both cases no artifact directory is left behind.
     """
     from .export_data import load_run
     from .fold import check_dims
 
     emit = on_event or (lambda kind, info: None)
-    loaded = load_run(run_dir)
+    loaded = loaded if loaded is not None else load_run(run_dir)
     _check_options(opts, loaded.cfg.modality)
     dims = check_dims(resolve_dims(opts.dims, loaded.d_eff), loaded.pca, loaded.model.d_enc)
     out = Path(opts.out) if opts.out is not None else _default_out(loaded.run.path, dims, opts.int8)

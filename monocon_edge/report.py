@@ -151,3 +151,38 @@ def print_verify(console: Console, report: Any) -> None:
     for line in report.skipped:
         console.print(f"skipped: {line}")
     console.print("[bold green]verified[/]")
+
+
+
+# Terminal bench table: (row key, heading, format); the model's name, head and sizes go in the title.
+BENCH_COLUMNS = (
+    ("dims_label", "dims", "s"), ("dims", "d", "d"), ("precision", "graph", "s"), ("index_codes", "codes", "s"),
+    ("recall_at_1", "R@1", ".4f"), ("recall_at_5", "R@5", ".4f"), ("knn5_accuracy", "5-NN", ".4f"),
+    ("sts_spearman", "STS ρ", ".4f"), ("latency_ms_p50", "p50 ms", ".3f"), ("latency_ms_p95", "p95 ms", ".3f"),
+    ("throughput_per_s", "/s", ".0f"), ("speedup_latency_p50", "×eager", ".1f"), ("peak_rss_mb", "RSS MiB", ".0f"),
+    ("model_bytes", "model B", ","), ("index_bytes_per_vector", "B/vec", "d"), ("search_ms_p50", "search ms", ".3f"),
+)
+
+
+def print_bench(console: Console, result: Any, written: list[str]) -> None:
+    """Print a bench result: one table per model, then the header facts, notes and the files written."""
+    from .bench.output import cell
+
+    h = result.header
+    for name in dict.fromkeys(r["model"] for r in result.rows):
+        rows = [r for r in result.rows if r["model"] == name]
+        first = rows[0]
+        table = Table(title=f"{name}: head {first['head']}, {first['truncation']} truncation, d_enc {first['d_enc']}, "
+                            f"d_eff {first['d_eff']}", title_justify="left")
+        shown = [c for c in BENCH_COLUMNS if any(r.get(c[0]) is not None for r in rows)]
+        for key, label, _ in shown:
+            table.add_column(label, justify="left" if key in ("dims_label", "precision", "index_codes") else "right")
+        for row in rows:
+            table.add_row(*(cell(row.get(k), spec) for k, _, spec in shown))
+        console.print(table)
+    console.print(f"{h['cpu']}, {h['threads']} threads, {h['device']} ({', '.join(h['providers'])}); {h['latency']}; "
+                  "×eager = PyTorch eager p50 / artifact p50", highlight=False)
+    for note in result.notes:
+        console.print(f"note: {note}", highlight=False)
+    for path in written:
+        console.print(f"wrote [bold]{path}[/]")

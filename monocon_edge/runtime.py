@@ -28,7 +28,8 @@ INDEX_FORMAT = 1
 class Embedder:
     """One loaded artifact graph: ``embed`` turns images or sentences into (N, dims) L2-normalised float32."""
 
-    def __init__(self, folder: Path, manifest: dict[str, Any], precision: str, threads: int | None = None) -> None:
+    def __init__(self, folder: Path, manifest: dict[str, Any], precision: str, threads: int | None = None,
+                 providers: Sequence[str] | None = None) -> None:
         import onnxruntime as ort
 
         self.folder = folder
@@ -46,7 +47,7 @@ class Embedder:
             options.intra_op_num_threads = int(threads)
         try:
             self.session = ort.InferenceSession(str(folder / entry["file"]), options,
-                                                providers=["CPUExecutionProvider"])
+                                                providers=list(providers or ["CPUExecutionProvider"]))
         except Exception as exc:
             raise ArtifactError(f"onnxruntime cannot load {entry['file']}: {type(exc).__name__}") from None
         self.input_spec: dict[str, Any] = manifest["input"]
@@ -178,8 +179,11 @@ def _load_tokenizer(folder: Path, spec: dict[str, Any]):
     return build_tokenizer(folder / tok["file"], tok["max_length"], tok["pad_id"], tok["pad_token"])
 
 
-def load(folder: str | os.PathLike, precision: str = "fp32", threads: int | None = None) -> Embedder:
+def load(folder: str | os.PathLike, precision: str = "fp32", threads: int | None = None,
+         providers: Sequence[str] | None = None) -> Embedder:
     """Return an Embedder for ``precision`` (fp32 | int8 | best: int8 where present) of the artifact in ``folder``.
+
+    ``providers``: onnxruntime execution providers in order of preference (default: CPU only).
 
     Raises ArtifactError when the folder is not an artifact, has another format version, or any file's sha256
     differs from the manifest's.
@@ -190,7 +194,7 @@ def load(folder: str | os.PathLike, precision: str = "fp32", threads: int | None
         precision = "int8" if "int8" in manifest["models"] else "fp32"
     if precision not in ("fp32", "int8"):
         raise RuntimeInputError(f"precision must be fp32, int8 or best, got {precision!r}")
-    return Embedder(folder, manifest, precision, threads)
+    return Embedder(folder, manifest, precision, threads, providers)
 
 
 def manifest_of(folder: str | os.PathLike) -> dict[str, Any]:
@@ -220,6 +224,11 @@ class Index:
 
     def __len__(self) -> int:
         return len(self.ids)
+
+    @property
+    def nbytes(self) -> int:
+        """Return the bytes the stored vectors take (codes or float32; ids and scales not counted)."""
+        return int(self._data.nbytes)
 
     def _check(self, x: Any, what: str) -> np.ndarray:
         if not isinstance(x, np.ndarray) or x.ndim != 2 or x.shape[1] != self.dims:

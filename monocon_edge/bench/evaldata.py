@@ -1,0 +1,98 @@
+"""The run's real evaluation data, as raw inputs the runtime embeds (uint8 images or sentences).
+
+Vision: query → gallery of the run's train split, labels = classes (the protocol of training's Recall@k and
+5-NN). Text: each held-out entailment pair and each STS-B dev pair scored ≥ ``STS_PAIR_MIN_SCORE`` is a
+(anchor, partner) pair; an anchor must find its partner among all distinct partners; STS-B dev Spearman of
+cosine over every dev pair.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+STS_PAIR_MIN_SCORE = 4.0
+
+
+@dataclass
+class StsPairs:
+    """Scored sentence pairs (STS-B dev) for Spearman's rank correlation of cosine similarity."""
+
+    first: list[str]
+    second: list[str]
+    scores: np.ndarray
+
+
+@dataclass
+class EvalSet:
+    """Queries and gallery with labels (a query hits a gallery item of its own label), plus STS for text."""
+
+    modality: str
+    protocol: str
+    query: Any  # vision: uint8 (N, H, W, C); text: list[str]
+    gallery: Any
+    query_labels: np.ndarray
+    gallery_labels: np.ndarray
+    sts: StsPairs | None = None
+
+    @property
+    def num_queries(self) -> int:
+        """Return the number of queries."""
+        return len(self.query_labels)
+
+    @property
+    def num_gallery(self) -> int:
+        """Return the number of gallery items."""
+        return len(self.gallery_labels)
+
+    def timing_inputs(self, batch: int) -> tuple[Any, Any]:
+        """Return (one example, ``batch`` examples) of real inputs for latency and throughput.
+
+        Text: the single sentence has the median length of the queries (latency grows with tokens).
+        """
+        if self.modality == "vision":
+            pool = np.concatenate([self.gallery[:batch], self.query[:batch]])
+            reps = -(-batch // len(pool))
+            return pool[:1], np.concatenate([pool] * reps)[:batch]
+        pool = list(self.query) + list(self.gallery)
+        median = sorted(self.query, key=len)[len(self.query) // 2]
+        reps = -(-batch // len(pool))
+        return [median], (pool * reps)[:batch]
+
+
+def _cap(n: int, limit: int | None, seed: int = 0) -> np.ndarray:
+    """Return sorted indices of at most ``limit`` of ``n`` items (all when ``limit`` is None), seeded."""
+    if limit is None or limit >= n:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, limit, replace=False))
+
+
+def vision_eval_set(task: Any, max_queries: int | None = None) -> EvalSet:
+    """Return the query → gallery split of a VisionTask (``max_queries`` caps the queries, seeded)."""
+    images, labels, s = task.data.images, task.data.labels, task.splits
+    query = s.query[_cap(len(s.query), max_queries)]
+    return EvalSet("vision", "query -> gallery of the run's train split (class labels)", images[query],
+                   images[s.gallery], labels[query], labels[s.gallery])
+
+
+def text_eval_set(task: Any, max_queries: int | None = None) -> EvalSet:
+    """Return pair retrieval over held-out pairs + STS-B dev pairs scored ≥ 4, and STS-B dev, of a TextTask."""
+    sts = task.sts
+    pairs = list(task.val_pairs) + [(a, b) for a, b, score in zip(sts.first, sts.second, sts.scores)
+                                    if score >= STS_PAIR_MIN_SCORE]
+    pairs = [pairs[i] for i in _cap(len(pairs), max_queries)]
+    partners = list(dict.fromkeys(b for _, b in pairs))
+    where = {b: i for i, b in enumerate(partners)}
+    # A repeated partner sentence is one gallery item: every anchor paired with it hits that item.
+    query_labels = np.asarray([where[b] for _, b in pairs])
+    return EvalSet("text", f"anchor -> its partner among all partners (held-out pairs + STS-B dev pairs scored "
+                           f">= {STS_PAIR_MIN_SCORE:g})", [a for a, _ in pairs], partners, query_labels,
+                   np.arange(len(partners)), StsPairs(list(sts.first), list(sts.second), np.asarray(sts.scores)))
+
+
+def eval_set(loaded: Any, max_queries: int | None = None) -> EvalSet:
+    """Return the EvalSet of a loaded run (export_data.LoadedRun)."""
+    if loaded.cfg.modality == "vision":
+        return vision_eval_set(loaded.task, max_queries)
+    return text_eval_set(loaded.task, max_queries)

@@ -1,0 +1,107 @@
+"""Bench results as files: JSON (header + rows), Markdown, a Recall@1-against-dims plot; all written atomically."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from ..io_utils import atomic_path, write_json_atomic, write_text_atomic
+from .runner import BenchResult
+
+# (row key, Markdown / table heading, format)
+COLUMNS: tuple[tuple[str, str, str], ...] = (
+    ("model", "model", "s"), ("head", "head", "s"), ("dims_label", "dims", "s"), ("dims", "d", "d"),
+    ("precision", "graph", "s"), ("index_codes", "codes", "s"), ("recall_at_1", "R@1", ".4f"),
+    ("recall_at_5", "R@5", ".4f"), ("knn5_accuracy", "5-NN", ".4f"), ("sts_spearman", "STS ρ", ".4f"),
+    ("latency_ms_p50", "p50 ms", ".3f"), ("latency_ms_p95", "p95 ms", ".3f"), ("latency_ms_p99", "p99 ms", ".3f"),
+    ("throughput_per_s", "thr/s", ".1f"), ("speedup_latency_p50", "× eager p50", ".2f"),
+    ("speedup_throughput", "× eager thr", ".2f"), ("peak_rss_mb", "RSS MiB", ".1f"), ("model_bytes", "model B", ","),
+    ("index_bytes_per_vector", "B/vec", "d"), ("index_bytes", "index B", ","), ("search_ms_p50", "search ms", ".3f"),
+)
+
+
+def cell(value: Any, spec: str) -> str:
+    """Return ``value`` formatted with ``spec`` ("-" for missing values)."""
+    if value is None:
+        return "-"
+    try:
+        return format(value, spec)
+    except (TypeError, ValueError):
+        return str(value)
+
+
+def slug(text: str) -> str:
+    """Return ``text`` as a lower-case file-name fragment (letters, digits, dashes)."""
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "unknown"
+
+
+def result_stem(result: BenchResult) -> str:
+    """Return ``<suite>-<precisions>-<cpu>-<threads>t``: how bench/results files are named."""
+    h = result.header
+    precisions = "fp32-int8" if h["options"]["int8"] else "fp32"
+    device = slug(h["cpu"]) if h["device"] == "cpu" else f"cuda-{slug(h['cpu'])}"
+    return f"{slug(h['suite'] or 'bench')}-{precisions}-{device}-{h['threads']}t"
+
+
+def write_json(path: str | Path, result: BenchResult) -> None:
+    """Write {header, notes, rows} as JSON."""
+    write_json_atomic(path, {"header": result.header, "notes": result.notes, "rows": result.rows})
+
+
+def markdown(result: BenchResult) -> str:
+    """Return the result as Markdown: the header facts, then one table row per result row."""
+    h = result.header
+    lines = [f"# monocon-edge bench{': ' + h['suite'] if h['suite'] else ''}", "",
+             f"- CPU: {h['cpu']} ({h['cpu_count']} CPUs), threads: {h['threads']}, device: {h['device']} "
+             f"({', '.join(h['providers'])})",
+             f"- versions: " + ", ".join(f"{k} {v}" for k, v in h["versions"].items()),
+             f"- date: {h['date']}", f"- timing: {h['latency']}", ""]
+    lines += [f"- note: {n}" for n in result.notes]
+    lines += ["", "| " + " | ".join(c[1] for c in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    for row in result.rows:
+        lines.append("| " + " | ".join(cell(row.get(k), spec) for k, _, spec in COLUMNS) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_markdown(path: str | Path, result: BenchResult) -> None:
+    """Write the Markdown of ``result``."""
+    write_text_atomic(path, markdown(result))
+
+
+def write_plot(path: str | Path, result: BenchResult) -> None:
+    """Write a PNG of Recall@1 against dims, one line per model (solid: fp32 graph + float32 codes; dashed:
+    int8 graph + int8 codes)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    models = list(dict.fromkeys(r["model"] for r in result.rows))
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, name in enumerate(models):
+        for precision, codes, style in (("fp32", "float32", "-"), ("int8", "int8", "--")):
+            pts = sorted((r["dims"], r["recall_at_1"]) for r in result.rows if r["model"] == name
+                         and r["precision"] == precision and r["index_codes"] == codes and r["recall_at_1"] is not None)
+            if pts:
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], style, marker="o", color=colours[i % len(colours)],
+                        label=f"{name} ({precision}, {codes} codes)")
+    ax.set_xscale("log", base=2)
+    ticks = sorted({r["dims"] for r in result.rows})
+    if ticks:
+        from matplotlib.ticker import NullFormatter
+
+        ax.set_xticks(ticks, [str(t) for t in ticks])
+        ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set_xlabel("embedding dims (log scale)")
+    ax.set_ylabel("Recall@1")
+    h = result.header
+    ax.set_title(f"Recall@1 vs dims{' — ' + h['suite'] if h['suite'] else ''} ({h['cpu']}, {h['threads']} threads)",
+                 fontsize=9)
+    if ax.lines:
+        ax.legend(fontsize=7)
+    ax.grid(True, alpha=0.3)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    plt.close(fig)

@@ -1,0 +1,57 @@
+"""Wall-clock timing of a callable: warm-up calls first, then timed calls. Pure Python, no torch."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class LatencyStats:
+    """Per-call latency percentiles in milliseconds over ``iterations`` timed calls (after ``warmup``)."""
+
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+    mean_ms: float
+    iterations: int
+    warmup: int
+
+
+@dataclass(frozen=True)
+class Throughput:
+    """Examples per second at ``batch`` over ``iterations`` timed calls of one batch each."""
+
+    per_s: float
+    batch: int
+    iterations: int
+    warmup: int
+
+
+def _timed_calls(fn: Callable[[], object], warmup: int, iterations: int) -> np.ndarray:
+    """Return the seconds taken by each of ``iterations`` calls of ``fn`` made after ``warmup`` untimed calls."""
+    if iterations < 1 or warmup < 0:
+        raise ValueError("timing needs iterations >= 1 and warmup >= 0")
+    for _ in range(warmup):
+        fn()
+    times = np.empty(iterations, dtype=np.float64)
+    for i in range(iterations):
+        start = time.perf_counter()
+        fn()
+        times[i] = time.perf_counter() - start
+    return times
+
+
+def measure_latency(fn: Callable[[], object], warmup: int, iterations: int) -> LatencyStats:
+    """Return the latency percentiles of ``fn`` (one call = one request)."""
+    ms = _timed_calls(fn, warmup, iterations) * 1e3
+    p50, p95, p99 = np.percentile(ms, [50, 95, 99])
+    return LatencyStats(float(p50), float(p95), float(p99), float(ms.mean()), iterations, warmup)
+
+
+def measure_throughput(fn: Callable[[], object], batch: int, warmup: int, iterations: int) -> Throughput:
+    """Return the throughput of ``fn``, which processes ``batch`` examples per call (total examples / total time)."""
+    seconds = _timed_calls(fn, warmup, iterations)
+    return Throughput(float(batch * iterations / seconds.sum()), batch, iterations, warmup)

@@ -1,0 +1,188 @@
+"""monocon-edge bench: every field measured on tiny digits runs/artifacts, file outputs, the export cache, and
+one clear line for bad input."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from monocon_edge.bench.accuracy import Embedded, quality
+from monocon_edge.bench.evaldata import text_eval_set
+from monocon_edge.bench.output import result_stem, write_json, write_markdown, write_plot
+from monocon_edge.bench.runner import BenchOptions, run_bench
+from monocon_edge.bench.targets import parse_dims, resolve_dims
+from monocon_edge.bench.timing import measure_latency, measure_throughput
+from monocon_edge.cli import app
+from monocon_edge.errors import ArtifactError, MonoconError
+
+runner = CliRunner()
+# Few iterations: these tests check fields and wiring; timings worth reading come from bench/ suites.
+FAST = dict(dims="16", warmup=1, iterations=5, batch=8, batch_iterations=2, search_iterations=3, parity_atol=1e-3)
+FAST_CLI = ["--dims", "16", "--warmup", "1", "--iterations", "5", "--batch", "8", "--batch-iterations", "2",
+            "--search-iterations", "3", "--parity-atol", "1e-3"]
+REQUIRED = ("model", "head", "precision", "index_codes", "dims", "recall_at_1", "recall_at_5", "latency_ms_p50",
+            "latency_ms_p95", "latency_ms_p99", "throughput_per_s", "peak_rss_mb", "model_bytes",
+            "index_bytes_per_vector", "index_bytes", "search_ms_p50", "torch_eager_latency_ms_p50",
+            "speedup_latency_p50", "knn5_accuracy", "threads")
+BYTES_PER_CODE = {"float32": 4, "int8": 1}
+
+
+@pytest.fixture(scope="module")
+def bench_result(digits_runs, digits_artifact, tmp_path_factory):
+    """Bench a copy of the MonoCon digits run (exported here) and the baseline's 16-d artifact, once."""
+    run = tmp_path_factory.mktemp("bench") / "monotonic"
+    shutil.copytree(digits_runs["monotonic"], run)
+    events: list[tuple[str, str]] = []
+    result = run_bench([run, digits_artifact], BenchOptions(**FAST),
+                       on_event=lambda kind, info: events.append((kind, info.get("name", ""))))
+    return SimpleNamespace(run=run, result=result, events=events)
+
+
+def test_bench_measures_every_field(bench_result) -> None:
+    rows, header = bench_result.result.rows, bench_result.result.header
+    heads = {r["head"] for r in rows}
+    assert heads == {"monotonic", "none"}
+    # MonoCon run: full + 16 dims (+ d_eff when < d_enc); the artifact: its own 16 dims; 2 graphs x 2 codes each.
+    mono = [r for r in rows if r["head"] == "monotonic"]
+    assert {r["dims_label"] for r in mono} >= {"full", "16"} or {r["dims_label"] for r in mono} >= {"full", "16+deff"}
+    assert len([r for r in rows if r["head"] == "none"]) == 4
+    for row in rows:
+        missing = [k for k in REQUIRED if row.get(k) is None]
+        assert not missing, (row["model"], row["dims"], missing)
+        assert 0.0 <= row["recall_at_1"] <= row["recall_at_5"] <= 1.0
+        assert 0.0 <= row["knn5_accuracy"] <= 1.0
+        assert row["sts_spearman"] is None
+        assert row["latency_ms_p50"] <= row["latency_ms_p95"] <= row["latency_ms_p99"]
+        assert row["throughput_per_s"] > 0 and row["torch_eager_throughput_per_s"] > 0
+        assert row["peak_rss_mb"] > 0 and row["rss_probe_imported_torch"] is False
+        assert row["index_bytes_per_vector"] == row["dims"] * BYTES_PER_CODE[row["index_codes"]]
+        assert row["index_bytes"] == row["dims"] * BYTES_PER_CODE[row["index_codes"]] * row["gallery_size"]
+        artifact = Path(row["artifact"])
+        manifest = json.loads((artifact / "manifest.json").read_text())
+        assert row["model_bytes"] == (artifact / manifest["models"][row["precision"]]["file"]).stat().st_size
+        assert row["dims"] == manifest["output"]["dims"]
+    for key in ("cpu", "threads", "versions", "date"):
+        assert header[key]
+    assert {"onnxruntime", "torch", "numpy"} <= set(header["versions"])
+
+
+def test_bench_exports_into_the_run_cache_and_reuses_it(bench_result) -> None:
+    cache = bench_result.run / "artifacts"
+    assert (cache / "d16-int8" / "manifest.json").is_file()
+    exported = [name for kind, name in bench_result.events if kind == "export"]
+    assert exported
+    # Corrupt one cached artifact: the next bench exports it again and reuses the others.
+    (cache / "d16-int8" / "model.onnx").write_bytes(b"not onnx")
+    events: list[str] = []
+    opts = BenchOptions(**{**FAST, "memory_probe": False, "torch_reference": False})
+    again = run_bench([bench_result.run], opts, on_event=lambda kind, info: events.append(kind))
+    assert events.count("stale") == 1 and "reuse" in events
+    assert events.count("export") == 1
+    assert all(r["torch_eager_latency_ms_p50"] is None and r["peak_rss_mb"] is None for r in again.rows)
+
+
+def test_outputs_json_markdown_plot(bench_result, tmp_path) -> None:
+    result = bench_result.result
+    write_json(tmp_path / "r.json", result)
+    write_markdown(tmp_path / "r.md", result)
+    write_plot(tmp_path / "r.png", result)
+    saved = json.loads((tmp_path / "r.json").read_text())
+    assert saved["rows"] == json.loads(json.dumps(result.rows)) and saved["header"]["threads"] >= 1
+    md = (tmp_path / "r.md").read_text()
+    assert md.count("\n| ") == len(result.rows) + 1 and result.header["cpu"] in md
+    assert (tmp_path / "r.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    stem = result_stem(result)
+    assert stem.startswith("bench-fp32-int8-") and stem.endswith(f"-{result.header['threads']}t")
+
+
+def test_cli_bench_artifact_writes_results(digits_artifact, tmp_path) -> None:
+    out = runner.invoke(app, ["bench", str(digits_artifact), *FAST_CLI, "--no-int8", "--no-memory",
+                              "--results-dir", str(tmp_path), "--suite", "digits"])
+    assert out.exit_code == 0, out.output
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert [f.rsplit(".", 1)[1] for f in files] == ["json", "md", "png"]
+    assert all(f.startswith("digits-fp32-") for f in files)
+    rows = json.loads((tmp_path / files[0]).read_text())["rows"]
+    assert {(r["precision"], r["index_codes"]) for r in rows} == {("fp32", "float32"), ("fp32", "int8")}
+
+
+def _fails_cleanly(args: list[str], expected: str) -> None:
+    out = runner.invoke(app, ["bench", *args])
+    assert out.exit_code != 0
+    assert "Traceback" not in out.output
+    assert expected in out.output
+    assert len(out.output.strip().splitlines()) == 1, out.output
+
+
+def test_cli_missing_corrupt_or_foreign_inputs_fail_in_one_line(digits_artifact, tmp_path) -> None:
+    _fails_cleanly([str(tmp_path / "nope"), *FAST_CLI], "not found")
+    (tmp_path / "empty").mkdir()
+    _fails_cleanly([str(tmp_path / "empty"), *FAST_CLI], "neither a run directory")
+    broken = tmp_path / "broken"
+    shutil.copytree(digits_artifact, broken)
+    data = bytearray((broken / "model.onnx").read_bytes())
+    data[-1] ^= 0xFF
+    (broken / "model.onnx").write_bytes(bytes(data))
+    _fails_cleanly([str(broken), *FAST_CLI], "sha256")
+    (broken / "manifest.json").write_text("{not json")
+    _fails_cleanly([str(broken), *FAST_CLI], "cannot read")
+    _fails_cleanly([str(digits_artifact), "--dims", "16,wide"], "--dims")
+    _fails_cleanly([str(digits_artifact), "--threads", "0"], "--threads")
+
+
+def test_cuda_without_the_provider_is_one_clear_line(digits_artifact) -> None:
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this onnxruntime has CUDA")
+    _fails_cleanly([str(digits_artifact), "--device", "cuda", *FAST_CLI], "CUDAExecutionProvider")
+
+
+def test_corrupt_artifact_raises_artifact_error(digits_artifact, tmp_path) -> None:
+    broken = tmp_path / "a"
+    shutil.copytree(digits_artifact, broken)
+    (broken / "model.int8.onnx").unlink()
+    with pytest.raises(ArtifactError, match="missing"):
+        run_bench([broken], BenchOptions(**FAST))
+    with pytest.raises(MonoconError, match="at least one"):
+        run_bench([], BenchOptions(**FAST))
+
+
+def test_dims_labels() -> None:
+    assert parse_dims("128,64,16,deff") == ("full", "128", "64", "16", "deff")
+    # 128 >= d_enc is skipped; deff = 16 shares the 16-d artifact; full is the PCA width.
+    assert resolve_dims(parse_dims("128,64,16,deff"), d_enc=128, d_eff=16, limit=128) == \
+        {128: "full", 64: "64", 16: "16+deff"}
+    assert resolve_dims(parse_dims("16"), d_enc=32, d_eff=40, limit=30) == {30: "full", 16: "16"}
+    with pytest.raises(MonoconError):
+        parse_dims("0")
+
+
+def test_timing_percentiles_and_throughput() -> None:
+    calls = []
+    lat = measure_latency(lambda: calls.append(1), warmup=3, iterations=7)
+    assert len(calls) == 10 and lat.iterations == 7
+    assert 0 <= lat.p50_ms <= lat.p95_ms <= lat.p99_ms
+    assert measure_throughput(lambda: sum(range(1000)), batch=4, warmup=0, iterations=3).per_s > 0
+
+
+def test_text_protocol_pairs_and_sts() -> None:
+    sts = SimpleNamespace(first=["s1", "s2", "s3"], second=["t1", "t2", "t3"], scores=np.array([4.5, 1.0, 4.0]))
+    task = SimpleNamespace(val_pairs=[("a", "b"), ("c", "b")], sts=sts)
+    data = text_eval_set(task)
+    # Held-out pairs + the STS pairs scored >= 4; a shared partner ("b") is one gallery item.
+    assert data.query == ["a", "c", "s1", "s3"] and data.gallery == ["b", "t1", "t3"]
+    assert data.query_labels.tolist() == [0, 0, 1, 2]
+    vec = {"a": [1, 0, 0], "c": [1, 0.1, 0], "s1": [0, 1, 0], "s3": [0, 0, 1], "b": [1, 0, 0], "t1": [0, 1, 0],
+           "t3": [0, 0, 1], "s2": [1, 0, 0], "t2": [0, 1, 0]}
+    emb = lambda texts: np.asarray([vec[t] for t in texts], dtype=np.float32)  # noqa: E731
+    e = Embedded(emb(data.query), emb(data.gallery), emb(sts.first), emb(sts.second))
+    q = quality(e, data, "float32", np.full(3, 1 / 127, dtype=np.float32))
+    assert q.recall_at_1 == 1.0 and q.knn5_accuracy is None
+    # cosines (1, 0, 1) against scores (4.5, 1.0, 4.0): ranks agree up to the tie -> Spearman 0.866
+    assert q.sts_spearman == pytest.approx(np.sqrt(3) / 2)
