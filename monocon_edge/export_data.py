@@ -30,6 +30,8 @@ class LoadedRun:
     summary: dict[str, Any]
     task: Any
     checkpoint_sha256: str
+    # "pca" (project on the train PCA) or "prefix" (Matryoshka runs: keep the first d coordinates).
+    truncation: str = "pca"
 
 
 def load_run(path: str | Path) -> LoadedRun:
@@ -57,7 +59,12 @@ def load_run(path: str | Path) -> LoadedRun:
     model.eval()
     task = build_task(cfg, model)
     _check_splits(run, task)
-    return LoadedRun(run, cfg, model, pca, d_eff, summary, task, sha256_file(run.best_path))
+    truncation = summary.get("truncation", cfg.truncation)
+    if truncation == "prefix":
+        # Prefix truncation is the same fold with P_d = the first d rows of the identity and mu = 0.
+        d = int(model.d_enc)
+        pca = PCAStats(np.zeros(d, np.float32), np.eye(d, dtype=np.float32), pca.explained_variance_ratio)
+    return LoadedRun(run, cfg, model, pca, d_eff, summary, task, sha256_file(run.best_path), truncation)
 
 
 def _check_splits(run: RunDir, task: Any) -> None:

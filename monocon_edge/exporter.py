@@ -270,9 +270,11 @@ def _facts(loaded: Any, dims: int, input_spec: dict[str, Any]) -> dict[str, Any]
         "head": cfg.model.head,
         "input": input_spec,
         "output": {"name": OUTPUT_NAME, "dims": dims, "d_enc": int(loaded.model.d_enc), "d_eff": int(loaded.d_eff),
-                   "l2_normalised": True, "dtype": "float32",
-                   "computes": "normalise(P_d · (normalise(head(encoder(x))) − μ)), P_d = top-d PCA axes of the "
-                               "normalised train embeddings"},
+                   "l2_normalised": True, "dtype": "float32", "truncation": loaded.truncation,
+                   "computes": "normalise(P_d · (normalise(head(encoder(x))) − μ)), " + (
+                       "P_d = the first d rows of the identity, μ = 0 (prefix truncation of a Matryoshka run)"
+                       if loaded.truncation == "prefix" else
+                       "P_d = top-d PCA axes of the normalised train embeddings")},
         "source_run": {"path": str(loaded.run.path.resolve()), "name": cfg.name, "preset": cfg.preset,
                        "best_epoch": loaded.summary.get("best_epoch"),
                        "checkpoint_sha256": loaded.checkpoint_sha256,

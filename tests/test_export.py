@@ -164,3 +164,23 @@ def test_verify_on_given_data(digits_artifact, tmp_path) -> None:
     wrong = tmp_path / "rgb.npz"
     np.savez(wrong, images=np.zeros((8, 8, 8, 3), np.uint8), labels=np.arange(8) % 2)
     _fails_cleanly(["verify", str(digits_artifact), "--data", str(wrong)], "uint8 images must be (N, 8, 8, 1)")
+
+
+def test_matryoshka_runs_export_prefix_truncation(tiny_runs, tmp_path) -> None:
+    from monocon_edge import runtime
+    from monocon_edge.gates import GateThresholds
+
+    run_dir = tiny_runs["matryoshka"]
+    out = tmp_path / "mrl-d8"
+    # 36 tiny queries: one flipped query moves Recall@1 by 2.8 points, so no recall gate here.
+    opts = ExportOptions(dims=8, out=out, thresholds=GateThresholds(parity_atol=1e-4,
+                                                                    int8_max_recall_drop_points=100.0))
+    manifest = export_run(run_dir, opts).manifest
+    assert manifest["output"]["truncation"] == "prefix"
+    loaded = load_run(run_dir)
+    images = loaded.task.data.images[:50]
+    with torch.no_grad():
+        full = loaded.model(to_float_batch(images)).numpy()
+    expected = full[:, :8] / np.linalg.norm(full[:, :8], axis=1, keepdims=True)
+    got = runtime.load(out).embed(images)
+    assert np.abs(got - expected).max() < 1e-4
