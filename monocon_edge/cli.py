@@ -188,6 +188,8 @@ def export_cmd(
     int8_max_recall_drop: float = typer.Option(1.0, help="gate: Recall@1 drop of int8 vs fp32, in points"),
     parity_samples: int = typer.Option(256, help="real inputs for the parity gate"),
     calibration_samples: int = typer.Option(256, help="training images for static int8 calibration"),
+    int8_scheme: str = typer.Option("auto", help="auto (static QDQ for CNNs, int8 weights for transformers) | "
+                                                 "static | dynamic | weights"),
 ) -> None:
     """Fold a run (W², normalise, PCA to N dims) into one ONNX graph, gate it, and write an artifact directory."""
 
@@ -199,7 +201,8 @@ def export_cmd(
         formats = tuple(dict.fromkeys(["onnx", *fmt]))
         opts = ExportOptions(dims=dims, int8=int8, out=out, formats=formats,
                              thresholds=GateThresholds(parity_atol, int8_min_cosine, int8_max_recall_drop),
-                             parity_samples=parity_samples, calibration_samples=calibration_samples)
+                             parity_samples=parity_samples, calibration_samples=calibration_samples,
+                             int8_scheme=int8_scheme)
         with console.status("exporting") as status:
             result = export_run(run_dir, opts, on_event=lambda kind, info: status.update(info.get("name", kind)))
         print_export(console, result.path, result.manifest)

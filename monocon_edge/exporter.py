@@ -41,6 +41,9 @@ class ExportOptions:
     calibration_samples: int = 256
     code_samples: int = 1024
     seed: int = 0
+    # int8 scheme: "static" (QDQ, calibrated; CNN default), "dynamic" (int8 activations computed at run time)
+    # or "weights" (int8 weights, float32 activations; transformer default); "auto" picks the default.
+    int8_scheme: str = "auto"
 
 
 @dataclass
@@ -155,13 +158,22 @@ def _build(loaded: Any, dims: int, opts: ExportOptions, tmp: Path, emit: EventFn
     int8 = None
     if opts.int8:
         emit("stage", {"name": "int8 quantization"})
-        from .quantize import quantize_dynamic_int8, quantize_static_qdq, stamp_metadata
+        from .quantize import quantize_dynamic_int8, quantize_static_qdq, quantize_weights_int8, stamp_metadata
 
         int8_path = tmp / INT8_FILE
-        if cfg.modality == "vision":
+        scheme_name = opts.int8_scheme
+        if scheme_name == "auto":
+            scheme_name = "static" if cfg.modality == "vision" else "weights"
+        if scheme_name == "static":
+            if cfg.modality != "vision":
+                raise MonoconError("static int8 calibration is for image models: use --int8-scheme weights or dynamic")
             scheme = quantize_static_qdq(tmp / FP32_FILE, int8_path, gate_in.calibration)
-        else:
+        elif scheme_name == "dynamic":
             scheme = quantize_dynamic_int8(tmp / FP32_FILE, int8_path)
+        elif scheme_name == "weights":
+            scheme = quantize_weights_int8(tmp / FP32_FILE, int8_path)
+        else:
+            raise MonoconError(f"unknown int8 scheme {scheme_name!r}: choose auto, static, dynamic or weights")
         stamp_metadata(int8_path, _metadata(facts, "int8"))
         check_graph(int8_path)
         int8 = _runner(_session(ort, int8_path))

@@ -42,6 +42,13 @@ class _Batches:
         pass
 
 
+WEIGHT_ONLY_SCHEME = {
+    "method": "weight-only", "format": "MatMulNBits (8 bits)",
+    "activations": "float32", "weights": "int8, symmetric, one scale per block of input channels",
+    "op_types": ["MatMul"], "fp32": "head + normalise + PCA tail, activations",
+}
+
+
 def tail_nodes(model) -> list[str]:
     """Return the names of the nodes that read a folded-tail initializer (head or PCA projection weights)."""
     tail = {i.name for i in model.graph.initializer
@@ -106,6 +113,21 @@ def quantize_dynamic_int8(fp32: Path, out: Path) -> dict:
         quantize_dynamic(str(pre), str(out), op_types_to_quantize=list(DYNAMIC_SCHEME["op_types"]),
                          per_channel=True, weight_type=QuantType.QInt8, nodes_to_exclude=exclude)
     return dict(DYNAMIC_SCHEME)
+
+
+def quantize_weights_int8(fp32: Path, out: Path, block_size: int = 32) -> dict:
+    """Write a graph of ``fp32`` whose constant MatMul weights are int8 (block-wise symmetric scales,
+    MatMulNBits with 8 bits) and whose activations stay float32 to ``out``; return the scheme."""
+    import onnx
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    with _quiet():
+        model = onnx.load(str(fp32))
+        quantizer = MatMulNBitsQuantizer(model, bits=8, block_size=block_size, is_symmetric=True,
+                                         nodes_to_exclude=tail_nodes(model))
+        quantizer.process()
+        onnx.save_model(quantizer.model.model, str(out))
+    return dict(WEIGHT_ONLY_SCHEME, block_size=block_size)
 
 
 def stamp_metadata(path: Path, metadata: dict[str, str]) -> None:

@@ -49,7 +49,7 @@ def test_text_export_runtime_and_sentence_transformers(shared_data: Path, tmp_pa
     manifest = json.loads((out / MANIFEST).read_text())
     assert manifest["gates"]["fp32_parity"]["max_abs_diff"] <= 1e-5
     assert manifest["gates"]["int8_model"]["mean_cosine"] >= 0.99
-    assert manifest["models"]["int8"]["quantization"]["method"] == "dynamic"
+    assert manifest["models"]["int8"]["quantization"]["method"] == "weight-only"
     assert "tokenizer.json" in manifest["files"] and "sentence-transformers/modules.json" in manifest["files"]
     assert result.manifest["input"]["tokenizer"]["max_length"] == 128
 
