@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import warnings
 from pathlib import Path
 
@@ -50,7 +51,9 @@ def export_onnx(folded: nn.Module, modality: str, inputs: tuple[torch.Tensor, ..
     else:
         seq = torch.export.Dim("sequence", min=1, max=4096)
         dynamic = {n: {0: batch, 1: seq} for n in names}
-    # The exporter prints progress and warns about renamed axes: model code stays silent.
+    # The exporter prints progress and warns about renamed axes, and its graph passes log at INFO once a
+    # library has configured the root logger (onnxruntime.quantization does): model code stays silent.
+    logging.getLogger("onnx_ir").setLevel(logging.WARNING)
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
         try:
