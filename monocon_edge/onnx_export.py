@@ -53,7 +53,8 @@ def export_onnx(folded: nn.Module, modality: str, inputs: tuple[torch.Tensor, ..
         dynamic = {n: {0: batch, 1: seq} for n in names}
     # The exporter prints progress and warns about renamed axes, and its graph passes log at INFO once a
     # library has configured the root logger (onnxruntime.quantization does): model code stays silent.
-    logging.getLogger("onnx_ir").setLevel(logging.WARNING)
+    for name in ("onnx_ir", "onnxscript"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
         try:
