@@ -36,13 +36,14 @@ class SupConLoss(nn.Module):
         z = F.normalize(embeddings.float(), dim=-1)
         n = z.shape[0]
         if ref_embeddings is None:
-            ref, ref_lab, self_cols = z, labels, torch.arange(n, device=z.device)
+            ref, ref_lab = z, labels
         else:
             ref = torch.cat([z, F.normalize(ref_embeddings.float(), dim=-1)])
             ref_lab = torch.cat([labels, ref_labels])
-            self_cols = torch.arange(n, device=z.device)
+        # The anchors are the first n candidates in both cases, so anchor i's own column is i.
         not_self = torch.ones(n, ref.shape[0], dtype=torch.bool, device=z.device)
-        not_self[torch.arange(n, device=z.device), self_cols] = False
+        idx = torch.arange(n, device=z.device)
+        not_self[idx, idx] = False
         positives = (labels[:, None] == ref_lab[None, :]) & not_self
         pos_count = positives.sum(dim=1)
         has_pos = pos_count > 0

@@ -58,7 +58,7 @@ class TrainProgress:
         elif kind == "epoch_start":
             p.reset(self.step_task, total=max(self.steps_per_epoch, 1), info=info["phase"])
         elif kind == "step":
-            p.update(self.step_task, advance=1, info=f"{info['phase'] if 'phase' in info else ''}loss {info['loss']:.4f}")
+            p.update(self.step_task, advance=1, info=f"loss {info['loss']:.4f}")
         elif kind == "epoch_end":
             p.update(self.epoch_task, completed=info["epoch"])
             self.console.print(f"epoch {info['epoch']:>3} [{info['phase']}]  loss {fmt(info['loss'])}  "
