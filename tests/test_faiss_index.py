@@ -166,6 +166,8 @@ def test_bad_construction_and_files_are_clear(tmp_path) -> None:
         FaissIndex(4, index="ivf", params={"nlist": 64}).add(_unit(10, 4))
     with pytest.raises(RuntimeInputError, match="no search parameter"):
         FaissIndex(4, index="ivf").set_search_params(ef_search=3)
+    with pytest.raises(RuntimeInputError, match="exact must be an integer >= 0"):
+        FaissIndex(4).set_search_params(exact=-1)
     (tmp_path / "junk.npz").write_bytes(b"not an index")
     with pytest.raises(RuntimeInputError, match="cannot read FAISS index"):
         FaissIndex.load(tmp_path / "junk.npz")

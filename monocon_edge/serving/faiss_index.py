@@ -22,9 +22,11 @@ elsewhere. ``stored_codes()`` reads the codes back out of FAISS (tests compare t
 Scores are those of ``runtime.Index``: the cosine between the coded query and the decoded gallery vector, both
 L2-normalised. FAISS ranks by the inner product with the *unnormalised* decoded vector (its norm is 1 ± the
 quantization error), so int8 searches fetch extra candidates with their decoded vectors and rescore them. For
-``flat`` the candidate list is grown until no vector outside it can beat the k-th rescored one (bounded by the
-smallest and largest decoded norm in the index), so the result is exact; for ``hnsw``/``ivf`` the rescoring covers
-``max(2k, k + 16)`` candidates (approximate search either way).
+``flat`` (``exact=1``, the default) the scan is repeated with 4x the candidates while a vector outside them could
+still beat the k-th rescored one (bounded by the smallest and largest decoded norm in the index), so the result
+is exact — usually one scan on small galleries, two or three on millions of vectors (dense neighbourhoods). With
+``exact=0``, and for ``hnsw``/``ivf``, the ``max(2k, k + 16)`` best candidates in FAISS's order are rescored once
+(the top-k can then differ from the numpy index's in near-ties; approximate indexes are approximate anyway).
 """
 from __future__ import annotations
 
@@ -43,7 +45,7 @@ from ..runtime import Index
 FAISS_INDEX_FORMAT = 1
 INDEX_TYPES = ("flat", "hnsw", "ivf")
 DEFAULT_PARAMS: dict[str, dict[str, int]] = {
-    "flat": {},
+    "flat": {"exact": 1},  # int8 only: 1 = the numpy index's exact cosine top-k (may rescan), 0 = one scan
     "hnsw": {"M": 16, "ef_construction": 40, "ef_search": 64},
     # nlist 0: chosen at the first add as ~sqrt(N) (a power of two, at least 1); train_size 0: 64·nlist
     "ivf": {"nlist": 0, "nprobe": 16, "train_size": 0},
@@ -76,7 +78,7 @@ def check_params(index: str, params: dict[str, Any] | None) -> dict[str, int]:
         raise RuntimeInputError(f"unknown {index} parameter(s) {', '.join(unknown)} (known: {known})")
     out = dict(DEFAULT_PARAMS[index], **given)
     for key, value in out.items():
-        minimum = 0 if key in ("nlist", "train_size") else 1
+        minimum = 0 if key in ("nlist", "train_size", "exact") else 1
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
             raise RuntimeInputError(f"{index} parameter {key} must be an integer >= {minimum}, got {value!r}")
         out[key] = int(value)
@@ -281,8 +283,8 @@ class FaissIndex(Index):
 
     # ----- search ---------------------------------------------------------------------------------------------
     def set_search_params(self, **params: int) -> None:
-        """Change search-time parameters (hnsw: ef_search; ivf: nprobe) of a built or loaded index."""
-        allowed = {"hnsw": ("ef_search",), "ivf": ("nprobe",), "flat": ()}[self.index_type]
+        """Change search-time parameters (flat: exact; hnsw: ef_search; ivf: nprobe) of a built or loaded index."""
+        allowed = {"hnsw": ("ef_search",), "ivf": ("nprobe",), "flat": ("exact",)}[self.index_type]
         bad = sorted(set(params) - set(allowed))
         if bad:
             raise RuntimeInputError(f"{self.index_type} has no search parameter {', '.join(bad)}"
@@ -329,15 +331,15 @@ class FaissIndex(Index):
         while len(todo):
             ip, pos, vec = self._faiss.search_and_reconstruct(q[todo], fetch)
             norms = np.maximum(np.linalg.norm(vec, axis=2), 1e-12)
-            cos = np.einsum("qd,qkd->qk", q[todo], vec) / norms
-            cos = np.where(pos >= 0, cos, -np.inf)
+            cos = np.where(pos >= 0, np.einsum("qd,qkd->qk", q[todo], vec) / norms, -np.inf)
             order = np.argsort(-cos, axis=1, kind="stable")[:, :k]
             out_pos[todo] = np.take_along_axis(pos, order, axis=1)
             out_sc[todo] = np.take_along_axis(cos, order, axis=1)
-            if self.index_type != "flat" or fetch >= n:
+            if self.index_type != "flat" or not self.params["exact"] or fetch >= n:
                 break
             # Exact search: a vector outside the fetched list has ip <= the last fetched ip, so its cosine is at
-            # most last / (smallest norm) (or / largest norm when last < 0); fetch more while that could still win.
+            # most last / (smallest decoded norm) (or / largest norm when last < 0). Scan again with 4x the
+            # candidates for the queries where that bound could still beat the k-th rescored cosine.
             last = ip[:, -1]
             bound = np.where(last >= 0, last / lo, last / hi)
             todo = todo[out_sc[todo, -1] <= bound]
