@@ -302,6 +302,80 @@ def bench(
     _run_guarded(go)
 
 
+@app.command("bench-index")
+def bench_index(
+    paths: list[Path] = typer.Argument(..., help="run directories (exported per dims into RUN/artifacts/, reused "
+                                                 "while valid) and/or artifact directories (benched at their dims)"),
+    sizes: str = typer.Option("10k,100k,1m,10m", help="gallery sizes; beyond the real embeddings, synthetic "
+                                                      "vectors from a Gaussian mixture fitted to them"),
+    dims: str = typer.Option("128,64,16", help="dims besides full (dims >= d_enc skipped)"),
+    codes: str = typer.Option("float32,int8", help="float32 and/or int8 (the artifact's codes)"),
+    indexes: str = typer.Option("flat,ivf,hnsw", help="FAISS structures: flat, ivf, hnsw"),
+    threads: str = typer.Option("1,all", help="search thread counts to time (all = every CPU)"),
+    queries: int = typer.Option(500, help="real queries (seeded subset) for recall and timing"),
+    warmup: int = typer.Option(2, help="untimed searches before each timing"),
+    iterations: int = typer.Option(30, help="timed batch-1 searches"),
+    batch: int = typer.Option(64, help="batch of the batched searches"),
+    batch_iterations: int = typer.Option(3, help="timed batched searches"),
+    memory_budget_mb: int = typer.Option(4096, help="configurations whose float32 gallery + index exceed this "
+                                                    "are reported (fits: false, bytes needed), not built"),
+    nlist: int = typer.Option(0, help="IVF lists (0: the power of two nearest sqrt(N))"),
+    nprobe: str = typer.Option("4,16,64", help="IVF lists probed per query (one row each)"),
+    hnsw_m: int = typer.Option(16, help="HNSW links per node (M)"),
+    ef_construction: int = typer.Option(40, help="HNSW efConstruction"),
+    ef_search: str = typer.Option("16,64,256", help="HNSW efSearch (one row each)"),
+    hnsw_max_n: int = typer.Option(1_000_000, help="build HNSW only up to this N (its build time)"),
+    gmm_components: int = typer.Option(16, help="Gaussian-mixture components of the synthetic vectors"),
+    seed: int = typer.Option(0, help="seed of the query subset, the mixture and its samples"),
+    json_path: Optional[Path] = typer.Option(None, "--json", help="write the rows + header as JSON"),
+    md: Optional[Path] = typer.Option(None, "--md", help="write the tables as Markdown"),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="write a log-log PNG of bytes and latency against N"),
+    results_dir: Optional[Path] = typer.Option(None, help="write JSON, Markdown and PNG here, named "
+                                                          "scale-<models>-<cpu>"),
+    suite: str = typer.Option("scale", help="suite name (in the header)"),
+) -> None:
+    """Retrieval at scale on FAISS: index bytes, build time, latency, QPS and recall from 10k to 10M vectors."""
+
+    def go() -> None:
+        import time
+
+        from .bench.scale import ScaleOptions, run_scale_bench
+        from .bench.scale_output import result_stem, write_json, write_markdown, write_plot
+        from .errors import MonoconError
+
+        opts = ScaleOptions(sizes=sizes, dims=dims, codes=codes, indexes=indexes, threads=threads, queries=queries,
+                            warmup=warmup, iterations=iterations, batch=batch, batch_iterations=batch_iterations,
+                            memory_budget_mb=memory_budget_mb, nlist=nlist, nprobe=nprobe, hnsw_m=hnsw_m,
+                            ef_construction=ef_construction, ef_search=ef_search, hnsw_max_n=hnsw_max_n,
+                            gmm_components=gmm_components, seed=seed, suite=suite)
+        opts.check()
+        for p in (json_path, md, plot):
+            if p is not None and not p.parent.is_dir():
+                raise MonoconError(f"the folder for {p} does not exist")
+        with console.status("benchmarking at scale") as status:
+            result = run_scale_bench(paths, opts, on_event=lambda kind, info: (
+                status.update(info.get("name", kind)),
+                console.print(f"{time.strftime('%H:%M:%S')} {info.get('name', kind)}", highlight=False)))
+        outputs = {"json": json_path, "md": md, "png": plot}
+        if results_dir is not None:
+            results_dir.mkdir(parents=True, exist_ok=True)
+            stem = result_stem(result)
+            outputs = {k: v or results_dir / f"{stem}.{k}" for k, v in outputs.items()}
+        writers = {"json": write_json, "md": write_markdown, "png": write_plot}
+        for kind, path in outputs.items():
+            if path is not None:
+                writers[kind](path, result)
+                console.print(f"wrote {path}", highlight=False)
+        measured = sum(1 for r in result.rows if r["fits"])
+        console.print(f"{len(result.rows)} rows ({measured} measured, {len(result.rows) - measured} over the "
+                      "memory budget)", highlight=False)
+        for t in result.targets:
+            console.print(f"target {'met' if t['met'] else 'NOT met'}: {t['target']}: {t['measured']}",
+                          highlight=False)
+
+    _run_guarded(go)
+
+
 def main() -> None:
     """Console-script entry point."""
     app(prog_name="monocon-edge")
