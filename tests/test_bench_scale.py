@@ -13,7 +13,7 @@ import pytest
 pytest.importorskip("faiss")
 
 from monocon_edge.bench import scale  # noqa: E402
-from monocon_edge.errors import MonoconError  # noqa: E402
+from monocon_edge.device.errors import MonoconError  # noqa: E402
 from monocon_edge.serving.faiss_index import FaissIndex  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]

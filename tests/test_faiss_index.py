@@ -12,8 +12,8 @@ import pytest
 
 pytest.importorskip("faiss")
 
-from monocon_edge import codes, runtime  # noqa: E402
-from monocon_edge.errors import MonoconError, RuntimeInputError  # noqa: E402
+from monocon_edge.device import embedding_codes as codes, runtime  # noqa: E402
+from monocon_edge.device.errors import MonoconError, RuntimeInputError  # noqa: E402
 from monocon_edge.serving.faiss_index import FaissIndex, sq_ranges  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -193,7 +193,7 @@ def test_device_runtime_never_needs_faiss(digits_artifact, tmp_path) -> None:
     """))
     script = textwrap.dedent(f"""
         import numpy as np
-        from monocon_edge import runtime
+        from monocon_edge.device import runtime
         model = runtime.load({str(digits_artifact)!r})
         index = runtime.Index.for_model(model, codes="int8")
         index.add(np.eye(model.dims, dtype=np.float32))

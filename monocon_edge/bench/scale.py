@@ -27,7 +27,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from ..errors import MonoconError
+from ..device.errors import MonoconError
 from .timing import measure_latency
 
 EventFn = Callable[[str, dict[str, Any]], None]
@@ -416,8 +416,8 @@ class _ScaleBench:
                 gc.collect()
 
     def bench_model(self, target: Any, loaded: Any) -> None:
-        from .. import runtime
-        from ..artifact import read_manifest
+        from ..device import runtime
+        from ..device.artifact import read_manifest
 
         opts = self.opts
         real = real_set(loaded, opts.queries)
@@ -463,7 +463,7 @@ class _ScaleBench:
                     full_query: np.ndarray, real: RealSet) -> tuple[np.ndarray, np.ndarray]:
         """Return (pool, query) embeddings at ``dims``: derived from the full-width ones by truncation when the
         d-dims artifact agrees on a sample of real inputs (PCA and prefix truncation both do), else embedded."""
-        from .. import runtime
+        from ..device import runtime
 
         if dims == full_dims:
             return full_pool, full_query

@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..io_utils import atomic_path, write_json_atomic, write_text_atomic
+from ..files import atomic_path, write_json_atomic, write_text_atomic
 from .output import cell, slug
 from .scale import ScaleResult
 

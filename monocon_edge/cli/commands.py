@@ -339,9 +339,9 @@ def bench_index(
     def go() -> None:
         import time
 
-        from .bench.scale import ScaleOptions, run_scale_bench
-        from .bench.scale_output import result_stem, write_json, write_markdown, write_plot
-        from .errors import MonoconError
+        from ..bench.scale import ScaleOptions, run_scale_bench
+        from ..bench.scale_output import result_stem, write_json, write_markdown, write_plot
+        from ..device.errors import MonoconError
 
         opts = ScaleOptions(sizes=sizes, dims=dims, codes=codes, indexes=indexes, threads=threads, queries=queries,
                             warmup=warmup, iterations=iterations, batch=batch, batch_iterations=batch_iterations,

@@ -37,10 +37,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .. import codes as embedding_codes
-from ..artifact import FP32_FILE, read_manifest
-from ..errors import MonoconError, RuntimeInputError
-from ..runtime import Index
+from ..device import embedding_codes
+from ..device.artifact import FP32_FILE, read_manifest
+from ..device.errors import MonoconError, RuntimeInputError
+from ..device.runtime import Index
 
 FAISS_INDEX_FORMAT = 1
 INDEX_TYPES = ("flat", "hnsw", "ivf")
