@@ -10,11 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-pytest.importorskip("faiss")
-
-from monocon_edge.bench import scale  # noqa: E402
-from monocon_edge.device.errors import MonoconError  # noqa: E402
-from monocon_edge.serving.faiss_index import FaissIndex  # noqa: E402
+from monocon_edge.bench import scale
+from monocon_edge.device.errors import MonoconError
+from monocon_edge.serving.faiss_index import FaissIndex
 
 ROOT = Path(__file__).resolve().parents[1]
 REQUIRED = ("n", "dims", "codes", "index", "index_bytes", "threads", "p50_ms_batch1", "recall_at_10", "fits")

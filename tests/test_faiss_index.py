@@ -10,11 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-pytest.importorskip("faiss")
-
-from monocon_edge.device import embedding_codes as codes, runtime  # noqa: E402
-from monocon_edge.device.errors import MonoconError, RuntimeInputError  # noqa: E402
-from monocon_edge.serving.faiss_index import FaissIndex, sq_ranges  # noqa: E402
+from monocon_edge.device import embedding_codes as codes, runtime
+from monocon_edge.device.errors import MonoconError, RuntimeInputError
+from monocon_edge.serving.faiss_index import FaissIndex, sq_ranges
 
 ROOT = Path(__file__).resolve().parents[1]
 KINDS = ("float32", "int8")

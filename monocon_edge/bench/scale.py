@@ -28,7 +28,6 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from ..device.errors import MonoconError
-from .timing import measure_latency
 
 EventFn = Callable[[str, dict[str, Any]], None]
 CODES = ("float32", "int8")
@@ -291,6 +290,22 @@ def peak_rss_mb() -> float | None:
 
 
 # ----- one size × dims -----------------------------------------------------------------------------------------
+def _cpu_and_wall(fn: Callable[[], object], warmup: int, iterations: int) -> tuple[np.ndarray, np.ndarray]:
+    """Return per-call (wall ms, process CPU ms) of ``iterations`` calls after ``warmup`` untimed ones.
+
+    On a shared machine a call can wait for a CPU: wall time then overstates the cost, while process CPU time
+    (summed over threads) does not; at 1 thread it is the latency an idle core would give.
+    """
+    for _ in range(warmup):
+        fn()
+    wall, cpu = np.empty(iterations), np.empty(iterations)
+    for i in range(iterations):
+        w, c = time.perf_counter(), time.process_time()
+        fn()
+        cpu[i], wall[i] = time.process_time() - c, time.perf_counter() - w
+    return wall * 1e3, cpu * 1e3
+
+
 def _timing(index: Any, q: np.ndarray, threads: int, opts: ScaleOptions) -> dict[str, float]:
     from ..serving.faiss_index import set_threads
 
@@ -307,12 +322,13 @@ def _timing(index: Any, q: np.ndarray, threads: int, opts: ScaleOptions) -> dict
         state["i"] += 1
         index.search_positions(q[s:s + opts.batch], TOP_K)
 
-    b1 = measure_latency(one, opts.warmup, opts.iterations)
-    bq = measure_latency(batch, min(opts.warmup, 1), opts.batch_iterations)
-    per_batch = min(opts.batch, len(q))
-    return {"p50_ms_batch1": b1.p50_ms, "p95_ms_batch1": b1.p95_ms, "qps_batch1": 1e3 / b1.mean_ms,
-            f"p50_ms_batch{opts.batch}": bq.p50_ms, f"p95_ms_batch{opts.batch}": bq.p95_ms,
-            f"qps_batch{opts.batch}": per_batch * 1e3 / bq.mean_ms}
+    b1, b1_cpu = _cpu_and_wall(one, opts.warmup, opts.iterations)
+    bq, bq_cpu = _cpu_and_wall(batch, min(opts.warmup, 1), opts.batch_iterations)
+    per_batch, b = min(opts.batch, len(q)), opts.batch
+    return {"p50_ms_batch1": float(np.percentile(b1, 50)), "p95_ms_batch1": float(np.percentile(b1, 95)),
+            "qps_batch1": 1e3 / float(b1.mean()), "cpu_ms_batch1_p50": float(np.percentile(b1_cpu, 50)),
+            f"p50_ms_batch{b}": float(np.percentile(bq, 50)), f"p95_ms_batch{b}": float(np.percentile(bq, 95)),
+            f"qps_batch{b}": per_batch * 1e3 / float(bq.mean()), f"cpu_ms_batch{b}_p50": float(np.percentile(bq_cpu, 50))}
 
 
 def _quality(found: np.ndarray, queries: np.ndarray, gallery: np.ndarray, truth_scores: np.ndarray, n_real: int,
@@ -519,7 +535,8 @@ def _header(opts: ScaleOptions, threads: tuple[int, ...]) -> dict[str, Any]:
         "load_average_1min_at_start": load, "options": asdict(opts), "top_k": TOP_K,
         "timing": f"FaissIndex.search_positions(top_k={TOP_K}) on real queries: batch 1 ({opts.warmup} warm-up + "
                   f"{opts.iterations} timed calls) and batch {opts.batch} ({opts.batch_iterations} timed calls); "
-                  "QPS = queries / mean call time; build with every thread",
+                  "QPS = queries / mean call time; cpu_ms_*: process CPU time per call (all threads summed), "
+                  "which waiting for a busy CPU does not inflate; build with every thread",
         "recall": f"recall@1/@{TOP_K}: against exact float32 inner-product search (faiss.knn) over the same "
                   "gallery at the same dims; task_recall_at_1: the real query's top-1 is a real gallery item of "
                   "its label (synthetic vectors never count)",
@@ -543,18 +560,22 @@ def evaluate_targets(result: ScaleResult) -> list[dict[str, Any]]:
     out.append({"target": f"16-dim int8 index at n={n:,} <= {TARGET_INDEX_MB:g} MB",
                 "measured": f"{index_mb:.1f} MB (smallest index)", "met": index_mb <= TARGET_INDEX_MB})
     if flat:
-        ms = flat[0]["p50_ms_batch1"]
+        ms, cpu = flat[0]["p50_ms_batch1"], flat[0].get("cpu_ms_batch1_p50")
         out.append({"target": f"exact scan <= {TARGET_FLAT_MS:g} ms/query at 1 thread",
-                    "measured": f"{ms:.2f} ms p50 (flat int8, exact cosine)", "met": ms <= TARGET_FLAT_MS})
+                    "measured": f"{ms:.2f} ms p50 wall, {cpu:.2f} ms p50 CPU (flat int8, exact cosine)",
+                    "met": ms <= TARGET_FLAT_MS})
     subl = [r for r in one if r["index"] in ("ivf", "hnsw")]
     ok = [r for r in subl if r["p50_ms_batch1"] <= TARGET_SUBLINEAR_MS and r["recall_at_10"] >= TARGET_RECALL_AT_10]
-    best = min(ok, key=lambda r: r["p50_ms_batch1"]) if ok else max(subl, key=lambda r: r["recall_at_10"],
-                                                                    default=None)
+    accurate = [r for r in subl if r["recall_at_10"] >= TARGET_RECALL_AT_10]
+    # The fastest configuration that meets both, else the fastest accurate one, else the most accurate one.
+    best = (min(ok or accurate, key=lambda r: r["p50_ms_batch1"]) if ok or accurate
+            else max(subl, key=lambda r: r["recall_at_10"], default=None))
     if best is not None:
         out.append({"target": f"sub-linear index <= {TARGET_SUBLINEAR_MS:g} ms/query with recall@10 >= "
                               f"{TARGET_RECALL_AT_10:g} vs exact 16-dim search",
-                    "measured": f"{best['index']} {best['index_params']}: {best['p50_ms_batch1']:.3f} ms p50, "
-                                f"recall@10 {best['recall_at_10']:.3f}", "met": bool(ok)})
+                    "measured": f"{best['index']} {best['index_params']}: {best['p50_ms_batch1']:.3f} ms p50 wall "
+                                f"({best.get('cpu_ms_batch1_p50', 0):.3f} ms CPU), recall@10 "
+                                f"{best['recall_at_10']:.3f}", "met": bool(ok)})
     return out
 
 

@@ -14,6 +14,7 @@ COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("codes", "codes", "s"), ("index", "index", "s"), ("params", "params", "s"), ("fits", "fits", "s"),
     ("index_mb", "index MB", ",.1f"), ("bytes_per_vector", "B/vec", ".1f"), ("build_s", "build s", ".1f"),
     ("threads", "thr", "d"), ("p50_ms_batch1", "b1 p50 ms", ".3f"), ("p95_ms_batch1", "b1 p95 ms", ".3f"),
+    ("cpu_ms_batch1_p50", "b1 CPU ms", ".3f"),
     ("qps_batch1", "b1 QPS", ",.0f"), ("p50_ms_batch64", "b64 p50 ms", ".2f"), ("p95_ms_batch64", "b64 p95 ms", ".2f"),
     ("qps_batch64", "b64 QPS", ",.0f"), ("recall_at_1", "R@1", ".3f"), ("recall_at_10", "R@10", ".3f"),
     ("task_recall_at_1", "task R@1", ".3f"), ("peak_rss_mb", "RSS MiB", ",.0f"),
