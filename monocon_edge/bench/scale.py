@@ -373,15 +373,23 @@ def _sweep(index: str, opts: ScaleOptions, codes: str) -> list[dict[str, int]]:
 
 
 class _ScaleBench:
-    def __init__(self, opts: ScaleOptions, emit: EventFn) -> None:
+    def __init__(self, opts: ScaleOptions, emit: EventFn,
+                 on_progress: Callable[[ScaleResult], None] | None = None) -> None:
         opts.check()
-        self.opts, self.emit = opts, emit
+        self.opts, self.emit, self.on_progress = opts, emit, on_progress
         self.threads = opts.thread_counts()
         self.budget = opts.memory_budget_mb * 2 ** 20
         self.result = ScaleResult(_header(opts, self.threads))
         self.peak_reset = reset_peak_rss()
         if not self.peak_reset:
             self.result.notes.append("peak RSS could not be reset per configuration: it is the process's peak")
+
+    def progress(self) -> None:
+        """Hand the rows so far to ``on_progress`` (the CLI rewrites its files: a long run leaves results)."""
+        if self.on_progress is not None:
+            self.result.header["complete"] = False  # a partial file: the run is still going (or was stopped)
+            self.result.targets = evaluate_targets(self.result)
+            self.on_progress(self.result)
 
     def measure_size(self, model: str, label: str, dims: int, n: int, gallery: np.ndarray, n_real: int,
                      queries: np.ndarray, real: RealSet, scales: np.ndarray) -> None:
@@ -458,7 +466,8 @@ class _ScaleBench:
         if opts.hnsw_max_n < max(sizes) and "hnsw" in opts.indexes:
             self.result.notes.append(f"hnsw is built only up to n = {opts.hnsw_max_n:,} (--hnsw-max-n: its build "
                                      "time on this machine); larger sizes have ivf as the sub-linear index")
-        for dims in dims_sorted:
+        # Smallest dims first: the compact configurations (issue 15's targets) are measured before the wide ones.
+        for dims in sorted(dims_sorted):
             label, folder = target.artifacts[dims]
             manifest = read_manifest(folder)
             scales = np.asarray(manifest["embedding_codes"]["scales"], dtype=np.float32)
@@ -478,11 +487,13 @@ class _ScaleBench:
                 gallery_bytes = n * dims * 4
                 if gallery_bytes > self.budget:
                     self._refuse_all(target.name, real.modality, label, dims, n, len(pool), len(query))
+                    self.progress()
                     continue
                 gallery, n_real = build_gallery(pool, mix, n, opts.seed + 1)
                 self.measure_size(target.name, label, dims, n, gallery, n_real, query, real, scales)
                 del gallery
                 gc.collect()
+                self.progress()
 
     def _embeddings(self, target: Any, dims: int, folder: Path, full_dims: int, full_pool: np.ndarray,
                     full_query: np.ndarray, real: RealSet) -> tuple[np.ndarray, np.ndarray]:
@@ -588,9 +599,10 @@ def evaluate_targets(result: ScaleResult) -> list[dict[str, Any]]:
     return out
 
 
-def run_scale_bench(paths: Sequence[str | Path], opts: ScaleOptions,
-                    on_event: EventFn | None = None) -> ScaleResult:
-    """Return the ScaleResult of every run / artifact in ``paths`` (runs are exported per dims, or reused).
+def run_scale_bench(paths: Sequence[str | Path], opts: ScaleOptions, on_event: EventFn | None = None,
+                    on_progress: Callable[[ScaleResult], None] | None = None) -> ScaleResult:
+    """Return the ScaleResult of every run / artifact in ``paths`` (runs are exported per dims, or reused);
+    ``on_progress`` gets the partial result after each gallery size.
 
     Raises MonoconError before measuring anything when an input is wrong, and when faiss is missing.
     """
@@ -600,7 +612,7 @@ def run_scale_bench(paths: Sequence[str | Path], opts: ScaleOptions,
         raise MonoconError("give at least one run directory or artifact directory")
     import_faiss()
     emit = on_event or (lambda kind, info: None)
-    bench = _ScaleBench(opts, emit)
+    bench = _ScaleBench(opts, emit, on_progress)
     from .runner import BenchOptions, _Bench
 
     resolver = _Bench(BenchOptions(dims=opts.dims, int8=False, parity_atol=opts.parity_atol, memory_probe=False,
@@ -611,4 +623,5 @@ def run_scale_bench(paths: Sequence[str | Path], opts: ScaleOptions,
                                "to bench on")
         bench.bench_model(target, resolver.load(target.run_path))
     bench.result.targets = evaluate_targets(bench.result)
+    bench.result.header["complete"] = True
     return bench.result

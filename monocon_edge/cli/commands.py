@@ -352,20 +352,26 @@ def bench_index(
         for p in (json_path, md, plot):
             if p is not None and not p.parent.is_dir():
                 raise MonoconError(f"the folder for {p} does not exist")
+        writers = {"json": write_json, "md": write_markdown, "png": write_plot}
+
+        def write(result, final: bool) -> None:
+            outputs = {"json": json_path, "md": md, "png": plot}
+            if results_dir is not None:
+                results_dir.mkdir(parents=True, exist_ok=True)
+                stem = result_stem(result)
+                outputs = {k: v or results_dir / f"{stem}.{k}" for k, v in outputs.items()}
+            for kind, path in outputs.items():
+                if path is not None and result.rows:
+                    writers[kind](path, result)
+                    if final:
+                        console.print(f"wrote {path}", highlight=False)
+
         with console.status("benchmarking at scale") as status:
             result = run_scale_bench(paths, opts, on_event=lambda kind, info: (
                 status.update(info.get("name", kind)),
-                console.print(f"{time.strftime('%H:%M:%S')} {info.get('name', kind)}", highlight=False)))
-        outputs = {"json": json_path, "md": md, "png": plot}
-        if results_dir is not None:
-            results_dir.mkdir(parents=True, exist_ok=True)
-            stem = result_stem(result)
-            outputs = {k: v or results_dir / f"{stem}.{k}" for k, v in outputs.items()}
-        writers = {"json": write_json, "md": write_markdown, "png": write_plot}
-        for kind, path in outputs.items():
-            if path is not None:
-                writers[kind](path, result)
-                console.print(f"wrote {path}", highlight=False)
+                console.print(f"{time.strftime('%H:%M:%S')} {info.get('name', kind)}", highlight=False)),
+                on_progress=lambda partial: write(partial, False))
+        write(result, True)
         measured = sum(1 for r in result.rows if r["fits"])
         console.print(f"{len(result.rows)} rows ({measured} measured, {len(result.rows) - measured} over the "
                       "memory budget)", highlight=False)
