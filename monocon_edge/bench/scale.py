@@ -28,8 +28,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from ..device.errors import MonoconError
+from ..events import EventFn, ignore_events
 
-EventFn = Callable[[str, dict[str, Any]], None]
 CODES = ("float32", "int8")
 INDEXES = ("flat", "ivf", "hnsw")
 SYNTH_CHUNK = 1 << 20
@@ -611,7 +611,7 @@ def run_scale_bench(paths: Sequence[str | Path], opts: ScaleOptions, on_event: E
     if not paths:
         raise MonoconError("give at least one run directory or artifact directory")
     import_faiss()
-    emit = on_event or (lambda kind, info: None)
+    emit = on_event or ignore_events
     bench = _ScaleBench(opts, emit, on_progress)
     from .runner import BenchOptions, _Bench
 

@@ -5,7 +5,8 @@ from pathlib import Path
 from typing import Any
 
 from ..files import atomic_path, write_json_atomic, write_text_atomic
-from .output import cell, slug
+from ..formatting import cell
+from .output import slug
 from .scale import ScaleResult
 
 # (row key, heading, format)
