@@ -113,3 +113,10 @@ def test_bench_index_cli_on_tiny_sizes(digits_artifact, tmp_path) -> None:
     assert data["header"]["versions"]["faiss"] and data["targets"]
     md = (out / f"{stem}.md").read_text()
     assert "| 40,000 |" in md and "**no**" in md
+    # --from-json measures nothing: it re-evaluates the targets and rewrites the files from the rows.
+    (out / f"{stem}.md").unlink()
+    again = subprocess.run([sys.executable, "-m", "monocon_edge", "bench-index", "--from-json", str(out / f"{stem}.json")],
+                           capture_output=True, text=True, env=env, timeout=120, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert (out / f"{stem}.md").read_text() == md
+    assert json.loads((out / f"{stem}.json").read_text())["rows"] == rows

@@ -576,13 +576,16 @@ def evaluate_targets(result: ScaleResult) -> list[dict[str, Any]]:
     one = [r for r in at if r["threads"] == 1] or at
     out = []
     index_mb = min((r["index_bytes"] / 1e6 for r in at), default=None)
-    flat = [r for r in one if r["index"] == "flat" and r["index_params"].get("exact") == 1]
+    # Both flat modes score every code (exhaustive scans); exact=1 adds rescans for the numpy index's exact
+    # cosine order, exact=0 is one scan in FAISS's order, rescored. The target takes the faster; both are rows.
+    flat = sorted((r for r in one if r["index"] == "flat"), key=lambda r: r["p50_ms_batch1"])
     out.append({"target": f"16-dim int8 index at n={n:,} <= {TARGET_INDEX_MB:g} MB",
                 "measured": f"{index_mb:.1f} MB (smallest index)", "met": index_mb <= TARGET_INDEX_MB})
     if flat:
         ms, cpu = flat[0]["p50_ms_batch1"], flat[0].get("cpu_ms_batch1_p50")
         out.append({"target": f"exact scan <= {TARGET_FLAT_MS:g} ms/query at 1 thread",
-                    "measured": f"{ms:.2f} ms p50 wall, {cpu:.2f} ms p50 CPU (flat int8, exact cosine)",
+                    "measured": f"{ms:.2f} ms p50 wall, {cpu:.2f} ms p50 CPU (flat int8, "
+                                f"exact={flat[0]['index_params'].get('exact')})",
                     "met": ms <= TARGET_FLAT_MS})
     subl = [r for r in one if r["index"] in ("ivf", "hnsw")]
     ok = [r for r in subl if r["p50_ms_batch1"] <= TARGET_SUBLINEAR_MS and r["recall_at_10"] >= TARGET_RECALL_AT_10]

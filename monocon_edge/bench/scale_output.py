@@ -120,3 +120,16 @@ def write_plot(path: str | Path, result: ScaleResult) -> None:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
     plt.close(fig)
+
+
+def read_json(path: str | Path) -> ScaleResult:
+    """Return the ScaleResult stored in a bench-index JSON file (for re-rendering its Markdown and plot)."""
+    import json
+
+    from ..device.errors import MonoconError
+
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        return ScaleResult(data["header"], data["rows"], data.get("notes", []), data.get("targets", []))
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise MonoconError(f"{path} is not a bench-index JSON file: {type(exc).__name__}") from None

@@ -304,8 +304,9 @@ def bench(
 
 @app.command("bench-index")
 def bench_index(
-    paths: list[Path] = typer.Argument(..., help="run directories (exported per dims into RUN/artifacts/, reused "
-                                                 "while valid) and/or artifact directories (benched at their dims)"),
+    paths: Optional[list[Path]] = typer.Argument(None, help="run directories (exported per dims into bench's "
+                                                            "export cache, reused while valid) and/or artifact "
+                                                            "directories (benched at their dims)"),
     sizes: str = typer.Option("10k,100k,1m,10m", help="gallery sizes; beyond the real embeddings, synthetic "
                                                       "vectors from a Gaussian mixture fitted to them"),
     dims: str = typer.Option("128,64,16", help="dims besides full (dims >= d_enc skipped)"),
@@ -333,6 +334,8 @@ def bench_index(
     results_dir: Optional[Path] = typer.Option(None, help="write JSON, Markdown and PNG here, named "
                                                           "scale-<models>-<cpu>"),
     suite: str = typer.Option("scale", help="suite name (in the header)"),
+    from_json: Optional[Path] = typer.Option(None, help="measure nothing: re-evaluate the targets of this "
+                                                        "bench-index JSON and rewrite it with its Markdown and plot"),
 ) -> None:
     """Retrieval at scale on FAISS: index bytes, build time, latency, QPS and recall from 10k to 10M vectors."""
 
@@ -366,8 +369,20 @@ def bench_index(
                     if final:
                         console.print(f"wrote {path}", highlight=False)
 
+        if from_json is not None:
+            from ..bench.scale import evaluate_targets
+            from ..bench.scale_output import read_json
+
+            result = read_json(from_json)
+            result.targets = evaluate_targets(result)
+            stem = from_json.with_suffix("")
+            for kind, path in {"json": json_path or from_json, "md": md or stem.with_suffix(".md"),
+                               "png": plot or stem.with_suffix(".png")}.items():
+                writers[kind](path, result)
+                console.print(f"wrote {path}", highlight=False)
+            return
         with console.status("benchmarking at scale") as status:
-            result = run_scale_bench(paths, opts, on_event=lambda kind, info: (
+            result = run_scale_bench(paths or [], opts, on_event=lambda kind, info: (
                 status.update(info.get("name", kind)),
                 console.print(f"{time.strftime('%H:%M:%S')} {info.get('name', kind)}", highlight=False)),
                 on_progress=lambda partial: write(partial, False))
