@@ -105,6 +105,7 @@ class ScaleOptions:
     hnsw_m: int = 16
     ef_construction: int = 40
     ef_search: str = "16,64,256"
+    flat_exact: str = "1,0"  # int8 flat modes to measure (1: the numpy index's exact cosine top-k; 0: one scan)
     hnsw_max_n: int = 1_000_000
     gmm_components: int = 16
     seed: int = 0
@@ -119,6 +120,8 @@ class ScaleOptions:
         self.thread_counts()
         _parse_ints(self.nprobe, "nprobe")
         _parse_ints(self.ef_search, "ef-search")
+        if not set(_parse_ints(self.flat_exact, "flat-exact", minimum=0)) <= {0, 1}:
+            raise MonoconError(f"--flat-exact takes 1 and/or 0; got {self.flat_exact!r}")
         for name in ("queries", "iterations", "batch", "batch_iterations", "memory_budget_mb", "hnsw_m",
                      "ef_construction", "gmm_components"):
             if getattr(self, name) < 1:
@@ -369,7 +372,7 @@ def _sweep(index: str, opts: ScaleOptions, codes: str) -> list[dict[str, int]]:
         return [{"nprobe": v} for v in _parse_ints(opts.nprobe, "nprobe")]
     if index == "hnsw":
         return [{"ef_search": v} for v in _parse_ints(opts.ef_search, "ef-search")]
-    return [{"exact": 1}, {"exact": 0}] if codes == "int8" else [{}]
+    return [{"exact": v} for v in _parse_ints(opts.flat_exact, "flat-exact", minimum=0)] if codes == "int8" else [{}]
 
 
 class _ScaleBench:

@@ -326,6 +326,8 @@ def bench_index(
     ef_construction: int = typer.Option(40, help="HNSW efConstruction"),
     ef_search: str = typer.Option("16,64,256", help="HNSW efSearch (one row each)"),
     hnsw_max_n: int = typer.Option(1_000_000, help="build HNSW only up to this N (its build time)"),
+    flat_exact: str = typer.Option("1,0", help="int8 flat modes: 1 = the numpy index's exact cosine top-k "
+                                               "(rescans), 0 = one scan, rescored (one row each)"),
     gmm_components: int = typer.Option(16, help="Gaussian-mixture components of the synthetic vectors"),
     seed: int = typer.Option(0, help="seed of the query subset, the mixture and its samples"),
     json_path: Optional[Path] = typer.Option(None, "--json", help="write the rows + header as JSON"),
@@ -349,7 +351,7 @@ def bench_index(
         opts = ScaleOptions(sizes=sizes, dims=dims, codes=codes, indexes=indexes, threads=threads, queries=queries,
                             warmup=warmup, iterations=iterations, batch=batch, batch_iterations=batch_iterations,
                             memory_budget_mb=memory_budget_mb, nlist=nlist, nprobe=nprobe, hnsw_m=hnsw_m,
-                            ef_construction=ef_construction, ef_search=ef_search, hnsw_max_n=hnsw_max_n,
+                            ef_construction=ef_construction, ef_search=ef_search, hnsw_max_n=hnsw_max_n, flat_exact=flat_exact,
                             gmm_components=gmm_components, seed=seed, suite=suite)
         opts.check()
         for p in (json_path, md, plot):
