@@ -20,8 +20,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # a copied monocon_edg
 
 import numpy as np  # noqa: E402
 
-from monocon_edge import runtime  # noqa: E402
-from monocon_edge.errors import MonoconError  # noqa: E402
+from monocon_edge.device import runtime  # noqa: E402
+from monocon_edge.device.errors import MonoconError  # noqa: E402
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 

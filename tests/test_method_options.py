@@ -12,10 +12,10 @@ from hypothesis import given, settings, strategies as st
 
 from helpers import tiny_digits
 from monocon_edge import metrics as M
-from monocon_edge.config import override
+from monocon_edge.training.config import override
 from monocon_edge.data.splits import make_splits
-from monocon_edge.errors import MonoconError
-from monocon_edge.fold import fold, reference_embeddings
+from monocon_edge.device.errors import MonoconError
+from monocon_edge.exporting.fold import fold, reference_embeddings
 from monocon_edge.losses import similarity_distillation
 from monocon_edge.models.heads import MLPHead, build_head
 from monocon_edge.models.monocon import MonoConModel
@@ -115,7 +115,7 @@ def test_non_finite_or_negative_numbers_are_refused(field: str, value: float) ->
 
 
 def test_training_with_every_option_reports_each_split(tmp_path) -> None:
-    from monocon_edge.train import train
+    from monocon_edge.training.loop import train
 
     cfg = override(tiny_digits("monotonic"), "data", report_fraction=0.5)
     cfg = override(cfg, "model", head_standardize=True)

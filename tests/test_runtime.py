@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 import torch
 
-from monocon_edge import codes, runtime
-from monocon_edge.artifact import FP32_FILE, MANIFEST
-from monocon_edge.errors import ArtifactError, MonoconError, RuntimeInputError
-from monocon_edge.export_data import load_run
-from monocon_edge.fold import fold
+from monocon_edge.device import embedding_codes as codes, runtime
+from monocon_edge.device.artifact import FP32_FILE, MANIFEST
+from monocon_edge.device.errors import ArtifactError, MonoconError, RuntimeInputError
+from monocon_edge.exporting.gate_inputs import load_run
+from monocon_edge.exporting.fold import fold
 
 ROOT = Path(__file__).resolve().parents[1]
 # Installed before anything else in the child: any attempt to import torch fails.
@@ -56,7 +56,7 @@ def test_train_export_then_embed_and_search_without_torch(digits_runs, digits_ar
             sys.exit("torch was importable")
         except ImportError:
             pass
-        from monocon_edge import runtime
+        from monocon_edge.device import runtime
         model = runtime.load({str(digits_artifact)!r})
         emb = model.embed(np.load("images.npy"))
         np.save("emb.npy", emb)
@@ -70,7 +70,7 @@ def test_train_export_then_embed_and_search_without_torch(digits_runs, digits_ar
     """))
     done = _run_without_torch(tmp_path, [str(script)])
     assert done.returncode == 0, done.stderr
-    assert "monocon_edge.runtime" in done.stdout
+    assert "monocon_edge.device.runtime" in done.stdout
     # The embeddings computed without torch equal the folded PyTorch model's on the same images.
     loaded = load_run(digits_runs["none"])
     folded, _ = fold(loaded.model, loaded.pca, 16)

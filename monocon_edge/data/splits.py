@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..errors import MonoconError
+from ..device.errors import MonoconError
 
 
 @dataclass(frozen=True)

@@ -166,7 +166,7 @@ BENCH_COLUMNS = (
 
 def print_bench(console: Console, result: Any, written: list[str]) -> None:
     """Print a bench result: one table per model, then the header facts, notes and the files written."""
-    from .bench.output import cell
+    from ..bench.output import cell
 
     h = result.header
     for name in dict.fromkeys(r["model"] for r in result.rows):

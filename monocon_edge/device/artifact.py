@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ArtifactError
-from .io_utils import sha256_file
+from ..files import sha256_file
 
 FORMAT_NAME = "monocon-edge-artifact"
 FORMAT_VERSION = 1

@@ -14,7 +14,7 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from .errors import MonoconError
+from ..device.errors import MonoconError
 from .fold import HEAD_PREFIX, PROJECTION_PREFIX
 
 TAIL_PREFIX = "tail."

@@ -9,9 +9,9 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from . import codes as embedding_codes
-from .errors import GateError
-from .metrics import l2_normalize, recall_at_k
+from ..device import embedding_codes
+from ..device.errors import GateError
+from ..metrics import l2_normalize, recall_at_k
 
 Batch = dict[str, np.ndarray]
 EmbedFn = Callable[[Batch], np.ndarray]
