@@ -26,10 +26,8 @@ if [ "$what" = text ] || [ "$what" = all ]; then
     opts=(--preset nli-pairs --head "$head"); [ "$head" = matryoshka ] && opts=(--preset nli-pairs --loss matryoshka)
     train "nli-$head" "${opts[@]}"
     train "nli-$head-std" "${opts[@]}" --head-standardize
-    for w in 1 3; do
-      train "nli-$head-distill$w" "${opts[@]}" --distill "$w"
-      train "nli-$head-std-distill$w" "${opts[@]}" --head-standardize --distill "$w"
-    done
+    train "nli-$head-distill1" "${opts[@]}" --distill 1
+    train "nli-$head-std-distill1" "${opts[@]}" --head-standardize --distill 1
   done
   python3 "$here/selection_table.py" "$runs"/nli-* --out "$here/results/selection-nli-pairs"
 fi

@@ -187,25 +187,19 @@ class VisionTask:
                         out[f"recall@1_prefix{d}"] = M.recall_at_k(
                             M.prefix_truncate(q, d), labels[s.query], M.prefix_truncate(g, d), labels[s.gallery],
                             ks=(1,))[1]
-            if "report" in emb:
-                out.update(self._report_metrics(emb, pca, truncation))
+            out.update(report_figures(self, emb, pca, truncation))
         return out, pca
 
-    def _report_metrics(self, emb: dict[str, np.ndarray], pca: M.PCAStats, truncation: str) -> dict[str, float]:
-        """Return held-out report queries -> train gallery: Recall@1/5, 5-NN, and Recall@1 at 128/64/16 dims."""
+    def report_metrics(self, emb: dict[str, np.ndarray]) -> dict[str, float]:
+        """Return report_knn5 / report_recall@1 / report_recall@5 of the embeddings as given: held-out report
+        images as queries against the whole train split as gallery (empty when the run has no report part)."""
+        if "report" not in emb:
+            return {}
         s, labels = self.splits, self.data.labels
         q, ql, g, gl = emb["report"], labels[s.report], emb["train"], labels[s.train]
-        out: dict[str, float] = {"report_knn5": M.knn_accuracy(q, ql, g, gl, k=5)}
         rec = M.recall_at_k(q, ql, g, gl, ks=(1, 5))
-        out["report_recall@1"], out["report_recall@5"] = rec[1], rec[5]
-        for d in PCA_DIMS:
-            if d < g.shape[1] and d <= pca.components.shape[0]:
-                out[f"report_recall@1_pca{d}"] = M.recall_at_k(
-                    M.pca_project(q, pca, d), ql, M.pca_project(g, pca, d), gl, ks=(1,))[1]
-                if truncation == "prefix":
-                    out[f"report_recall@1_prefix{d}"] = M.recall_at_k(
-                        M.prefix_truncate(q, d), ql, M.prefix_truncate(g, d), gl, ks=(1,))[1]
-        return out
+        return {"report_knn5": M.knn_accuracy(q, ql, g, gl, k=5), "report_recall@1": rec[1],
+                "report_recall@5": rec[5]}
 
     def split_notes(self) -> dict[str, str]:
         """Return which data each metric family comes from (for the run's summary)."""
@@ -349,29 +343,18 @@ class TextTask:
                         out[f"spearman_prefix{d}"] = M.spearman(M.cosine_scores(a, b), self.sts.scores)
                         out[f"recall@1_prefix{d}"] = M.pair_recall_at_k(
                             M.prefix_truncate(emb["val_a"], d), M.prefix_truncate(emb["val_b"], d), ks=(1,))[1]
-            out.update(self._report_metrics(emb, pca, truncation))
+            out.update(report_figures(self, emb, pca, truncation))
         return out, pca
 
-    def _report_metrics(self, emb: dict[str, np.ndarray], pca: M.PCAStats, truncation: str) -> dict[str, float]:
-        """Return the report-data figures: STS Spearman (full, truncated) and pair Recall@1/5 (full, truncated)."""
+    def report_metrics(self, emb: dict[str, np.ndarray]) -> dict[str, float]:
+        """Return report_spearman (report STS file) and report_recall@1/5 (report pairs) of the embeddings as
+        given (only what the run has report data for)."""
         out: dict[str, float] = {}
-        cuts = [("", lambda x, d: x)] + [(f"_pca{d}", lambda x, d: M.pca_project(x, pca, d))
-                                          for d in PCA_DIMS if d < emb["train"].shape[1]
-                                          and d <= pca.components.shape[0]]
-        if truncation == "prefix":
-            cuts += [(f"_prefix{d}", lambda x, d: M.prefix_truncate(x, d)) for d in PCA_DIMS
-                     if d < emb["train"].shape[1]]
-        for suffix, cut in cuts:
-            d = int("".join(ch for ch in suffix if ch.isdigit()) or 0)
-            if "rsts_a" in emb:
-                out[f"report_spearman{suffix}"] = M.spearman(
-                    M.cosine_scores(cut(emb["rsts_a"], d), cut(emb["rsts_b"], d)), self.report_sts.scores)
-            if "report_a" in emb:
-                ks = (1, 5) if not suffix else (1,)
-                rec = M.pair_recall_at_k(cut(emb["report_a"], d), cut(emb["report_b"], d), ks=ks)
-                out[f"report_recall@1{suffix}"] = rec[1]
-                if not suffix:
-                    out["report_recall@5"] = rec[5]
+        if "rsts_a" in emb:
+            out["report_spearman"] = M.spearman(M.cosine_scores(emb["rsts_a"], emb["rsts_b"]), self.report_sts.scores)
+        if "report_a" in emb:
+            rec = M.pair_recall_at_k(emb["report_a"], emb["report_b"], ks=(1, 5))
+            out["report_recall@1"], out["report_recall@5"] = rec[1], rec[5]
         return out
 
     def split_notes(self) -> dict[str, str]:
@@ -384,6 +367,24 @@ class TextTask:
         if self.report_pairs:
             notes["report_recall@*"] = "report: held-out pairs never used for a choice"
         return notes
+
+
+def report_figures(task, emb: dict[str, np.ndarray], pca: M.PCAStats, truncation: str) -> dict[str, float]:
+    """Return ``task.report_metrics`` at full width and after truncation to 128/64/16 dims (PCA, and prefix for
+    Matryoshka runs), the truncated ones suffixed ``_pca{d}`` / ``_prefix{d}`` (Recall@5 only at full width)."""
+    out = task.report_metrics(emb)
+    if not out:
+        return out
+    width = emb["train"].shape[1]
+    for d in PCA_DIMS:
+        cuts = []
+        if d < width and d <= pca.components.shape[0]:
+            cuts.append((f"_pca{d}", {k: M.pca_project(v, pca, d) for k, v in emb.items()}))
+        if truncation == "prefix" and d < width:
+            cuts.append((f"_prefix{d}", {k: M.prefix_truncate(v, d) for k, v in emb.items()}))
+        for suffix, small in cuts:
+            out.update({f"{k}{suffix}": v for k, v in task.report_metrics(small).items() if "@5" not in k})
+    return out
 
 
 def effective_dims_of(features: np.ndarray, head_raw: np.ndarray) -> dict[str, int]:
