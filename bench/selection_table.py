@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 
 TEXT = ("spearman", "spearman_pca16", "recall@1", "recall@1_pca16")
-VISION = ("val_knn5", "recall@1", "recall@1_pca16")
+VISION = ("val_knn5", "val_recall@1", "val_recall@1_pca16", "val_recall@1_pca64")
 OPTIONS = (("model", "head"), ("optim", "loss"), ("model", "head_standardize"), ("optim", "distill"),
            ("optim", "batch_size"), ("optim", "lr_head"), ("optim", "lr_warmup"), ("optim", "lr_encoder"),
            ("optim", "epochs"), ("optim", "warmup_epochs"))
@@ -30,7 +30,7 @@ def _row(run: Path) -> dict:
         row[key] = config[section].get(key)
     for m in metrics:
         # Matryoshka runs are truncated by prefix: their 16-dim figure is the prefix one.
-        key = m.replace("pca16", "prefix16") if summary.get("truncation") == "prefix" and "pca16" in m else m
+        key = m.replace("_pca", "_prefix") if summary.get("truncation") == "prefix" and "_pca" in m else m
         row[m] = final.get(key)
     return row
 

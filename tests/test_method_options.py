@@ -123,7 +123,8 @@ def test_training_with_every_option_reports_each_split(tmp_path) -> None:
     result = train(cfg, tmp_path / "run")
     summary = json.loads((result.run_dir / "summary.json").read_text())
     final = summary["final"]
-    for key in ("report_recall@1", "report_recall@5", "report_knn5", "recall@1", "val_knn5"):
+    for key in ("report_recall@1", "report_recall@5", "report_knn5", "recall@1", "val_knn5", "val_recall@1",
+                "val_recall@1_pca16", "report_recall@1_pca16"):
         assert 0.0 <= final[key] <= 1.0
     assert any("report" in k for k in summary["splits"])
     # report figures appear only in the final evaluation, never in the rows that early stopping reads
