@@ -34,10 +34,10 @@ fi
 if [ "$what" = vision ] || [ "$what" = all ]; then
   pre=${PRETRAINED:-runs/cpu-presets/tiny-imagenet-pretrain}
   train tin-none --preset tiny-imagenet-100 --head none --init-from "$pre"
-  for head in monotonic mlp; do
-    train "tin-$head-raw" --preset tiny-imagenet-100 --head "$head" --no-head-standardize --init-from "$pre"
-    train "tin-$head" --preset tiny-imagenet-100 --head "$head" --init-from "$pre"
-    train "tin-$head-distill1" --preset tiny-imagenet-100 --head "$head" --distill 1 --init-from "$pre"
-  done
+  train tin-monotonic-raw --preset tiny-imagenet-100 --head monotonic --no-head-standardize --init-from "$pre"
+  train tin-monotonic --preset tiny-imagenet-100 --head monotonic --init-from "$pre"
+  train tin-mlp --preset tiny-imagenet-100 --head mlp --init-from "$pre"
+  train tin-matryoshka --preset tiny-imagenet-100 --loss matryoshka --init-from "$pre"
+  train tin-monotonic-distill1 --preset tiny-imagenet-100 --head monotonic --distill 1 --init-from "$pre"
   python3 "$here/selection_table.py" "$runs"/tin-* --out "$here/results/selection-tiny-imagenet-100"
 fi
