@@ -65,7 +65,7 @@ def dims_label(dims: int, d_enc: int, d_eff: int) -> str:
 
 def _source_run(manifest: dict[str, Any]) -> Path | None:
     """Return the artifact's source run when it is still there with the same best.pt, else None."""
-    from ..files import sha256_file
+    from ..device.artifact import sha256_file
 
     src = manifest.get("source_run", {})
     best = Path(src.get("path", "")) / "best.pt"

@@ -1,7 +1,7 @@
 """The device runtime: load an artifact, embed images or sentences, build and search an index.
 
-Needs only numpy and onnxruntime (plus ``tokenizers`` for text artifacts): it must never import torch, nor any
-monocon_edge module that does. ``load`` verifies the artifact's format version and every file's sha256 first.
+Needs only numpy and onnxruntime (plus ``tokenizers`` for text artifacts): it must never import torch, nor
+anything outside ``monocon_edge/device``. ``load`` verifies the artifact's format version and every file's sha256 first.
 
     from monocon_edge.device import runtime
     model = runtime.load("artifacts/digits-d8")            # fp32; precision="int8" for model.int8.onnx

@@ -10,7 +10,7 @@ import numpy as np
 from ..training.config import RunConfig
 from ..device.errors import MonoconError
 from .gates import Batch, Retrieval
-from ..files import sha256_file
+from ..device.artifact import sha256_file
 from ..metrics import PCAStats
 from ..training.run_dir import RunDir
 

@@ -74,7 +74,7 @@ def verify_artifact(path: str | Path, data: str | None = None, run: str | Path |
 
 def _source_run(manifest: dict[str, Any], run: str | Path | None, report: VerifyReport) -> Path | None:
     """Return the source run directory when it is there with the same best.pt; an explicit --run must match."""
-    from ..files import sha256_file
+    from ..device.artifact import sha256_file
 
     explicit = run is not None
     where = Path(run) if explicit else Path(manifest["source_run"]["path"])
