@@ -22,12 +22,19 @@ train() {  # name, then train options
 }
 if [ "$what" = text ] || [ "$what" = all ]; then
   train nli-none --preset nli-pairs --head none
-  for head in monotonic mlp matryoshka; do
+  # Step 1, MonoCon alone: the paper's head, with the monotone standardisation, with similarity distillation
+  # (weights 1, 20, 100: the SupCon loss is O(1-5), the distillation term O(0.01-0.1)).
+  train nli-monotonic --preset nli-pairs --head monotonic --no-head-standardize --distill 0
+  train nli-monotonic-std --preset nli-pairs --head monotonic --head-standardize --distill 0
+  for w in 1 20 100; do
+    train "nli-monotonic-distill$w" --preset nli-pairs --head monotonic --no-head-standardize --distill "$w"
+  done
+  # Step 2, the other heads: without options, and with the options step 1 chose for MonoCon (the preset's
+  # defaults), so every head gets the same recipe and budget.
+  for head in mlp matryoshka; do
     opts=(--preset nli-pairs --head "$head"); [ "$head" = matryoshka ] && opts=(--preset nli-pairs --loss matryoshka)
-    train "nli-$head" "${opts[@]}"
-    train "nli-$head-std" "${opts[@]}" --head-standardize
-    train "nli-$head-distill1" "${opts[@]}" --distill 1
-    train "nli-$head-std-distill1" "${opts[@]}" --head-standardize --distill 1
+    train "nli-$head" "${opts[@]}" --no-head-standardize --distill 0
+    train "nli-$head-preset" "${opts[@]}"
   done
   python3 "$here/selection_table.py" "$runs"/nli-* --out "$here/results/selection-nli-pairs"
 fi
