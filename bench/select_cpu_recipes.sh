@@ -29,13 +29,13 @@ if [ "$what" = text ] || [ "$what" = all ]; then
   for w in 1 20 100; do
     train "nli-monotonic-distill$w" --preset nli-pairs --head monotonic --no-head-standardize --distill "$w"
   done
-  # Step 2, the other heads: without options, and with the options step 1 chose for MonoCon (the preset's
-  # defaults), so every head gets the same recipe and budget.
-  for head in mlp matryoshka; do
-    opts=(--preset nli-pairs --head "$head"); [ "$head" = matryoshka ] && opts=(--preset nli-pairs --loss matryoshka)
-    train "nli-$head" "${opts[@]}" --no-head-standardize --distill 0
-    train "nli-$head-preset" "${opts[@]}"
+  # ... and more negatives per anchor (larger batches, same epochs and LRs)
+  for b in 256 512; do
+    train "nli-monotonic-batch$b" --preset nli-pairs --head monotonic --batch-size "$b"
   done
+  # Step 2, the other heads with the recipe step 1 kept as the preset's default (the same for every head).
+  train nli-mlp --preset nli-pairs --head mlp
+  train nli-matryoshka --preset nli-pairs --loss matryoshka
   python3 "$here/selection_table.py" "$runs"/nli-* --out "$here/results/selection-nli-pairs"
 fi
 if [ "$what" = vision ] || [ "$what" = all ]; then
@@ -45,6 +45,6 @@ if [ "$what" = vision ] || [ "$what" = all ]; then
   train tin-monotonic --preset tiny-imagenet-100 --head monotonic --init-from "$pre"
   train tin-mlp --preset tiny-imagenet-100 --head mlp --init-from "$pre"
   train tin-matryoshka --preset tiny-imagenet-100 --loss matryoshka --init-from "$pre"
-  train tin-monotonic-distill1 --preset tiny-imagenet-100 --head monotonic --distill 1 --init-from "$pre"
+  train tin-monotonic-distill20 --preset tiny-imagenet-100 --head monotonic --distill 20 --init-from "$pre"
   python3 "$here/selection_table.py" "$runs"/tin-* --out "$here/results/selection-tiny-imagenet-100"
 fi
