@@ -29,6 +29,7 @@ import numpy as np
 
 from ..device.errors import MonoconError
 from ..events import EventFn, ignore_events
+from .runner import available_threads
 
 CODES = ("float32", "int8")
 INDEXES = ("flat", "ivf", "hnsw")
@@ -75,14 +76,6 @@ def _parse_ints(spec: str, what: str, minimum: int = 1) -> tuple[int, ...]:
     if not out or min(out) < minimum:
         raise MonoconError(f"--{what} takes integers >= {minimum}; got {spec!r}")
     return out
-
-
-def available_threads() -> int:
-    """Return how many CPUs this process may run on."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
 
 
 @dataclass(frozen=True)
