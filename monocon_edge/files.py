@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
+
+from .device.integrity import sha256_file  # noqa: F401  (one copy, torch-free, shipped with the runtime)
 
 
 @contextlib.contextmanager
@@ -54,12 +55,3 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    """Return the hex sha256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
