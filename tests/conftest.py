@@ -13,8 +13,9 @@ REQUIRE_SHARED = os.environ.get("MONOCON_REQUIRE_SHARED_DATA") == "1"
 
 @pytest.fixture(scope="session", autouse=True)
 def _private_feature_cache(tmp_path_factory) -> None:
-    """Keep the tests' encoder-feature cache out of the user's ~/.cache."""
+    """Keep the tests' encoder-feature cache and bench's export cache out of the user's ~/.cache."""
     os.environ["MONOCON_CACHE_DIR"] = str(tmp_path_factory.mktemp("feature-cache"))
+    os.environ["MONOCON_BENCH_CACHE_DIR"] = str(tmp_path_factory.mktemp("bench-cache"))
 
 
 @pytest.fixture(scope="session")

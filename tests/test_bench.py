@@ -3,6 +3,7 @@ one clear line for bad input."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 from types import SimpleNamespace
@@ -30,6 +31,8 @@ REQUIRED = ("model", "head", "precision", "index_codes", "dims", "recall_at_1", 
             "index_bytes_per_vector", "index_bytes", "search_ms_p50", "torch_eager_latency_ms_p50",
             "speedup_latency_p50", "knn5_accuracy", "threads")
 BYTES_PER_CODE = {"float32": 4, "int8": 1}
+RUN_FILES = ["best.pt", "config.json", "last.pt", "metrics.csv", "metrics.jsonl", "pca.npz", "splits.npz",
+             "summary.json"]
 
 
 @pytest.fixture(scope="module")
@@ -71,8 +74,13 @@ def test_bench_measures_every_field(bench_result) -> None:
     assert {"onnxruntime", "torch", "numpy"} <= set(header["versions"])
 
 
-def test_bench_exports_into_the_run_cache_and_reuses_it(bench_result) -> None:
-    cache = bench_result.run / "artifacts"
+def test_bench_exports_into_its_own_cache_never_the_run_and_reuses_it(bench_result) -> None:
+    from monocon_edge.bench.cache import run_cache
+    from monocon_edge.files import sha256_file
+
+    assert sorted(p.name for p in bench_result.run.iterdir()) == RUN_FILES  # bench wrote nothing into the run
+    cache = run_cache(None, bench_result.run, sha256_file(bench_result.run / "best.pt"))
+    assert Path(os.environ["MONOCON_BENCH_CACHE_DIR"]) in cache.parents
     assert (cache / "d16-int8" / "manifest.json").is_file()
     exported = [name for kind, name in bench_result.events if kind == "export"]
     assert exported

@@ -43,6 +43,7 @@ class BenchOptions:
     torch_reference: bool = True
     parity_atol: float = GateThresholds.parity_atol  # fp32 parity gate of the exports bench makes
     suite: str = ""
+    cache_dir: Path | None = None  # where runs are exported (None: cache.default_cache_dir())
 
     def check(self) -> None:
         """Raise MonoconError for values that cannot be benchmarked."""
@@ -129,7 +130,7 @@ def _header(opts: BenchOptions, threads: int, providers: list[str]) -> dict[str,
                      "onnxruntime": onnxruntime.__version__, "torch": torch.__version__},
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "load_average_1min_at_start": _load_average(),
-        "options": asdict(opts),
+        "options": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(opts).items()},
         "latency": f"onnxruntime session.run on model-ready real inputs at batch 1: {opts.warmup} warm-up + "
                    f"{opts.iterations} timed calls; throughput at batch {opts.batch}: {opts.batch_iterations} calls",
     }
@@ -181,7 +182,7 @@ class _Bench:
                 out.append(artifact_target(p))
             else:
                 out.append(run_target(p, labels, self.opts.int8, self.load(p), export_thresholds(self.opts.parity_atol),
-                                      self.emit))
+                                      self.emit, self.opts.cache_dir))
         return out
 
     def bench_target(self, target: Target) -> None:

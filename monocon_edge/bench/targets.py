@@ -1,8 +1,8 @@
-"""What to benchmark: run directories (exported per dims into a cache beside the run) or artifact directories.
+"""What to benchmark: run directories (exported per dims into bench's cache) or artifact directories.
 
-A run's artifacts are cached in ``RUN/artifacts/d{N}[-int8]`` and reused while they are valid (checksums
-match, exported from the run's current best.pt, the right dims and precisions); an invalid cache folder is
-exported again.
+A run's artifacts are cached in ``CACHE/<run>-<sha>/d{N}[-int8]`` (``cache.py``; never inside the run directory)
+and reused while they are valid (checksums match, exported from the run's current best.pt, the right dims and
+precisions); an invalid cache folder is exported again.
 """
 from __future__ import annotations
 
@@ -14,7 +14,6 @@ from typing import Any, Callable
 from ..device.errors import ArtifactError, MonoconError
 
 EventFn = Callable[[str, dict[str, Any]], None]
-CACHE_DIR = "artifacts"
 
 
 @dataclass
@@ -110,15 +109,16 @@ def _cache_valid(folder: Path, dims: int, int8: bool, checkpoint_sha: str) -> st
 
 
 def run_target(run_path: Path, labels: tuple[str, ...], int8: bool, loaded: Any, thresholds: Any,
-               emit: EventFn) -> Target:
-    """Return the Target of a run: every dims in ``labels`` exported (or reused) under RUN/artifacts/."""
+               emit: EventFn, cache_root: Path | None = None) -> Target:
+    """Return the Target of a run: every dims in ``labels`` exported (or reused) in bench's cache (``cache_root``,
+    None: the default one), never in the run directory."""
     from ..exporting.build import ExportOptions, export_run
+    from .cache import run_cache
 
     limit = min(int(loaded.model.d_enc), int(loaded.pca.components.shape[0]))
     target = Target(loaded.cfg.name, loaded.cfg.model.head, loaded.cfg.modality, _run_truncation(loaded.summary),
                     int(loaded.model.d_enc), int(loaded.d_eff), run_path)
-    cache = run_path / CACHE_DIR
-    cache.mkdir(exist_ok=True)
+    cache = run_cache(cache_root, run_path, loaded.checkpoint_sha256)
     for dims, label in resolve_dims(labels, target.d_enc, target.d_eff, limit).items():
         folder = cache / f"d{dims}{'-int8' if int8 else ''}"
         if folder.exists():

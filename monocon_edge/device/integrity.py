@@ -68,8 +68,10 @@ def check_manifest(manifest: dict[str, Any], where: str = "manifest.json") -> No
     if block.get("sha256") != _sha(sealed):
         raise ArtifactError(f"{where}: the integrity block itself was edited (its field digests do not match)")
     now = dict(_fields(manifest))
-    # Sub-fields first, so that the message names "output.dims" rather than "output".
-    for name in sorted(set(sealed) | set(now), key=lambda n: (-n.count("."), n)):
+    # Whole fields added or removed first, then sub-fields (so that the message names "output.dims", not "output").
+    names = sorted(set(sealed) | set(now), key=lambda n: (0 if "." not in n and (n in now) != (n in sealed)
+                                                          else 1 if "." in n else 2, n))
+    for name in names:
         if name not in now:
             raise ArtifactError(f"{where}: field {name!r} was removed after export")
         if name not in sealed:
