@@ -59,7 +59,9 @@ try:
     else:  # a source checkout (export/monocon_device.py) with monocon-edge installed
         from monocon_edge.device.cli import main
 except ImportError as exc:
-    sys.exit(f"error: {exc}: install what it needs first: pip install -r {HERE / 'requirements.txt'}")
+    HINT = f": install what it needs first: pip install -r {HERE / 'requirements.txt'}"
+    NEEDED = ("numpy", "onnxruntime", "tokenizers", "PIL")
+    sys.exit(f"error: cannot start the device runtime: {exc}{HINT if exc.name in NEEDED else ''}")
 
 if __name__ == "__main__":
     sys.exit(main(home=HERE))
