@@ -27,13 +27,14 @@ def print_side_by_side(console: Any, result: Any) -> None:
     rows = side_by_side_rows(result.rows)
     if not rows:
         return
-    table = Table(title="side by side (float32 index; the tables above have the int8 codes)", title_justify="left")
+    names = dict.fromkeys(f"{HEAD_LABELS.get(r['head'], r['head'])} = {r['model']}" for r in rows)
+    table = Table(title="side by side (float32 index; the tables above have the int8 codes)", title_justify="left",
+                  caption=", ".join(names), caption_justify="left")
     shown = [c for c in COLUMNS if any(r.get(c[0]) is not None for r in rows)]
     for label in ("dims", "model", "graph"):
         table.add_column(label)
     for _, label, _ in shown:
         table.add_column(label, justify="right")
     for r in rows:
-        name = f"{HEAD_LABELS.get(r['head'], r['head'])} ({r['model']})"
-        table.add_row(str(r["dims"]), name, r["precision"], *(cell(r.get(k), spec) for k, _, spec in shown))
+        table.add_row(str(r["dims"]), HEAD_LABELS.get(r["head"], r["head"]), r["precision"], *(cell(r.get(k), spec) for k, _, spec in shown))
     console.print(table)

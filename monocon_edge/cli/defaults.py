@@ -64,7 +64,7 @@ def default_bench_paths(runs_dir: Path, say: Say) -> tuple[list[Path], ArtifactI
     if src is None or not src.is_dir():
         raise MonoconError(f"the source run of {art.path} ({src}) is gone: give the runs to compare, e.g. "
                            f"`monocon-edge bench {art.path} RUN_DIR`")
-    run = run_info(src)
+    run = run_info(_short(src))
     other = counterpart(run, runs_dir)
     want = "baseline" if run.head != "none" else "MonoCon"
     if other is None:
@@ -76,13 +76,21 @@ def default_bench_paths(runs_dir: Path, say: Say) -> tuple[list[Path], ArtifactI
     return [art.path, other.path], art
 
 
+def _short(path: Path) -> Path:
+    """Return ``path`` relative to the working directory where it lies below it (as the user would type it)."""
+    try:
+        return Path(path).resolve().relative_to(Path.cwd().resolve())
+    except ValueError:
+        return Path(path)
+
+
 def _when(ts: float) -> str:
-    return _dt.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M")
+    return _dt.datetime.fromtimestamp(ts).strftime("%m-%d %H:%M")
 
 
 def _metric(summary: dict[str, Any]) -> str:
     final = summary.get("final", {})
-    for key, label in (("recall@1", "Recall@1"), ("spearman", "Spearman")):
+    for key, label in (("recall@1", "R@1"), ("spearman", "STS ρ")):
         if isinstance(final.get(key), (int, float)):
             return f"{label} {final[key]:.4f}"
     return "-"
@@ -96,23 +104,27 @@ def print_runs(console: Any, runs_dir: Path) -> None:
     arts = artifacts(runs_dir)
     if not runs and not arts:
         raise MonoconError(f"no finished run or artifact under {runs_dir}/: run `monocon-edge train` first")
-    table = Table(title=f"finished runs under {runs_dir}/ (newest first)", title_justify="left")
-    for column in ("finished", "run", "what", "preset", "modality", "d_eff", "best"):
-        table.add_column(column, justify="right" if column == "d_eff" else "left")
+    table = Table(title=f"finished runs under {runs_dir}/, newest first", title_justify="left")
+    table.add_column("finished", no_wrap=True)
+    table.add_column("run", no_wrap=True)
+    table.add_column("what (preset)")
+    table.add_column("d_eff", justify="right")
+    table.add_column("best", no_wrap=True)
     for r in runs:
         d_eff = r.summary.get("final", {}).get("d_eff", r.summary.get("d_eff"))
-        table.add_row(_when(r.finished), str(r.path), r.label, r.preset, r.modality, str(d_eff if d_eff is not None
-                      else "-"), _metric(r.summary))
+        table.add_row(_when(r.finished), str(r.path), f"{r.label} ({r.preset})", "-" if d_eff is None else str(d_eff),
+                      _metric(r.summary))
     console.print(table)
-    table = Table(title=f"artifacts under {runs_dir}/ (newest first)", title_justify="left")
-    for column in ("exported", "artifact", "what", "dims", "graphs", "source run"):
-        table.add_column(column, justify="right" if column == "dims" else "left")
+    table = Table(title=f"artifacts under {runs_dir}/, newest first", title_justify="left")
+    table.add_column("exported", no_wrap=True)
+    table.add_column("artifact", no_wrap=True)
+    table.add_column("what")
     for a in arts:
         if a.problem is not None:
-            table.add_row(_when(a.created), str(a.path), f"[red]unreadable[/]: {a.problem}", "", "", "")
+            table.add_row(_when(a.created), str(a.path), f"unreadable: {a.problem}")
             continue
         m = a.manifest
         head = {"monotonic": "MonoCon", "none": "baseline", "mlp": "std-MLP"}.get(m.get("head"), m.get("head"))
-        table.add_row(_when(a.created), str(a.path), f"{head} ({m.get('modality')})", str(m["output"]["dims"]),
-                      ", ".join(sorted(m.get("models", {}))), m.get("source_run", {}).get("name", "-"))
+        table.add_row(_when(a.created), str(a.path),
+                      f"{head}, {m['output']['dims']} dims, {'+'.join(sorted(m.get('models', {})))}")
     console.print(table)
