@@ -1,4 +1,5 @@
-"""Atomic file writes: a reader never sees a half-written file, and a failed write leaves the old one intact."""
+"""Atomic file writes (a reader never sees a half-written file, and a failed write leaves the old one intact) and
+the JSON-lines reader. Checksums are the artifact format's: ``device.artifact.sha256_file``."""
 from __future__ import annotations
 
 import contextlib
@@ -7,8 +8,6 @@ import os
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
-
-from .device.integrity import sha256_file  # noqa: F401  (one copy, torch-free, shipped with the runtime)
 
 
 @contextlib.contextmanager
@@ -42,16 +41,10 @@ def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
     write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
-def append_jsonl(path: str | os.PathLike, row: dict) -> None:
-    """Append one JSON row to a JSON-lines file (rewritten atomically so a crash never truncates it)."""
-    path = Path(path)
-    old = path.read_text(encoding="utf-8") if path.exists() else ""
-    write_text_atomic(path, old + json.dumps(row) + "\n")
-
-
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
     """Return the rows of a JSON-lines file (empty list when it does not exist)."""
     path = Path(path)
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+

@@ -55,16 +55,16 @@ def test_nothing_there_says_what_to_run_first(tmp_path, monkeypatch, args, expec
     assert sorted(p.name for p in tmp_path.iterdir()) == []  # nothing half-written
 
 
-def test_bench_with_runs_but_no_artifact_says_export_first(digits_runs, tmp_path, monkeypatch) -> None:
+def test_bench_with_runs_but_no_artifact_says_export_first(tiny_runs, tmp_path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
-    _place(digits_runs["monotonic"], tmp_path / "runs" / "mono", 10)
+    _place(tiny_runs["monotonic"], tmp_path / "runs" / "mono", 10)
     _one_clear_line(runner.invoke(app, ["bench"]), "no artifact under runs/: run `monocon-edge export --dims 16 --int8`")
 
 
-def test_export_then_bench_with_no_path_side_by_side(digits_runs, tmp_path, monkeypatch) -> None:
+def test_export_then_bench_with_no_path_side_by_side(tiny_runs, tmp_path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
-    base = _place(digits_runs["none"], tmp_path / "runs" / "base", 100)
-    mono = _place(digits_runs["monotonic"], tmp_path / "runs" / "mono", 10)
+    base = _place(tiny_runs["none"], tmp_path / "runs" / "base", 100)
+    mono = _place(tiny_runs["monotonic"], tmp_path / "runs" / "mono", 10)
     exported = runner.invoke(app, ["export", *LOOSE_EXPORT])
     assert exported.exit_code == 0, exported.output
     out = " ".join(exported.output.split())
@@ -88,9 +88,9 @@ def test_export_then_bench_with_no_path_side_by_side(digits_runs, tmp_path, monk
     assert {p: _files(p) for p in (base, mono)} == before  # bench wrote nothing into the runs
 
 
-def test_bench_trains_the_missing_default_baseline(digits_runs, tmp_path, monkeypatch) -> None:
+def test_bench_trains_the_missing_default_baseline(tiny_runs, tmp_path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
-    mono = _place(digits_runs["monotonic"], tmp_path / "runs" / "mono", 10)
+    mono = _place(tiny_runs["monotonic"], tmp_path / "runs" / "mono", 10)
     assert runner.invoke(app, ["export", *LOOSE_EXPORT]).exit_code == 0
     benched = runner.invoke(app, ["bench", *FAST_BENCH])
     assert benched.exit_code == 0, benched.output

@@ -21,7 +21,7 @@ from monocon_edge.exporting.gates import GateThresholds
 from monocon_edge.training.config import NLI_PAIRS, STSB_DEV, TINY_IMAGENET, override, preset
 from monocon_edge.training.loop import train
 
-pytestmark = [pytest.mark.shared_data, pytest.mark.slow]
+pytestmark = pytest.mark.shared_data
 LOOSE_DROP = GateThresholds(int8_max_recall_drop_points=100.0)
 TOL = 1e-6
 

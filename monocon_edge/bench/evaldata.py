@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from ..data.splits import seeded_subset
+
 STS_PAIR_MIN_SCORE = 4.0
 
 
@@ -61,17 +63,10 @@ class EvalSet:
         return [median], (pool * reps)[:batch]
 
 
-def _cap(n: int, limit: int | None, seed: int = 0) -> np.ndarray:
-    """Return sorted indices of at most ``limit`` of ``n`` items (all when ``limit`` is None), seeded."""
-    if limit is None or limit >= n:
-        return np.arange(n)
-    return np.sort(np.random.default_rng(seed).choice(n, limit, replace=False))
-
-
 def vision_eval_set(task: Any, max_queries: int | None = None) -> EvalSet:
     """Return the query → gallery split of a VisionTask (``max_queries`` caps the queries, seeded)."""
     images, labels, s = task.data.images, task.data.labels, task.splits
-    query = s.query[_cap(len(s.query), max_queries)]
+    query = s.query[seeded_subset(len(s.query), max_queries)]
     return EvalSet("vision", "query -> gallery of the run's train split (class labels)", images[query],
                    images[s.gallery], labels[query], labels[s.gallery])
 
@@ -81,7 +76,7 @@ def text_eval_set(task: Any, max_queries: int | None = None) -> EvalSet:
     sts = task.sts
     pairs = list(task.val_pairs) + [(a, b) for a, b, score in zip(sts.first, sts.second, sts.scores)
                                     if score >= STS_PAIR_MIN_SCORE]
-    pairs = [pairs[i] for i in _cap(len(pairs), max_queries)]
+    pairs = [pairs[i] for i in seeded_subset(len(pairs), max_queries)]
     partners = list(dict.fromkeys(b for _, b in pairs))
     where = {b: i for i, b in enumerate(partners)}
     # A repeated partner sentence is one gallery item: every anchor paired with it hits that item.
@@ -92,7 +87,7 @@ def text_eval_set(task: Any, max_queries: int | None = None) -> EvalSet:
 
 
 def eval_set(loaded: Any, max_queries: int | None = None) -> EvalSet:
-    """Return the EvalSet of a loaded run (export_data.LoadedRun)."""
+    """Return the EvalSet of a loaded run (runs.LoadedRun)."""
     if loaded.cfg.modality == "vision":
         return vision_eval_set(loaded.task, max_queries)
     return text_eval_set(loaded.task, max_queries)

@@ -13,8 +13,8 @@ from ..exporting.gates import GateThresholds
 from .accuracy import CODE_KINDS, embed_eval_set, index_cost, quality
 from .targets import Target, artifact_target, classify, parse_dims, run_target
 from .timing import measure_latency, measure_throughput
+from ..events import EventFn, ignore_events
 
-EventFn = Callable[[str, dict[str, Any]], None]
 PROVIDERS = {"cpu": ["CPUExecutionProvider"], "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"]}
 
 
@@ -43,7 +43,6 @@ class BenchOptions:
     torch_reference: bool = True
     parity_atol: float = GateThresholds.parity_atol  # fp32 parity gate of the exports bench makes
     suite: str = ""
-    cache_dir: Path | None = None  # where runs are exported (None: cache.default_cache_dir())
 
     def check(self) -> None:
         """Raise MonoconError for values that cannot be benchmarked."""
@@ -166,7 +165,7 @@ class _Bench:
         self.loaded: dict[Path, Any] = {}
 
     def load(self, run_path: Path) -> Any:
-        from ..exporting.gate_inputs import load_run
+        from ..runs import load_run
 
         key = run_path.resolve()
         if key not in self.loaded:
@@ -182,7 +181,7 @@ class _Bench:
                 out.append(artifact_target(p))
             else:
                 out.append(run_target(p, labels, self.opts.int8, self.load(p), export_thresholds(self.opts.parity_atol),
-                                      self.emit, self.opts.cache_dir))
+                                      self.emit))
         return out
 
     def bench_target(self, target: Target) -> None:
@@ -297,7 +296,7 @@ def run_bench(paths: Sequence[str | Path], opts: BenchOptions, on_event: EventFn
     """
     if not paths:
         raise MonoconError("give at least one run directory or artifact directory")
-    emit = on_event or (lambda kind, info: None)
+    emit = on_event or ignore_events
     bench = _Bench(opts, emit)
     targets = bench.targets(paths)
     for target in targets:

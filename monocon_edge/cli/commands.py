@@ -255,8 +255,8 @@ def verify(
 
 @app.command()
 def bench(
-    paths: Optional[list[Path]] = typer.Argument(None, help="run directories (exported per dims into --cache-dir, "
-                                                           "reused while valid; the run is never written) and/or "
+    paths: Optional[list[Path]] = typer.Argument(None, help="run directories (exported per dims into bench's "
+                                                           "cache, reused while valid; the run is never written) and/or "
                                                            "artifact directories. Default: see above"),
     dims: Optional[str] = typer.Option(None, help="dims besides full: integers and/or deff (dims >= d_enc skipped); "
                                                   "default 128,64,16,deff, or the artifact's dims when no path is "
@@ -283,15 +283,14 @@ def bench(
                                                  "not gated)"),
     runs_dir: Path = typer.Option(Path("runs"), help="where to look when no path is given (new baseline runs go "
                                                      "here too)"),
-    cache_dir: Optional[Path] = typer.Option(None, help="where runs are exported for bench (default: "
-                                                        "$MONOCON_BENCH_CACHE_DIR or ~/.cache/monocon-edge/bench)"),
 ) -> None:
     """Benchmark artifacts: Recall@k, 5-NN / STS, sizes, latency, throughput, peak RSS, search, vs PyTorch eager.
 
     With no path: the most recent artifact under --runs-dir and, side by side, the newest finished run of the
     same data with the other head (the baseline, --head none, for a MonoCon artifact). For the embedded default
     a missing baseline is trained first (about 10 s, into a new run under --runs-dir, and said so); for other
-    presets bench says what to train. Run directories are only read: their exports go to --cache-dir.
+    presets bench says what to train. Run directories are only read: their exports go to bench's cache
+    ($MONOCON_CACHE_DIR/bench-artifacts, else ~/.cache/monocon-edge/bench-artifacts).
     """
 
     def go() -> None:
@@ -309,7 +308,7 @@ def bench(
                     raise MonoconError(f"the folder for {p} does not exist")
             targets, art = default_bench_paths(runs_dir, _say)
             chosen_dims = dims or str(art.manifest["output"]["dims"])
-        opts = BenchOptions(dims=chosen_dims or "128,64,16,deff", int8=int8, cache_dir=cache_dir, device=device, threads=threads, warmup=warmup,
+        opts = BenchOptions(dims=chosen_dims or "128,64,16,deff", int8=int8, device=device, threads=threads, warmup=warmup,
                             iterations=iterations, batch=batch, batch_iterations=batch_iterations,
                             search_iterations=search_iterations, max_queries=max_queries, memory_probe=memory,
                             torch_reference=reference, parity_atol=parity_atol, suite=suite)

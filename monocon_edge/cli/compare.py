@@ -22,7 +22,7 @@ def print_side_by_side(console: Any, result: Any) -> None:
     """Print one table with every model at the dims they share; nothing when only one model was benched."""
     from rich.table import Table
 
-    from ..bench.output import cell
+    from ..formatting import cell
 
     rows = side_by_side_rows(result.rows)
     if not rows:

@@ -12,13 +12,14 @@ file the manifest does not list, and a manifest field edited after export (``int
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
 from typing import Any
 
 from .errors import ArtifactError
-from .integrity import check_manifest, sha256_file, unlisted_models
+from .integrity import check_manifest, unlisted_models
 
 FORMAT_NAME = "monocon-edge-artifact"
 # 2: sealed manifest (``integrity``), and the device runtime + script + requirements.txt inside the folder.
@@ -29,6 +30,15 @@ INT8_FILE = "model.int8.onnx"
 OUTPUT_NAME = "embedding"
 VISION_INPUTS = ("pixels",)
 TEXT_INPUTS = ("input_ids", "attention_mask")
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """Return the hex sha256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def file_checksums(folder: Path) -> dict[str, str]:

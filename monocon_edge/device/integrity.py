@@ -25,15 +25,6 @@ SCHEME = "sha256 of each manifest field (canonical JSON: sorted keys, no spaces)
 MODEL_SUFFIXES = (".onnx", ".ort", ".onnx.data")
 
 
-def sha256_file(path: str | os.PathLike) -> str:
-    """Return the hex sha256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _canonical(value: Any) -> bytes:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=True).encode()
 

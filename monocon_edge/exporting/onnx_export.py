@@ -7,7 +7,6 @@ import logging
 import warnings
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -124,12 +123,3 @@ def check_graph(path: Path) -> None:
         onnx.checker.check_model(str(path), full_check=True)
     except Exception as exc:  # onnx.checker.ValidationError, shape-inference errors
         raise GateError(f"onnx.checker rejected {path.name}: {_first_line(exc)}") from None
-
-
-def initializers(path: Path) -> dict[str, np.ndarray]:
-    """Return the graph's initializers by name as numpy arrays."""
-    import onnx
-    from onnx import numpy_helper
-
-    model = onnx.load(str(path))
-    return {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}

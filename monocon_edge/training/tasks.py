@@ -306,3 +306,24 @@ class TextTask:
 def effective_dims_of(features: np.ndarray, head_raw: np.ndarray) -> dict[str, int]:
     """Return d_eff of the normalised encoder output and of the raw (un-normalised) head output."""
     return {"d_eff_encoder": _d_eff(features), "d_eff_head_raw": _d_eff(head_raw, normalize=False)}
+
+
+def build_task(cfg: RunConfig, model) -> VisionTask | TextTask:
+    """Return the task (data, splits, evaluation) for ``cfg``; text tasks tokenize with ``model``'s encoder."""
+    if cfg.modality == "vision":
+        return VisionTask(cfg)
+    return TextTask(cfg, lambda texts: model.encoder.tokenize(texts, cfg.data.max_seq_len))
+
+
+def encode_eval_sets(task: VisionTask | TextTask, encode_fn: Callable[..., np.ndarray],
+                     encoder: torch.nn.Module) -> dict[str, np.ndarray]:
+    """Return the encoder features of ``task``'s evaluation sets computed with ``encode_fn``.
+
+    Text features go through the feature cache, keyed by ``encoder``'s weights (a frozen MiniLM re-encodes the
+    same sentences in every run, analysis and export otherwise).
+    """
+    if isinstance(task, TextTask):
+        from .feature_cache import fingerprint
+
+        return task.encode(encode_fn, encoder_fingerprint=fingerprint(encoder))
+    return task.encode(encode_fn)
