@@ -136,4 +136,7 @@ def test_unlisted_caches_and_outputs_are_tolerated(digits_artifact, tmp_path) ->
     (folder / "monocon_runtime" / "__pycache__").mkdir()
     (folder / "monocon_runtime" / "__pycache__" / "runtime.cpython-311.pyc").write_bytes(b"\0")
     (folder / "gallery.npz").write_bytes(b"an index the user built here")
+    venv_models = folder / ".venv" / "lib" / "site-packages" / "onnxruntime" / "data"  # a venv made inside it
+    venv_models.mkdir(parents=True)
+    (venv_models / "test.onnx").write_bytes(b"\0")
     runtime.load(folder)

@@ -72,12 +72,17 @@ def check_manifest(manifest: dict[str, Any], where: str = "manifest.json") -> No
 
 
 def unlisted_models(folder: str | os.PathLike, listed: dict[str, str]) -> list[str]:
-    """Return the model files (``.onnx``, ``.ort``, ``.onnx.data``) under ``folder`` that ``listed`` lacks."""
+    """Return the model files (``.onnx``, ``.ort``, ``.onnx.data``) the manifest does not list, in the artifact's
+    own folders: its top level and every folder holding a listed file (not, say, a venv made inside it)."""
     folder = Path(folder)
+    own = {folder} | {(folder / rel).parent for rel in listed}
     found = []
-    for p in sorted(folder.rglob("*")):
-        if p.is_file() and p.name.lower().endswith(MODEL_SUFFIXES):
-            rel = p.relative_to(folder).as_posix()
-            if rel not in listed:
-                found.append(rel)
+    for sub in sorted(own):
+        if not sub.is_dir():
+            continue
+        for p in sorted(sub.iterdir()):
+            if p.is_file() and p.name.lower().endswith(MODEL_SUFFIXES):
+                rel = p.relative_to(folder).as_posix()
+                if rel not in listed:
+                    found.append(rel)
     return found
