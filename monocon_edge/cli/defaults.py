@@ -107,13 +107,11 @@ def print_runs(console: Any, runs_dir: Path) -> None:
     table = Table(title=f"finished runs under {runs_dir}/, newest first", title_justify="left")
     table.add_column("finished", no_wrap=True)
     table.add_column("run", no_wrap=True)
-    table.add_column("what (preset)")
-    table.add_column("d_eff", justify="right")
-    table.add_column("best", no_wrap=True)
+    table.add_column("what")
     for r in runs:
         d_eff = r.summary.get("final", {}).get("d_eff", r.summary.get("d_eff"))
-        table.add_row(_when(r.finished), str(r.path), f"{r.label} ({r.preset})", "-" if d_eff is None else str(d_eff),
-                      _metric(r.summary))
+        table.add_row(_when(r.finished), str(r.path), f"{r.label}, d_eff {'-' if d_eff is None else d_eff}, "
+                      f"{_metric(r.summary)}")
     console.print(table)
     table = Table(title=f"artifacts under {runs_dir}/, newest first", title_justify="left")
     table.add_column("exported", no_wrap=True)
@@ -126,5 +124,5 @@ def print_runs(console: Any, runs_dir: Path) -> None:
         m = a.manifest
         head = {"monotonic": "MonoCon", "none": "baseline", "mlp": "std-MLP"}.get(m.get("head"), m.get("head"))
         table.add_row(_when(a.created), str(a.path),
-                      f"{head}, {m['output']['dims']} dims, {'+'.join(sorted(m.get('models', {})))}")
+                      f"{head} {m['output']['dims']}d {'+'.join(sorted(m.get('models', {})))}")
     console.print(table)
