@@ -15,7 +15,7 @@ from monocon_edge.bench.accuracy import Embedded, quality
 from monocon_edge.bench.evaldata import text_eval_set
 from monocon_edge.bench.output import result_stem, write_json, write_markdown, write_plot
 from monocon_edge.bench.runner import BenchOptions, run_bench
-from monocon_edge.bench.targets import parse_dims, resolve_dims, run_cache_dir
+from monocon_edge.bench.targets import parse_dims, bench_dims, run_cache_dir
 from monocon_edge.bench.timing import measure_latency, measure_throughput
 from monocon_edge.cli import app
 from monocon_edge.device.errors import ArtifactError, MonoconError
@@ -168,9 +168,9 @@ def test_corrupt_artifact_raises_artifact_error(digits_artifact, tmp_path) -> No
 def test_dims_labels() -> None:
     assert parse_dims("128,64,16,deff") == ("full", "128", "64", "16", "deff")
     # 128 >= d_enc is skipped; deff = 16 shares the 16-d artifact; full is the PCA width.
-    assert resolve_dims(parse_dims("128,64,16,deff"), d_enc=128, d_eff=16, limit=128) == \
+    assert bench_dims(parse_dims("128,64,16,deff"), d_enc=128, d_eff=16, limit=128) == \
         {128: "full", 64: "64", 16: "16+deff"}
-    assert resolve_dims(parse_dims("16"), d_enc=32, d_eff=40, limit=30) == {30: "full", 16: "16"}
+    assert bench_dims(parse_dims("16"), d_enc=32, d_eff=40, limit=30) == {30: "full", 16: "16"}
     with pytest.raises(MonoconError):
         parse_dims("0")
 

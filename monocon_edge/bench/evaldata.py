@@ -13,17 +13,9 @@ from typing import Any
 import numpy as np
 
 from ..data.splits import seeded_subset
+from ..data.text import StsSet
 
 STS_PAIR_MIN_SCORE = 4.0
-
-
-@dataclass
-class StsPairs:
-    """Scored sentence pairs (STS-B dev) for Spearman's rank correlation of cosine similarity."""
-
-    first: list[str]
-    second: list[str]
-    scores: np.ndarray
 
 
 @dataclass
@@ -36,7 +28,7 @@ class EvalSet:
     gallery: Any
     query_labels: np.ndarray
     gallery_labels: np.ndarray
-    sts: StsPairs | None = None
+    sts: StsSet | None = None
 
     @property
     def num_queries(self) -> int:
@@ -83,7 +75,7 @@ def text_eval_set(task: Any, max_queries: int | None = None) -> EvalSet:
     query_labels = np.asarray([where[b] for _, b in pairs])
     return EvalSet("text", f"anchor -> its partner among all partners (held-out pairs + STS-B dev pairs scored "
                            f">= {STS_PAIR_MIN_SCORE:g})", [a for a, _ in pairs], partners, query_labels,
-                   np.arange(len(partners)), StsPairs(list(sts.first), list(sts.second), np.asarray(sts.scores)))
+                   np.arange(len(partners)), StsSet(list(sts.first), list(sts.second), np.asarray(sts.scores)))
 
 
 def eval_set(loaded: Any, max_queries: int | None = None) -> EvalSet:

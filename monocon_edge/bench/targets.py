@@ -50,7 +50,7 @@ def parse_dims(spec: str) -> tuple[str, ...]:
     return tuple(labels)
 
 
-def resolve_dims(labels: tuple[str, ...], d_enc: int, d_eff: int, limit: int) -> dict[int, str]:
+def bench_dims(labels: tuple[str, ...], d_enc: int, d_eff: int, limit: int) -> dict[int, str]:
     """Return {dims: label} for a model: "full" = ``limit`` (min of d_enc and the PCA's components); other dims
     ≥ d_enc are skipped; a dims reached by two labels (16 and deff = 16) gets both ("16+deff")."""
     out: dict[int, list[str]] = {}
@@ -67,7 +67,7 @@ def dims_label(dims: int, d_enc: int, d_eff: int) -> str:
     return "full" if dims >= d_enc else "deff" if dims == d_eff else str(dims)
 
 
-def _source_run(manifest: dict[str, Any]) -> Path | None:
+def _unchanged_source_run(manifest: dict[str, Any]) -> Path | None:
     """Return the artifact's source run when it is still there with the same best.pt, else None."""
     from ..device.artifact import sha256_file
 
@@ -93,7 +93,7 @@ def artifact_target(folder: Path) -> Target:
     d_enc, d_eff, dims = int(out["d_enc"]), int(out["d_eff"]), int(out["dims"])
     target = Target(name, str(manifest.get("head", "?")), manifest["modality"],
                     str(out.get("truncation", manifest.get("truncation", "pca"))), d_enc, d_eff,
-                    _source_run(manifest))
+                    _unchanged_source_run(manifest))
     target.artifacts[dims] = (dims_label(dims, d_enc, d_eff), folder)
     return target
 
@@ -138,7 +138,7 @@ def run_target(run_path: Path, labels: tuple[str, ...], int8: bool, loaded: Any,
                     int(loaded.model.d_enc), int(loaded.d_eff), run_path)
     cache = run_cache_dir(run_path)
     cache.mkdir(parents=True, exist_ok=True)
-    for dims, label in resolve_dims(labels, target.d_enc, target.d_eff, limit).items():
+    for dims, label in bench_dims(labels, target.d_enc, target.d_eff, limit).items():
         folder = cache / f"d{dims}{'-int8' if int8 else ''}"
         if folder.exists():
             why = _cache_valid(folder, dims, int8, loaded.checkpoint_sha256)

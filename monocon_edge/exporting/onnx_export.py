@@ -67,9 +67,7 @@ def export_onnx(folded: nn.Module, modality: str, inputs: tuple[torch.Tensor, ..
         raise MonoconError(f"the exported graph has {len(model.graph.output)} outputs, expected 1")
     rename_value(model, model.graph.output[0].name, OUTPUT_NAME)
     _name_axes(model, modality)
-    del model.metadata_props[:]
-    for key, value in metadata.items():
-        model.metadata_props.add(key=key, value=value)
+    set_metadata(model, metadata)
     onnx.save_model(model, str(path))
     check_graph(path)
 
@@ -123,3 +121,10 @@ def check_graph(path: Path) -> None:
         onnx.checker.check_model(str(path), full_check=True)
     except Exception as exc:  # onnx.checker.ValidationError, shape-inference errors
         raise GateError(f"onnx.checker rejected {path.name}: {_first_line(exc)}") from None
+
+
+def set_metadata(model, metadata: dict[str, str]) -> None:
+    """Replace the ``metadata_props`` of the loaded ONNX ``model`` with ``metadata``."""
+    del model.metadata_props[:]
+    for key, value in metadata.items():
+        model.metadata_props.add(key=key, value=value)
