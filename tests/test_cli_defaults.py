@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from helpers import tree_state
 from monocon_edge.cli import app
 from monocon_edge.device.errors import MonoconError
 from monocon_edge.runs_index import artifacts, counterpart, finished_runs, latest_artifact, latest_run, run_info
@@ -32,10 +33,6 @@ def _place(run: Path, dest: Path, age_s: float) -> Path:
     t = time.time() - age_s
     os.utime(dest / "summary.json", (t, t))
     return dest
-
-
-def _files(folder: Path) -> list[str]:
-    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
 
 
 def _one_clear_line(result, expected: str) -> None:
@@ -77,7 +74,7 @@ def test_export_then_bench_with_no_path_side_by_side(tiny_runs, tmp_path, monkey
     assert text.index("runs/mono") < text.index("runs/base") and "runs/mono/export-d16-int8" in text
     assert "MonoCon" in text and "baseline" in text
 
-    before = {p: _files(p) for p in (base, mono)}
+    before = {p: tree_state(p) for p in (base, mono)}
     benched = runner.invoke(app, ["bench", "--device", "cpu", *FAST_BENCH])
     assert benched.exit_code == 0, benched.output
     out = " ".join(benched.output.split())
@@ -85,7 +82,7 @@ def test_export_then_bench_with_no_path_side_by_side(tiny_runs, tmp_path, monkey
     assert "side by side with the baseline run of the same data: runs/base" in out
     side = benched.output[benched.output.index("side by side ("):]
     assert "MonoCon" in side and "baseline" in side
-    assert {p: _files(p) for p in (base, mono)} == before  # bench wrote nothing into the runs
+    assert {p: tree_state(p) for p in (base, mono)} == before  # bench wrote nothing into the runs
 
 
 def test_bench_trains_the_missing_default_baseline(tiny_runs, tmp_path, monkeypatch) -> None:
