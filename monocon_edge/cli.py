@@ -178,8 +178,10 @@ def analyze(
 def export_cmd(
     run_dir: Path = typer.Argument(..., help="a finished run directory (config.json, best.pt, pca.npz, ...)"),
     dims: str = typer.Option("deff", help="output dims: 1..d_enc, or deff (the run's d_eff)"),
-    int8: bool = typer.Option(False, "--int8", help="also write model.int8.onnx (static QDQ for CNNs, dynamic for "
-                                                     "transformers), gated against fp32"),
+    int8: bool = typer.Option(False, "--int8", help="also write model.int8.onnx: the fastest candidate scheme that "
+                                                     "passes every gate (measured here), gated against fp32"),
+    int4: bool = typer.Option(False, "--int4", help="text: also write model.int4.onnx (MatMulNBits 4-bit + 4-bit "
+                                                     "Gather), under the same gates"),
     out: Optional[Path] = typer.Option(None, help="artifact directory to create (default: RUN_DIR/export-dN[-int8]); "
                                                   "never overwritten"),
     fmt: list[str] = typer.Option(["onnx"], "--format", help="onnx (always) | sentence-transformers (text runs)"),
@@ -187,9 +189,13 @@ def export_cmd(
     int8_min_cosine: float = typer.Option(0.99, help="gate: mean cosine of int8 (graph or codes) to fp32"),
     int8_max_recall_drop: float = typer.Option(1.0, help="gate: Recall@1 drop of int8 vs fp32, in points"),
     parity_samples: int = typer.Option(256, help="real inputs for the parity gate"),
-    calibration_samples: int = typer.Option(256, help="training images for static int8 calibration"),
-    int8_scheme: str = typer.Option("auto", help="auto (static QDQ for CNNs, int8 weights for transformers) | "
-                                                 "static | dynamic | weights"),
+    calibration_samples: int = typer.Option(256, help="training inputs for int8 calibration (static ranges, "
+                                                      "MatMul sensitivity)"),
+    int8_scheme: str = typer.Option("auto", help="auto (measure the candidates: static QDQ for CNNs; dynamic, "
+                                                 "nbits8, mixed for transformers) | static | dynamic | nbits8 | mixed"),
+    optimize: bool = typer.Option(True, "--optimize/--no-optimize", help="text: try onnxruntime's BERT fusions, "
+                                                                        "kept where they measurably help"),
+    timing_rounds: int = typer.Option(200, help="batch-1 timing rounds per int8 candidate (interleaved)"),
 ) -> None:
     """Fold a run (W², normalise, PCA to N dims) into one ONNX graph, gate it, and write an artifact directory."""
 
@@ -202,7 +208,7 @@ def export_cmd(
         opts = ExportOptions(dims=dims, int8=int8, out=out, formats=formats,
                              thresholds=GateThresholds(parity_atol, int8_min_cosine, int8_max_recall_drop),
                              parity_samples=parity_samples, calibration_samples=calibration_samples,
-                             int8_scheme=int8_scheme)
+                             int8_scheme=int8_scheme, int4=int4, optimize=optimize, timing_rounds=timing_rounds)
         with console.status("exporting") as status:
             result = export_run(run_dir, opts, on_event=lambda kind, info: status.update(info.get("name", kind)))
         print_export(console, result.path, result.manifest)
