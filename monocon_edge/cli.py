@@ -256,6 +256,8 @@ def bench(
     device: str = typer.Option("cpu", help="cpu | cuda (onnxruntime's CUDA provider)"),
     threads: Optional[int] = typer.Option(None, help="intra-op threads for onnxruntime and torch "
                                                      "(default: every CPU available)"),
+    also_threads: str = typer.Option("", help="more thread counts to time every graph and PyTorch eager at, "
+                                               "comma-separated (e.g. 1)"),
     int8: bool = typer.Option(True, "--int8/--no-int8", help="also bench the int8 graph (exported with --int8)"),
     json_path: Optional[Path] = typer.Option(None, "--json", help="write the rows + header as JSON"),
     md: Optional[Path] = typer.Option(None, "--md", help="write the table as Markdown"),
@@ -282,7 +284,11 @@ def bench(
         from .errors import MonoconError
         from .report import print_bench
 
-        opts = BenchOptions(dims=dims, int8=int8, device=device, threads=threads, warmup=warmup,
+        try:
+            extra = tuple(int(t) for t in also_threads.split(",") if t.strip())
+        except ValueError:
+            raise MonoconError(f"--also-threads takes comma-separated integers, got {also_threads!r}") from None
+        opts = BenchOptions(dims=dims, int8=int8, device=device, threads=threads, extra_threads=extra, warmup=warmup,
                             iterations=iterations, batch=batch, batch_iterations=batch_iterations,
                             search_iterations=search_iterations, max_queries=max_queries, memory_probe=memory,
                             torch_reference=reference, parity_atol=parity_atol, suite=suite)

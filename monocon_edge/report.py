@@ -207,7 +207,7 @@ BENCH_COLUMNS = (
 
 def print_bench(console: Console, result: Any, written: list[str]) -> None:
     """Print a bench result: one table per model, then the header facts, notes and the files written."""
-    from .bench.output import cell
+    from .bench.output import cell, extra_thread_columns
 
     h = result.header
     for name in dict.fromkeys(r["model"] for r in result.rows):
@@ -215,7 +215,8 @@ def print_bench(console: Console, result: Any, written: list[str]) -> None:
         first = rows[0]
         table = Table(title=f"{name}: head {first['head']}, {first['truncation']} truncation, d_enc {first['d_enc']}, "
                             f"d_eff {first['d_eff']}", title_justify="left")
-        shown = [c for c in BENCH_COLUMNS if any(r.get(c[0]) is not None for r in rows)]
+        columns = BENCH_COLUMNS + tuple(c for c in extra_thread_columns(result) if "throughput_" not in c[0])
+        shown = [c for c in columns if any(r.get(c[0]) is not None for r in rows)]
         for key, label, _ in shown:
             table.add_column(label, justify="left" if key in ("dims_label", "precision", "index_codes") else "right")
         for row in rows:

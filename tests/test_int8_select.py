@@ -190,3 +190,27 @@ def test_mixed_keeps_the_measured_most_sensitive_matmuls(tiny_text, tmp_path) ->
     a = int8_select.session(tiny_text).run(None, feeds)[0]
     b = int8_select.session(tmp_path / "top.onnx").run(None, feeds)[0]
     assert np.abs(a - b).max() > 0  # the node was quantized (and the Gather table)
+
+
+@pytest.mark.parametrize("fused_ms, kept", [(0.5, True), (0.99, False), (1.5, False)])
+def test_transformer_fusion_is_kept_only_where_it_measurably_helps(tiny_text, tmp_path, monkeypatch, fused_ms,
+                                                                   kept) -> None:
+    import shutil
+
+    from monocon_edge.io_utils import sha256_file
+
+    graph = tmp_path / "model.onnx"
+    shutil.copyfile(tiny_text, graph)
+    before = sha256_file(graph)
+    # The timing is the decision's input: fix it (fp32 1 ms, fused fused_ms) to test the decision itself.
+    fixed = {"fp32": 1.0, "fp32_fused": fused_ms}
+    monkeypatch.setattr(int8_select, "interleaved_latency",
+                        lambda paths, *a, **k: {n: {"p50_ms": fixed[n], "p90_ms": fixed[n]} for n in paths})
+    record = int8_select.try_transformer_fusion(graph, _batches(0, n=1), _timing(), rounds=10, atol=1e-5,
+                                                quantized=False)
+    assert record["fused_ops"], "the BERT optimizer fuses something in this graph (BiasGelu)"
+    assert record["max_abs_diff_to_unfused"] <= 1e-5 / 4 and record["load_ms"]["fp32_fused"] > 0
+    assert record["kept"] is kept
+    assert (sha256_file(graph) != before) is kept  # the fused graph replaces the file only when kept
+    if kept:
+        assert int8_select.session(graph).run(None, _batches(0, n=1)[0])[0].shape == (8, 8)
