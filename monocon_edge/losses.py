@@ -5,7 +5,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .config import LOSSES
+from .training.config import LOSSES
 
 
 class SupConLoss(nn.Module):

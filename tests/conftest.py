@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from monocon_edge.config import shared_data_root
+from monocon_edge.training.config import shared_data_root
 
 REQUIRE_SHARED = os.environ.get("MONOCON_REQUIRE_SHARED_DATA") == "1"
 
@@ -42,8 +42,8 @@ class TinyRuns:
         """Return the run directory of ``kind`` (a head, or "matryoshka": std-MLP head + Matryoshka loss)."""
         if kind not in self._done:
             from helpers import tiny_digits
-            from monocon_edge.config import with_loss
-            from monocon_edge.train import train
+            from monocon_edge.training.config import with_loss
+            from monocon_edge.training.loop import train
 
             cfg = with_loss(tiny_digits("mlp"), "matryoshka") if kind == "matryoshka" else tiny_digits(kind)
             self._done[kind] = train(cfg, self.root / kind).run_dir
@@ -61,7 +61,7 @@ def tiny_runs(tmp_path_factory) -> TinyRuns:
 def digits_runs(tmp_path_factory) -> dict[str, Path]:
     """Return {head: run directory} of tiny finished digits runs (monotonic, mlp, none); treat as read-only."""
     from helpers import tiny_digits
-    from monocon_edge.train import train
+    from monocon_edge.training.loop import train
 
     root = tmp_path_factory.mktemp("digits-runs")
     epochs = {"monotonic": 3, "none": 3, "mlp": 3}
@@ -72,8 +72,8 @@ def digits_runs(tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture(scope="session")
 def digits_artifact(digits_runs, tmp_path_factory) -> Path:
     """Return a 16-d fp32 + int8 artifact of the tiny baseline digits run; treat as read-only (copy to modify)."""
-    from monocon_edge.exporter import ExportOptions, export_run
-    from monocon_edge.gates import GateThresholds
+    from monocon_edge.exporting.build import ExportOptions, export_run
+    from monocon_edge.exporting.gates import GateThresholds
 
     out = tmp_path_factory.mktemp("artifacts") / "digits-d16"
     # 36 queries: one flipped query is 2.8 Recall@1 points, so this fixture does not gate on the drop.

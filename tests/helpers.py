@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from monocon_edge.config import RunConfig, override, preset
+from monocon_edge.training.config import RunConfig, override, preset
 
 
 def tiny_digits(head: str = "monotonic", **optim) -> RunConfig:

@@ -12,8 +12,8 @@ from monocon_edge import metrics as M
 from monocon_edge.analysis import analyze
 from monocon_edge.analysis.compute import RECALL_KS, cluster_features, deff_history, feature_correlation, truncate
 from monocon_edge.cli import app
-from monocon_edge.plots import MAX_PNG_BYTES
-from monocon_edge.run_dir import RunDir
+from monocon_edge.analysis.plots import MAX_PNG_BYTES
+from monocon_edge.training.run_dir import RunDir
 
 runner = CliRunner()
 

@@ -18,7 +18,7 @@ from monocon_edge.bench.runner import BenchOptions, run_bench
 from monocon_edge.bench.targets import parse_dims, resolve_dims
 from monocon_edge.bench.timing import measure_latency, measure_throughput
 from monocon_edge.cli import app
-from monocon_edge.errors import ArtifactError, MonoconError
+from monocon_edge.device.errors import ArtifactError, MonoconError
 
 runner = CliRunner()
 # Few iterations: these tests check fields and wiring; timings worth reading come from bench/ suites.

@@ -23,11 +23,11 @@ import torch.multiprocessing as mp
 from typer.testing import CliRunner
 
 from monocon_edge.cli import app
-from monocon_edge.config import override
-from monocon_edge.distributed import DistContext, all_reduce_sum, gathered_supcon
+from monocon_edge.training.config import override
+from monocon_edge.training.distributed import DistContext, all_reduce_sum, gathered_supcon
 from monocon_edge.losses import SupConLoss, pair_labels
-from monocon_edge.run_dir import RunDir
-from monocon_edge.train import train
+from monocon_edge.training.run_dir import RunDir
+from monocon_edge.training.loop import train
 
 from helpers import tiny_digits
 
@@ -241,7 +241,7 @@ def test_torchrun_cli_prints_once_and_writes_one_run(tmp_path) -> None:
 
 def test_shards_are_disjoint_slices_that_keep_m_per_class_groups_whole() -> None:
     from monocon_edge.data.samplers import m_per_class_batches
-    from monocon_edge.distributed import shard_batches
+    from monocon_edge.training.distributed import shard_batches
 
     labels = torch.arange(40) % 5
     global_batches = m_per_class_batches(labels, 16, 4, torch.Generator().manual_seed(0))

@@ -13,13 +13,13 @@ import torch
 from onnx import numpy_helper
 from typer.testing import CliRunner
 
-from monocon_edge.artifact import FP32_FILE, INT8_FILE, MANIFEST, OUTPUT_NAME, sha256_file
+from monocon_edge.device.artifact import FP32_FILE, INT8_FILE, MANIFEST, OUTPUT_NAME, sha256_file
 from monocon_edge.cli import app
 from monocon_edge.data.vision import to_float_batch
-from monocon_edge.export_data import load_run
-from monocon_edge.exporter import ExportOptions, export_run
-from monocon_edge.fold import fold, reference_embeddings
-from monocon_edge.onnx_export import EXPORT_BATCH
+from monocon_edge.exporting.gate_inputs import load_run
+from monocon_edge.exporting.build import ExportOptions, export_run
+from monocon_edge.exporting.fold import fold, reference_embeddings
+from monocon_edge.exporting.onnx_export import EXPORT_BATCH
 
 runner = CliRunner()
 
@@ -173,8 +173,8 @@ def test_verify_on_given_data(digits_artifact, tmp_path) -> None:
 
 
 def test_matryoshka_runs_export_prefix_truncation(tiny_runs, tmp_path) -> None:
-    from monocon_edge import runtime
-    from monocon_edge.gates import GateThresholds
+    from monocon_edge.device import runtime
+    from monocon_edge.exporting.gates import GateThresholds
 
     run_dir = tiny_runs["matryoshka"]
     out = tmp_path / "mrl-d8"

@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 import torch
 
-from monocon_edge import runtime
-from monocon_edge.artifact import MANIFEST
-from monocon_edge.config import NLI_PAIRS, TINY_IMAGENET, override, preset
-from monocon_edge.export_data import load_run
-from monocon_edge.exporter import ExportOptions, export_run
-from monocon_edge.fold import fold
-from monocon_edge.gates import GateThresholds
-from monocon_edge.train import train
+from monocon_edge.device import runtime
+from monocon_edge.device.artifact import MANIFEST
+from monocon_edge.training.config import NLI_PAIRS, TINY_IMAGENET, override, preset
+from monocon_edge.exporting.gate_inputs import load_run
+from monocon_edge.exporting.build import ExportOptions, export_run
+from monocon_edge.exporting.fold import fold
+from monocon_edge.exporting.gates import GateThresholds
+from monocon_edge.training.loop import train
 from test_shared_data import small_sts
 
 pytestmark = pytest.mark.shared_data

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from monocon_edge import feature_cache as fc
+from monocon_edge.training import feature_cache as fc
 
 
 def test_hit_and_miss(tmp_path, monkeypatch) -> None:

@@ -10,12 +10,12 @@ import pytest
 import torch
 from onnx import TensorProto, numpy_helper
 
-from monocon_edge import int8_select
-from monocon_edge.errors import GateError, MonoconError
-from monocon_edge.fold import FoldedHead, FoldedTail, FoldedTextModel
-from monocon_edge.gates import GateThresholds, Retrieval, compare_figures
-from monocon_edge.onnx_export import example_inputs, export_onnx
-from monocon_edge.quantize import (LARGE_GATHER_ELEMENTS, quantize_dynamic_int8, quantize_gathers_int8,
+from monocon_edge.exporting import int8_select
+from monocon_edge.device.errors import GateError, MonoconError
+from monocon_edge.exporting.fold import FoldedHead, FoldedTail, FoldedTextModel
+from monocon_edge.exporting.gates import GateThresholds, Retrieval, compare_figures
+from monocon_edge.exporting.onnx_export import example_inputs, export_onnx
+from monocon_edge.exporting.quantize import (LARGE_GATHER_ELEMENTS, quantize_dynamic_int8, quantize_gathers_int8,
                                    quantize_nbits, tail_nodes, weight_matmuls)
 
 VOCAB, HIDDEN = 8192, 32
@@ -197,7 +197,7 @@ def test_transformer_fusion_is_kept_only_where_it_measurably_helps(tiny_text, tm
                                                                    kept) -> None:
     import shutil
 
-    from monocon_edge.io_utils import sha256_file
+    from monocon_edge.device.artifact import sha256_file
 
     graph = tmp_path / "model.onnx"
     shutil.copyfile(tiny_text, graph)

@@ -9,9 +9,9 @@ import torch
 from typer.testing import CliRunner
 
 from monocon_edge.cli import app
-from monocon_edge.config import with_loss
+from monocon_edge.training.config import with_loss
 from monocon_edge.losses import MatryoshkaSupConLoss, SupConLoss, build_loss
-from monocon_edge.run_dir import RunDir
+from monocon_edge.training.run_dir import RunDir
 
 from helpers import tiny_digits
 

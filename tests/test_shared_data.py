@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from monocon_edge.config import CIFAR10_SUBSET, NLI_PAIRS, STSB_DEV, TINY_IMAGENET, override, preset
-from monocon_edge.run_dir import RunDir
-from monocon_edge.train import train
+from monocon_edge.training.config import CIFAR10_SUBSET, NLI_PAIRS, STSB_DEV, TINY_IMAGENET, override, preset
+from monocon_edge.training.run_dir import RunDir
+from monocon_edge.training.loop import train
 
 pytestmark = pytest.mark.shared_data
 

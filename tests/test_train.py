@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from monocon_edge.config import override
-from monocon_edge.errors import MonoconError
-from monocon_edge.run_dir import RunDir
-from monocon_edge.train import plan_phases, train
+from monocon_edge.training.config import override
+from monocon_edge.device.errors import MonoconError
+from monocon_edge.training.run_dir import RunDir
+from monocon_edge.training.loop import plan_phases, train
 
 from helpers import tiny_digits
 

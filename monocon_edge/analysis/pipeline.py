@@ -21,11 +21,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from ..errors import MonoconError
-from ..io_utils import write_json_atomic, write_text_atomic
+from ..device.errors import MonoconError
+from ..files import write_json_atomic, write_text_atomic
 from .compute import held_out_points, method_label, tsne_2d
 from .run_metrics import CLUSTER_SAMPLE, RunAnalysis, measure_run
-from .runs import FinishedRun, embed_run, open_finished_run
+from ..runs import FinishedRun, embed_run, open_finished_run
 from .tables import Table, comparison_tables, to_html, to_markdown
 
 EventFn = Callable[[str, dict[str, Any]], None]
@@ -118,7 +118,7 @@ def analyze(paths: list[str | Path], out: str | Path | None = None, *, tsne: boo
 
     Returns the AnalysisResult. Progress goes to ``on_event(kind, info)`` (kinds: ``run``, ``warning``).
     """
-    from .. import plots
+    from . import plots
 
     emit = on_event or (lambda kind, info: None)
     runs = check_runs(paths)

@@ -7,7 +7,7 @@ from typing import Any
 from .. import metrics as M
 from .compute import (RECALL_KS, RETRIEVAL_METRICS, CorrelationClustering, cluster_features, deff_history, fixed_sample, method_label,
                       truncate, truncation_dims)
-from .runs import FinishedRun, RunEmbeddings
+from ..runs import FinishedRun, RunEmbeddings
 
 CLUSTER_SAMPLE = 1000
 

@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from .. import codes as embedding_codes
+from ..device import embedding_codes
 from .. import metrics as M
 from .evaldata import EvalSet
 from .timing import measure_latency
@@ -76,7 +76,7 @@ def quality(emb: Embedded, data: EvalSet, codes: str, scales: np.ndarray) -> Qua
 def index_cost(gallery: np.ndarray, query: np.ndarray, codes: str, scales: np.ndarray, warmup: int,
                iterations: int) -> IndexCost:
     """Return the IndexCost of a runtime.Index holding ``gallery`` as ``codes``; one query per timed search."""
-    from ..runtime import Index
+    from ..device.runtime import Index
 
     index = Index(gallery.shape[1], codes, scales if codes == "int8" else None)
     index.add(gallery)

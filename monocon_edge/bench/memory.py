@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from ..errors import MonoconError
+from ..device.errors import MonoconError
 
 PROBE_TIMEOUT_S = 600
 

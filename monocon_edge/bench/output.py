@@ -5,7 +5,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from ..io_utils import atomic_path, write_json_atomic, write_text_atomic
+from ..files import atomic_path, write_json_atomic, write_text_atomic
 from .runner import BenchResult
 
 # (row key, Markdown / table heading, format)

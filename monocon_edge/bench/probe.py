@@ -40,7 +40,7 @@ def main(argv: list[str]) -> int:
     folder, precision, threads, batch, repeats, providers = argv
     before, source = peak_rss_kb()
     try:
-        from monocon_edge import runtime
+        from monocon_edge.device import runtime
 
         model = runtime.load(folder, precision, threads=int(threads) or None,
                              providers=providers.split(",") if providers else None)

@@ -8,8 +8,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from ..errors import MonoconError
-from ..gates import GateThresholds
+from ..device.errors import MonoconError
+from ..exporting.gates import GateThresholds
 from .accuracy import CODE_KINDS, embed_eval_set, index_cost, quality
 from .targets import Target, artifact_target, classify, parse_dims, run_target
 from .timing import measure_latency, measure_throughput
@@ -144,7 +144,7 @@ def _timing(run: Callable[[Any], Any], one: Any, many: Any, opts: BenchOptions) 
 
 def _feeds(model: Any, inputs: Any) -> dict[str, Any]:
     """Return model-ready feeds of raw inputs (what ``embed`` would pass to the graph)."""
-    from ..runtime import check_images
+    from ..device.runtime import check_images
 
     if model.modality == "vision":
         return {"pixels": check_images(inputs, model.input_spec)}
@@ -167,7 +167,7 @@ class _Bench:
         self.extra = [t for t in dict.fromkeys(opts.extra_threads) if t != self.threads]
 
     def load(self, run_path: Path) -> Any:
-        from ..export_data import load_run
+        from ..exporting.gate_inputs import load_run
 
         key = run_path.resolve()
         if key not in self.loaded:
@@ -189,8 +189,8 @@ class _Bench:
     def bench_target(self, target: Target) -> None:
         import torch
 
-        from .. import runtime
-        from ..artifact import read_manifest
+        from ..device import runtime
+        from ..device.artifact import read_manifest
         from .evaldata import eval_set
 
         opts = self.opts

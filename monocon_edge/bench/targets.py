@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from ..errors import ArtifactError, MonoconError
+from ..device.errors import ArtifactError, MonoconError
 
 EventFn = Callable[[str, dict[str, Any]], None]
 CACHE_DIR = "artifacts"
@@ -65,7 +65,7 @@ def dims_label(dims: int, d_enc: int, d_eff: int) -> str:
 
 def _source_run(manifest: dict[str, Any]) -> Path | None:
     """Return the artifact's source run when it is still there with the same best.pt, else None."""
-    from ..io_utils import sha256_file
+    from ..device.artifact import sha256_file
 
     src = manifest.get("source_run", {})
     best = Path(src.get("path", "")) / "best.pt"
@@ -81,7 +81,7 @@ def _run_truncation(summary: dict[str, Any]) -> str:
 
 def artifact_target(folder: Path) -> Target:
     """Return the Target of one artifact directory (checksums verified); raise ArtifactError if it is not one."""
-    from ..artifact import open_artifact
+    from ..device.artifact import open_artifact
 
     manifest = open_artifact(folder)
     out = manifest["output"]
@@ -96,7 +96,7 @@ def artifact_target(folder: Path) -> Target:
 
 def _cache_valid(folder: Path, dims: int, int8: bool, checkpoint_sha: str) -> str | None:
     """Return None when ``folder`` is a reusable artifact, else why it is not."""
-    from ..artifact import open_artifact
+    from ..device.artifact import open_artifact
 
     try:
         manifest = open_artifact(folder)
@@ -112,9 +112,9 @@ def _cache_valid(folder: Path, dims: int, int8: bool, checkpoint_sha: str) -> st
 def run_target(run_path: Path, labels: tuple[str, ...], int8: bool, loaded: Any, thresholds: Any,
                emit: EventFn) -> Target:
     """Return the Target of a run: every dims in ``labels`` exported (or reused) under RUN/artifacts/."""
-    from ..errors import GateError
-    from ..exporter import ExportOptions, export_run
-    from ..gates import GateThresholds
+    from ..device.errors import GateError
+    from ..exporting.build import ExportOptions, export_run
+    from ..exporting.gates import GateThresholds
 
     limit = min(int(loaded.model.d_enc), int(loaded.pca.components.shape[0]))
     target = Target(loaded.cfg.name, loaded.cfg.model.head, loaded.cfg.modality, _run_truncation(loaded.summary),

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import MonoconError
+from ..device.errors import MonoconError
 
 
 @dataclass(frozen=True)

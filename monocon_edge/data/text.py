@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..config import DataConfig
-from ..errors import MonoconError
+from ..training.config import DataConfig
+from ..device.errors import MonoconError
 
 
 @dataclass(frozen=True)

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..config import DataConfig
-from ..errors import MonoconError
+from ..training.config import DataConfig
+from ..device.errors import MonoconError
 
 
 @dataclass(frozen=True)

@@ -5,8 +5,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..config import RunConfig
-from ..errors import MonoconError
+from ..training.config import RunConfig
+from ..device.errors import MonoconError
 from .encoders import build_text_encoder, build_vision_encoder
 from .heads import build_head
 

@@ -24,9 +24,9 @@ import numpy as np
 import torch
 
 from .config import RunConfig
-from .errors import MonoconError
-from .io_utils import atomic_path, read_jsonl, write_json_atomic, write_text_atomic
-from .metrics import PCAStats
+from ..device.errors import MonoconError
+from ..files import atomic_path, read_jsonl, write_json_atomic, write_text_atomic
+from ..metrics import PCAStats
 
 CHECKPOINT_FORMAT = 1
 

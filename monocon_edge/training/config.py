@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import MonoconError
+from ..device.errors import MonoconError
 
 HEADS = ("monotonic", "mlp", "none")
 # supcon: MonoCon and its ablations; matryoshka: SupCon summed over nested prefixes (the comparator).
@@ -177,7 +177,7 @@ def shared_data_root() -> Path | None:
     """Return the folder with the project's real data sets (../shared/data), or None where there is none."""
     env = os.environ.get("MONOCON_DATA_ROOT")
     candidates = [Path(env)] if env else []
-    candidates += [Path(__file__).resolve().parents[2] / "shared" / "data", Path.cwd().parent / "shared" / "data"]
+    candidates += [Path(__file__).resolve().parents[3] / "shared" / "data", Path.cwd().parent / "shared" / "data"]
     for candidate in candidates:
         if candidate.is_dir():
             return candidate

@@ -9,9 +9,9 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from . import codes as embedding_codes
-from .errors import GateError
-from .metrics import l2_normalize, recall_at_k
+from ..device import embedding_codes
+from ..device.errors import GateError
+from ..metrics import l2_normalize, recall_at_k
 
 Batch = dict[str, np.ndarray]
 EmbedFn = Callable[[Batch], np.ndarray]
@@ -131,7 +131,7 @@ class Similarity:
 
     def spearman(self, fn: EmbedFn) -> float:
         """Return the Spearman correlation of cosine(fn(first), fn(second)) with the gold scores."""
-        from .metrics import cosine_scores, spearman
+        from ..metrics import cosine_scores, spearman
 
         return float(spearman(cosine_scores(embed_batches(fn, self.first), embed_batches(fn, self.second)),
                               self.scores))

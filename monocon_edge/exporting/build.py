@@ -16,13 +16,13 @@ from typing import Any, Callable
 
 import numpy as np
 
-from . import __version__
-from . import codes as embedding_codes
-from .artifact import (FORMAT_NAME, FORMAT_VERSION, FP32_FILE, INT4_FILE, INT8_FILE, MANIFEST, OUTPUT_NAME,
-                       file_checksums)
-from .errors import MonoconError
+from .. import __version__
+from ..device import embedding_codes
+from ..device.artifact import (FORMAT_NAME, FORMAT_VERSION, FP32_FILE, INT4_FILE, INT8_FILE, MANIFEST, OUTPUT_NAME,
+                               file_checksums)
+from ..device.errors import MonoconError
 from .gates import GateThresholds, embed_batches, measure_and_check
-from .io_utils import write_json_atomic
+from ..files import write_json_atomic
 
 FORMATS = ("onnx", "sentence-transformers")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json")
@@ -109,7 +109,7 @@ def export_run(run_dir: str | Path, opts: ExportOptions, on_event: EventFn | Non
     one caller exports several dims). Raises MonoconError for bad input and GateError when a measured figure
     misses its threshold; in both cases no artifact directory is left behind.
     """
-    from .export_data import load_run
+    from .gate_inputs import load_run
     from .fold import check_dims
 
     emit = on_event or (lambda kind, info: None)
@@ -135,7 +135,7 @@ def _build(loaded: Any, dims: int, opts: ExportOptions, tmp: Path, emit: EventFn
     """Write every artifact file into ``tmp`` and return the manifest (written last)."""
     import onnxruntime as ort
 
-    from .export_data import text_gate_inputs, vision_gate_inputs
+    from .gate_inputs import text_gate_inputs, vision_gate_inputs
     from .fold import fold
     from .onnx_export import OPSET, check_graph, example_inputs, export_onnx
 
@@ -153,7 +153,7 @@ def _build(loaded: Any, dims: int, opts: ExportOptions, tmp: Path, emit: EventFn
         gate_in = vision_gate_inputs(loaded.task, opts.seed, opts.parity_samples, opts.calibration_samples,
                                      opts.code_samples)
     else:
-        from .runtime import build_tokenizer, tokenize
+        from ..device.runtime import build_tokenizer, tokenize
 
         tok = input_spec["tokenizer"]
         tokenizer = build_tokenizer(Path(loaded.model.encoder.source_path) / tok["file"], tok["max_length"],

@@ -7,12 +7,12 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from .config import RunConfig
-from .errors import MonoconError
+from ..training.config import RunConfig
+from ..device.errors import MonoconError
 from .gates import Batch, Retrieval, Similarity
-from .io_utils import sha256_file
-from .metrics import PCAStats
-from .run_dir import RunDir
+from ..device.artifact import sha256_file
+from ..metrics import PCAStats
+from ..training.run_dir import RunDir
 
 # Batch size of the gates and calibration: deliberately not onnx_export.EXPORT_BATCH.
 GATE_BATCH = 64
@@ -38,8 +38,8 @@ class LoadedRun:
 
 def load_run(path: str | Path) -> LoadedRun:
     """Return the finished run at ``path`` with its best weights loaded; raise MonoconError if it is incomplete."""
-    from .models.monocon import build_model
-    from .train import build_task
+    from ..models.monocon import build_model
+    from ..training.loop import build_task
 
     run = RunDir.open_existing(path)
     cfg = run.read_config()

@@ -13,7 +13,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .io_utils import atomic_path
+from ..files import atomic_path
 
 
 def cache_dir() -> Path | None:

@@ -11,13 +11,13 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
-from . import metrics as M
+from .. import metrics as M
 from .config import RunConfig
-from .data.samplers import m_per_class_batches, random_batches
-from .data.splits import Splits, make_splits, stratified_subset
+from ..data.samplers import m_per_class_batches, random_batches
+from ..data.splits import Splits, make_splits, stratified_subset
 from .distributed import shard_batches
-from .errors import MonoconError
-from .losses import pair_labels
+from ..device.errors import MonoconError
+from ..losses import pair_labels
 
 PCA_DIMS = (128, 64, 16)
 
@@ -56,7 +56,7 @@ class VisionTask:
     validation_metric = "val_knn5"
 
     def __init__(self, cfg: RunConfig) -> None:
-        from .data.vision import load_image_set
+        from ..data.vision import load_image_set
 
         self.cfg = cfg
         data = load_image_set(cfg.data)
@@ -110,7 +110,7 @@ class VisionTask:
             for idx in batches:
                 yield Batch((features[idx],), self.train_labels[idx], len(idx))
             return
-        from .data.vision import AugmentedImages, build_train_transform
+        from ..data.vision import AugmentedImages, build_train_transform
 
         idx = self.splits.train
         size = self.data.images.shape[1]
@@ -127,7 +127,7 @@ class VisionTask:
 
     def encode(self, encode_fn: Callable[..., torch.Tensor], batch_size: int = 512) -> dict[str, np.ndarray]:
         """Return encoder features (un-augmented) of the train and val images: {"train", "val"}."""
-        from .data.vision import to_float_batch
+        from ..data.vision import to_float_batch
 
         out = {}
         for name, idx in (("train", self.splits.train), ("val", self.splits.val)):
@@ -188,7 +188,7 @@ class TextTask:
     validation_metric = "spearman"
 
     def __init__(self, cfg: RunConfig, tokenize: Callable[[list[str]], dict[str, torch.Tensor]]) -> None:
-        from .data.text import load_pairs, load_sts
+        from ..data.text import load_pairs, load_sts
 
         self.cfg = cfg
         self.tokenize = tokenize

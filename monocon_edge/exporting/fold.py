@@ -17,10 +17,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .errors import MonoconError
-from .metrics import PCAStats
-from .models.heads import IdentityHead, MLPHead, mlp_forward
-from .models.monocon import MonoConModel
+from ..device.errors import MonoconError
+from ..metrics import PCAStats
+from ..models.heads import IdentityHead, MLPHead, mlp_forward
+from ..models.monocon import MonoConModel
 
 # Names of the folded tail's parameters: export and quantization find the head / projection by these prefixes.
 HEAD_PREFIX = "head_layers"

@@ -207,7 +207,7 @@ BENCH_COLUMNS = (
 
 def print_bench(console: Console, result: Any, written: list[str]) -> None:
     """Print a bench result: one table per model, then the header facts, notes and the files written."""
-    from .bench.output import cell, extra_thread_columns
+    from ..bench.output import cell, extra_thread_columns
 
     h = result.header
     for name in dict.fromkeys(r["model"] for r in result.rows):

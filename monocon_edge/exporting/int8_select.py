@@ -20,7 +20,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from .errors import GateError, MonoconError
+from ..device.errors import GateError, MonoconError
 from .gates import GateThresholds, int8_failures
 
 Batch = dict[str, np.ndarray]
@@ -111,7 +111,7 @@ def interleaved_latency(paths: dict[str, Path], feeds: Sequence[Batch], rounds: 
 
 
 def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    from .metrics import l2_normalize
+    from ..metrics import l2_normalize
 
     return np.sum(l2_normalize(a.astype(np.float64)) * l2_normalize(b.astype(np.float64)), axis=1)
 

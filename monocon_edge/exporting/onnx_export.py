@@ -11,8 +11,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .artifact import OUTPUT_NAME, TEXT_INPUTS, VISION_INPUTS
-from .errors import GateError, MonoconError
+from ..device.artifact import OUTPUT_NAME, TEXT_INPUTS, VISION_INPUTS
+from ..device.errors import GateError, MonoconError
 
 OPSET = 20
 # The example batch the graph is traced with; the parity gate runs at another batch size on purpose.

@@ -11,8 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from .artifact import open_artifact
-from .errors import GateError, MonoconError
+from ..device.artifact import open_artifact
+from ..device.errors import GateError, MonoconError
 from .gates import GateThresholds, Retrieval, measure_and_check
 
 SMOKE_BATCH = 3
@@ -49,7 +49,7 @@ def _smoke(model: Any) -> dict[str, Any]:
 def verify_artifact(path: str | Path, data: str | None = None, run: str | Path | None = None,
                     thresholds: GateThresholds | None = None) -> VerifyReport:
     """Return the VerifyReport of the artifact at ``path``; raise ArtifactError / GateError on any failure."""
-    from . import runtime
+    from ..device import runtime
 
     path = Path(path)
     manifest = open_artifact(path)
@@ -74,7 +74,7 @@ def verify_artifact(path: str | Path, data: str | None = None, run: str | Path |
 
 def _source_run(manifest: dict[str, Any], run: str | Path | None, report: VerifyReport) -> Path | None:
     """Return the source run directory when it is there with the same best.pt; an explicit --run must match."""
-    from .io_utils import sha256_file
+    from ..device.artifact import sha256_file
 
     explicit = run is not None
     where = Path(run) if explicit else Path(manifest["source_run"]["path"])
@@ -98,7 +98,7 @@ def _run_gates(source: Path, manifest: dict[str, Any], fp32: Any, int8: Any, sca
     """Re-measure every export gate against the source run, running the artifact's own graphs."""
     import torch
 
-    from .export_data import load_run, text_gate_inputs, vision_gate_inputs
+    from .gate_inputs import load_run, text_gate_inputs, vision_gate_inputs
     from .fold import fold
 
     loaded = load_run(source)
@@ -120,10 +120,10 @@ def _run_gates(source: Path, manifest: dict[str, Any], fp32: Any, int8: Any, sca
 
 def _data_retrieval(model: Any, data: str) -> Retrieval:
     """Return a Retrieval over user data: .npz images (10 % queries, seeded) or a pair TSV (anchor → partner)."""
-    from .export_data import text_batches, vision_batches
+    from .gate_inputs import text_batches, vision_batches
 
     if model.modality == "vision":
-        from .data.vision import load_npz
+        from ..data.vision import load_npz
 
         images = load_npz(data)
         model.embed(images.images[:1])  # validates the shape against the artifact's input spec
@@ -132,7 +132,7 @@ def _data_retrieval(model: Any, data: str) -> Retrieval:
         q, g = np.sort(order[: max(1, n // 10)]), np.sort(order[max(1, n // 10):])
         return Retrieval(vision_batches(images.images, q), vision_batches(images.images, g),
                          images.labels[q], images.labels[g], f"10% of {data} -> the rest, Recall@1")
-    from .data.text import read_pair_tsv
+    from ..data.text import read_pair_tsv
 
     pairs = read_pair_tsv(data)[:MAX_PAIRS]
     labels = np.arange(len(pairs))

@@ -22,14 +22,14 @@ err_console = Console(stderr=True)
 
 def _is_main_process() -> bool:
     """Return True unless this is a torchrun rank other than 0."""
-    from .distributed import env_rank
+    from ..training.distributed import env_rank
 
     return env_rank() == 0
 
 
 def _run_guarded(fn: Callable[[], Any]) -> Any:
     """Run ``fn``; turn expected failures into one clear line on stderr and a non-zero exit."""
-    from .errors import MonoconError
+    from ..device.errors import MonoconError
 
     main = _is_main_process()
     try:
@@ -115,9 +115,9 @@ def train(
     """Train MonoCon (or a baseline / std-MLP ablation); with no option, the embedded default on digits."""
 
     def go() -> None:
-        from .config import override, preset as get_preset, with_loss
-        from .train import train as run_training
-        from .report import TrainProgress, print_summary
+        from ..training.config import override, preset as get_preset, with_loss
+        from ..training.loop import train as run_training
+        from .render import TrainProgress, print_summary
 
         cfg = None
         if resume is None:
@@ -158,8 +158,8 @@ def analyze(
     """Compare runs side by side: tables, clustermaps, d_eff over training, Recall@k; writes index.html."""
 
     def go() -> None:
-        from .analysis import analyze as run_analysis
-        from .report import print_analysis
+        from ..analysis import analyze as run_analysis
+        from .render import print_analysis
 
         def on_event(kind: str, info: dict[str, Any]) -> None:
             if kind == "run":
@@ -200,9 +200,9 @@ def export_cmd(
     """Fold a run (W², normalise, PCA to N dims) into one ONNX graph, gate it, and write an artifact directory."""
 
     def go() -> None:
-        from .exporter import ExportOptions, export_run
-        from .gates import GateThresholds
-        from .report import print_export
+        from ..exporting.build import ExportOptions, export_run
+        from ..exporting.gates import GateThresholds
+        from .render import print_export
 
         formats = tuple(dict.fromkeys(["onnx", *fmt]))
         opts = ExportOptions(dims=dims, int8=int8, out=out, formats=formats,
@@ -230,10 +230,10 @@ def verify(
     def go() -> None:
         import dataclasses
 
-        from .artifact import read_manifest
-        from .gates import GateThresholds
-        from .report import print_verify
-        from .verify import verify_artifact
+        from ..device.artifact import read_manifest
+        from ..exporting.gates import GateThresholds
+        from .render import print_verify
+        from ..exporting.verify import verify_artifact
 
         thresholds = None
         given = {"parity_atol": parity_atol, "int8_min_cosine": int8_min_cosine,
@@ -279,10 +279,10 @@ def bench(
     """Benchmark artifacts: Recall@k, 5-NN / STS, sizes, latency, throughput, peak RSS, search, vs PyTorch eager."""
 
     def go() -> None:
-        from .bench.output import result_stem, write_json, write_markdown, write_plot
-        from .bench.runner import BenchOptions, run_bench
-        from .errors import MonoconError
-        from .report import print_bench
+        from ..bench.output import result_stem, write_json, write_markdown, write_plot
+        from ..bench.runner import BenchOptions, run_bench
+        from ..device.errors import MonoconError
+        from .render import print_bench
 
         try:
             extra = tuple(int(t) for t in also_threads.split(",") if t.strip())

@@ -15,7 +15,7 @@ from typing import Any, Callable
 import torch
 import torch.distributed as dist
 
-from .errors import MonoconError
+from ..device.errors import MonoconError
 
 TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 # Rank 0 evaluates while the others wait in a collective: allow for a long evaluation of a large set.

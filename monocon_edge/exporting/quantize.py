@@ -20,7 +20,7 @@ from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
-from .errors import MonoconError
+from ..device.errors import MonoconError
 from .fold import HEAD_PREFIX, PROJECTION_PREFIX
 
 TAIL_PREFIX = "tail."

@@ -25,9 +25,9 @@ from .distributed import (SINGLE, DistContext, all_reduce_grads_mean, all_reduce
                           gathered_supcon, resolve_device)  # resolve_device: re-exported (analysis uses it)
 from .distributed import setup as setup_distributed
 from .distributed import teardown as teardown_distributed
-from .errors import MonoconError
-from .losses import build_loss
-from .models.monocon import MonoConModel, build_model, load_encoder_state
+from ..device.errors import MonoconError
+from ..losses import build_loss
+from ..models.monocon import MonoConModel, build_model, load_encoder_state
 from .run_dir import RunDir
 from .tasks import TextTask, VisionTask, effective_dims_of
 

@@ -14,7 +14,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from .io_utils import atomic_path
+from ..files import atomic_path
 
 MAX_PNG_BYTES = 300_000
 _DPIS = (100, 85, 70, 55)

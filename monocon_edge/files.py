@@ -1,8 +1,8 @@
-"""Atomic file writes: a reader never sees a half-written file, and a failed write leaves the old one intact."""
+"""Atomic file writes (a reader never sees a half-written file, and a failed write leaves the old one intact) and
+the JSON-lines reader. Checksums are the artifact format's: ``device.artifact.sha256_file``."""
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import tempfile
@@ -41,13 +41,6 @@ def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
     write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
-def append_jsonl(path: str | os.PathLike, row: dict) -> None:
-    """Append one JSON row to a JSON-lines file (rewritten atomically so a crash never truncates it)."""
-    path = Path(path)
-    old = path.read_text(encoding="utf-8") if path.exists() else ""
-    write_text_atomic(path, old + json.dumps(row) + "\n")
-
-
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
     """Return the rows of a JSON-lines file (empty list when it does not exist)."""
     path = Path(path)
@@ -55,11 +48,3 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
         return []
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
-
-def sha256_file(path: str | os.PathLike) -> str:
-    """Return the hex sha256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()

@@ -8,9 +8,9 @@ from typing import Any
 
 import numpy as np
 
-from ..config import RunConfig
-from ..errors import MonoconError
-from ..run_dir import RunDir
+from .training.config import RunConfig
+from .device.errors import MonoconError
+from .training.run_dir import RunDir
 
 
 @dataclass
@@ -56,8 +56,8 @@ def embed_run(finished: FinishedRun, device: str = "cpu", batch: int = 4096) -> 
     """Return the encoder features and head outputs of ``finished``'s best model on its evaluation sets."""
     import torch
 
-    from ..models.monocon import build_model
-    from ..train import build_task, resolve_device
+    from .models.monocon import build_model
+    from .training.loop import build_task, resolve_device
 
     cfg = finished.cfg
     if cfg.modality == "vision":
@@ -85,7 +85,7 @@ def embed_run(finished: FinishedRun, device: str = "cpu", batch: int = 4096) -> 
         return np.concatenate(parts) if parts else x
 
     if cfg.modality == "text":
-        from ..feature_cache import fingerprint
+        from .training.feature_cache import fingerprint
 
         features = task.encode(encode, encoder_fingerprint=fingerprint(model.encoder))
     else:

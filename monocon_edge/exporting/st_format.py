@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import MonoconError
+from ..device.errors import MonoconError
 
 # Dense saves its activation as a class path and rebuilds it without arguments: LeakyReLU() has this slope.
 _DEFAULT_LEAKY_SLOPE = 0.01
