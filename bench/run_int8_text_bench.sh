@@ -12,6 +12,7 @@ dims=${DIMS:-16}
 artifact=${2:-$run/export-d$dims-int8}
 results=${3:-bench/results}
 threads=${THREADS:-$(nproc)}
+export COLUMNS=${COLUMNS:-160}  # the export and bench tables, unwrapped in the saved output
 mkdir -p "$results"
 if [ ! -f "$artifact/manifest.json" ]; then
   # shellcheck disable=SC2086

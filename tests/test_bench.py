@@ -61,6 +61,7 @@ def test_bench_measures_every_field(bench_result) -> None:
         assert row["throughput_per_s"] > 0 and row["torch_eager_throughput_per_s"] > 0
         # --also-threads 1: every graph and PyTorch eager timed again at one thread, batch 1 and the batch
         assert row["threads"] == 2 and row["latency_ms_p50_1t"] > 0 and row["throughput_per_s_1t"] > 0
+        assert 0 < row["latency_cpu_ms_p50_1t"] and 0 < row["torch_eager_latency_cpu_ms_p50_1t"]
         assert row["speedup_latency_p50_1t"] == row["torch_eager_latency_ms_p50_1t"] / row["latency_ms_p50_1t"]
         assert row["peak_rss_mb"] > 0 and row["rss_probe_imported_torch"] is False
         assert row["index_bytes_per_vector"] == row["dims"] * BYTES_PER_CODE[row["index_codes"]]

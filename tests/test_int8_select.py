@@ -155,9 +155,11 @@ def test_candidate_failing_a_gate_is_skipped_and_named(tiny_text, tmp_path) -> N
     first = _select(tiny_text, tmp_path / "a")
     rows = {r["name"]: r for r in first.record["candidates"]}
     assert set(rows) == {"dynamic", "nbits8", "mixed"} and all(r["passed"] for r in rows.values())
-    assert first.name == min(rows.values(), key=lambda r: r["p50_ms"])["name"]  # the fastest of those passing
+    # the fastest of those passing (CPU time per batch-1 call at one thread)
+    assert first.name == min(rows.values(), key=lambda r: r["cpu_p50_ms"])["name"]
     for r in rows.values():
-        assert r["bytes"] > 0 and r["p50_ms"] > 0 and r["speedup_vs_fp32"] > 0 and r["min_cosine"] <= r["mean_cosine"]
+        assert r["bytes"] > 0 and r["p50_ms"] > 0 and r["cpu_p50_ms"] > 0 and r["min_cosine"] <= r["mean_cosine"]
+        assert r["speedup_vs_fp32"] == first.record["fp32"]["cpu_p50_ms"] / r["cpu_p50_ms"]
     assert "sensitivity" in first.scheme or first.name != "mixed"
     # A cosine gate between the least and the most accurate candidate: the least accurate is skipped, named.
     worst = min(rows.values(), key=lambda r: r["mean_cosine"])
@@ -205,7 +207,8 @@ def test_transformer_fusion_is_kept_only_where_it_measurably_helps(tiny_text, tm
     # The timing is the decision's input: fix it (fp32 1 ms, fused fused_ms) to test the decision itself.
     fixed = {"fp32": 1.0, "fp32_fused": fused_ms}
     monkeypatch.setattr(int8_select, "interleaved_latency",
-                        lambda paths, *a, **k: {n: {"p50_ms": fixed[n], "p90_ms": fixed[n]} for n in paths})
+                        lambda paths, *a, **k: {n: {"p50_ms": fixed[n], "p90_ms": fixed[n], "cpu_p50_ms": fixed[n]}
+                                                for n in paths})
     record = int8_select.try_transformer_fusion(graph, _batches(0, n=1), _timing(), rounds=10, atol=1e-5,
                                                 quantized=False)
     assert record["fused_ops"], "the BERT optimizer fuses something in this graph (BiasGelu)"

@@ -26,7 +26,8 @@ def extra_thread_columns(result: BenchResult) -> tuple[tuple[str, str, str], ...
     for t in result.header["options"].get("extra_threads") or ():
         if t == result.header["threads"]:
             continue
-        out += [(f"latency_ms_p50_{t}t", f"p50 ms {t}t", ".3f"), (f"throughput_per_s_{t}t", f"thr/s {t}t", ".1f"),
+        out += [(f"latency_ms_p50_{t}t", f"p50 ms {t}t", ".3f"), (f"latency_cpu_ms_p50_{t}t", f"CPU p50 ms {t}t", ".3f"),
+                (f"throughput_per_s_{t}t", f"thr/s {t}t", ".1f"),
                 (f"speedup_latency_p50_{t}t", f"× eager p50 {t}t", ".2f"),
                 (f"speedup_throughput_{t}t", f"× eager thr {t}t", ".2f")]
     return tuple(out)

@@ -139,7 +139,7 @@ def _header(opts: BenchOptions, threads: int, providers: list[str]) -> dict[str,
 def _timing(run: Callable[[Any], Any], one: Any, many: Any, opts: BenchOptions) -> dict[str, float]:
     lat = measure_latency(lambda: run(one), opts.warmup, opts.iterations)
     thr = measure_throughput(lambda: run(many), opts.batch, min(opts.warmup, 3), opts.batch_iterations)
-    return {"p50": lat.p50_ms, "p95": lat.p95_ms, "p99": lat.p99_ms, "throughput": thr.per_s}
+    return {"p50": lat.p50_ms, "p95": lat.p95_ms, "p99": lat.p99_ms, "throughput": thr.per_s, "cpu_p50": lat.cpu_p50_ms}
 
 
 def _feeds(model: Any, inputs: Any) -> dict[str, Any]:
@@ -256,6 +256,8 @@ def _thread_fields(by_threads: dict[int, dict[str, float]], reference: dict[int,
     for t, timing in by_threads.items():
         ref = reference.get(t)
         out.update({f"latency_ms_p50_{t}t": timing["p50"], f"latency_ms_p95_{t}t": timing["p95"],
+                    f"latency_cpu_ms_p50_{t}t": timing["cpu_p50"],
+                    f"torch_eager_latency_cpu_ms_p50_{t}t": ref["cpu_p50"] if ref else None,
                     f"throughput_per_s_{t}t": timing["throughput"],
                     f"torch_eager_latency_ms_p50_{t}t": ref["p50"] if ref else None,
                     f"torch_eager_throughput_per_s_{t}t": ref["throughput"] if ref else None,
