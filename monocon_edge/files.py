@@ -9,6 +9,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
+from .device.errors import MonoconError
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
@@ -48,3 +50,10 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
         return []
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
+
+def existing_file(path: str | os.PathLike, what: str = "data file") -> Path:
+    """Return ``path`` as a Path; raise MonoconError("<what> not found: <path>") unless it is a file."""
+    p = Path(path)
+    if not p.is_file():
+        raise MonoconError(f"{what} not found: {path}")
+    return p

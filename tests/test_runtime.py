@@ -16,7 +16,7 @@ import torch
 from monocon_edge.device import embedding_codes as codes, runtime
 from monocon_edge.device.artifact import FP32_FILE, MANIFEST
 from monocon_edge.device.errors import ArtifactError, MonoconError, RuntimeInputError
-from monocon_edge.exporting.gate_inputs import load_run
+from monocon_edge.runs import load_run
 from monocon_edge.exporting.fold import fold
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,7 +48,7 @@ def _run_without_torch(tmp_path: Path, args: list[str], blocked: tuple[str, ...]
     return subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env, timeout=120, cwd=tmp_path)
 
 
-def test_train_export_then_embed_and_search_without_torch(digits_runs, digits_artifact, tmp_path) -> None:
+def test_train_export_then_embed_and_search_without_torch(tiny_runs, digits_artifact, tmp_path) -> None:
     images = _digit_images()[:200]
     np.save(tmp_path / "images.npy", images)
     script = tmp_path / "child.py"
@@ -75,7 +75,7 @@ def test_train_export_then_embed_and_search_without_torch(digits_runs, digits_ar
     assert done.returncode == 0, done.stderr
     assert "monocon_edge.device.runtime" in done.stdout
     # The embeddings computed without torch equal the folded PyTorch model's on the same images.
-    loaded = load_run(digits_runs["none"])
+    loaded = load_run(tiny_runs["none"])
     folded, _ = fold(loaded.model, loaded.pca, 16)
     with torch.no_grad():
         want = folded(torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0).numpy()

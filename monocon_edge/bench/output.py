@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
 
 from ..files import atomic_path, write_json_atomic, write_text_atomic
+from ..formatting import cell
 from .runner import BenchResult
 
 # (row key, Markdown / table heading, format)
@@ -31,16 +31,6 @@ def extra_thread_columns(result: BenchResult) -> tuple[tuple[str, str, str], ...
                 (f"speedup_latency_p50_{t}t", f"× eager p50 {t}t", ".2f"),
                 (f"speedup_throughput_{t}t", f"× eager thr {t}t", ".2f")]
     return tuple(out)
-
-
-def cell(value: Any, spec: str) -> str:
-    """Return ``value`` formatted with ``spec`` ("-" for missing values)."""
-    if value is None:
-        return "-"
-    try:
-        return format(value, spec)
-    except (TypeError, ValueError):
-        return str(value)
 
 
 def slug(text: str) -> str:
@@ -69,7 +59,7 @@ def markdown(result: BenchResult) -> str:
     lines = [f"# monocon-edge bench{': ' + h['suite'] if h['suite'] else ''}", "",
              f"- CPU: {h['cpu']} ({h['cpu_count']} CPUs), threads: {h['threads']}, device: {h['device']} "
              f"({', '.join(h['providers'])})",
-             f"- versions: " + ", ".join(f"{k} {v}" for k, v in h["versions"].items()),
+             "- versions: " + ", ".join(f"{k} {v}" for k, v in h["versions"].items()),
              f"- date: {h['date']}", f"- timing: {h['latency']}", ""]
     lines += [f"- note: {n}" for n in result.notes]
     columns = COLUMNS + extra_thread_columns(result)

@@ -18,7 +18,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from . import embedding_codes
-from .artifact import FP32_FILE, INT8_FILE, OUTPUT_NAME, open_artifact, read_manifest
+from .artifact import FP32_FILE, OUTPUT_NAME, open_artifact, read_manifest
 from .errors import ArtifactError, RuntimeInputError
 
 DEFAULT_BATCH = 64

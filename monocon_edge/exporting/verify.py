@@ -98,7 +98,8 @@ def _run_gates(source: Path, manifest: dict[str, Any], fp32: Any, int8: Any, sca
     """Re-measure every export gate against the source run, running the artifact's own graphs."""
     import torch
 
-    from .gate_inputs import load_run, text_gate_inputs, vision_gate_inputs
+    from ..runs import load_run
+    from .gate_inputs import text_gate_inputs, vision_gate_inputs
     from .fold import fold
 
     loaded = load_run(source)
