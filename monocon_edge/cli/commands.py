@@ -194,8 +194,10 @@ def export_cmd(
                                                         "...); default: the most recent finished run under "
                                                         "--runs-dir"),
     dims: str = typer.Option("deff", help="output dims: 1..d_enc, or deff (the run's d_eff)"),
-    int8: bool = typer.Option(False, "--int8", help="also write model.int8.onnx (static QDQ for CNNs, dynamic for "
-                                                     "transformers), gated against fp32"),
+    int8: bool = typer.Option(False, "--int8", help="also write model.int8.onnx: the fastest candidate scheme that "
+                                                     "passes every gate (measured here), gated against fp32"),
+    int4: bool = typer.Option(False, "--int4", help="text: also write model.int4.onnx (MatMulNBits 4-bit + 4-bit "
+                                                     "Gather), under the same gates"),
     out: Optional[Path] = typer.Option(None, help="artifact directory to create (default: RUN_DIR/export-dN[-int8]); "
                                                   "never overwritten"),
     fmt: list[str] = typer.Option(["onnx"], "--format", help="onnx (always) | sentence-transformers (text runs)"),
@@ -203,9 +205,13 @@ def export_cmd(
     int8_min_cosine: float = typer.Option(0.99, help="gate: mean cosine of int8 (graph or codes) to fp32"),
     int8_max_recall_drop: float = typer.Option(1.0, help="gate: Recall@1 drop of int8 vs fp32, in points"),
     parity_samples: int = typer.Option(256, help="real inputs for the parity gate"),
-    calibration_samples: int = typer.Option(256, help="training images for static int8 calibration"),
-    int8_scheme: str = typer.Option("auto", help="auto (static QDQ for CNNs, int8 weights for transformers) | "
-                                                 "static | dynamic | weights"),
+    calibration_samples: int = typer.Option(256, help="training inputs for int8 calibration (static ranges, "
+                                                      "MatMul sensitivity)"),
+    int8_scheme: str = typer.Option("auto", help="auto (measure the candidates: static QDQ for CNNs; dynamic, "
+                                                 "nbits8, mixed for transformers) | static | dynamic | nbits8 | mixed"),
+    optimize: bool = typer.Option(True, "--optimize/--no-optimize", help="text: try onnxruntime's BERT fusions, "
+                                                                        "kept where they measurably help"),
+    timing_rounds: int = typer.Option(200, help="batch-1 timing rounds per int8 candidate (interleaved)"),
     runs_dir: Path = typer.Option(Path("runs"), help="where to look for runs when no RUN_DIR is given"),
 ) -> None:
     """Fold a run (W², normalise, PCA to N dims) into one ONNX graph, gate it, and write an artifact directory."""
@@ -222,7 +228,7 @@ def export_cmd(
         opts = ExportOptions(dims=dims, int8=int8, out=out, formats=formats,
                              thresholds=GateThresholds(parity_atol, int8_min_cosine, int8_max_recall_drop),
                              parity_samples=parity_samples, calibration_samples=calibration_samples,
-                             int8_scheme=int8_scheme)
+                             int8_scheme=int8_scheme, int4=int4, optimize=optimize, timing_rounds=timing_rounds)
         with console.status("exporting") as status:
             result = export_run(source, opts, on_event=lambda kind, info: status.update(info.get("name", kind)))
         print_export(console, result.path, result.manifest)
@@ -273,6 +279,8 @@ def bench(
     device: str = typer.Option("cpu", help="cpu | cuda (onnxruntime's CUDA provider)"),
     threads: Optional[int] = typer.Option(None, help="intra-op threads for onnxruntime and torch "
                                                      "(default: every CPU available)"),
+    also_threads: str = typer.Option("", help="more thread counts to time every graph and PyTorch eager at, "
+                                               "comma-separated (e.g. 1)"),
     int8: bool = typer.Option(True, "--int8/--no-int8", help="also bench the int8 graph (exported with --int8)"),
     json_path: Optional[Path] = typer.Option(None, "--json", help="write the rows + header as JSON"),
     md: Optional[Path] = typer.Option(None, "--md", help="write the table as Markdown"),
@@ -310,6 +318,10 @@ def bench(
 
         from .defaults import default_bench_paths
 
+        try:
+            extra = tuple(int(t) for t in also_threads.split(",") if t.strip())
+        except ValueError:
+            raise MonoconError(f"--also-threads takes comma-separated integers, got {also_threads!r}") from None
         targets, chosen_dims = list(paths or []), dims
         if not targets:
             for p in (json_path, md, plot):  # checked before anything is trained
@@ -317,7 +329,8 @@ def bench(
                     raise MonoconError(f"the folder for {p} does not exist")
             targets, art = default_bench_paths(runs_dir, _say)
             chosen_dims = dims or str(art.manifest["output"]["dims"])
-        opts = BenchOptions(dims=chosen_dims or "128,64,16,deff", int8=int8, device=device, threads=threads, warmup=warmup,
+        opts = BenchOptions(dims=chosen_dims or "128,64,16,deff", int8=int8, device=device, threads=threads,
+                            extra_threads=extra, warmup=warmup,
                             iterations=iterations, batch=batch, batch_iterations=batch_iterations,
                             search_iterations=search_iterations, max_queries=max_queries, memory_probe=memory,
                             torch_reference=reference, parity_atol=parity_atol, suite=suite)

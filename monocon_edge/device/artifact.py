@@ -5,6 +5,7 @@ Layout::
     ARTIFACT/manifest.json      format + version, modality, input spec, output dims, quantization, gates, sha256s
     ARTIFACT/model.onnx         fp32 graph: model input -> (N, dims) L2-normalised embeddings
     ARTIFACT/model.int8.onnx    int8 graph (only when exported with --int8)
+    ARTIFACT/model.int4.onnx    4-bit weight graph (only when exported with --int4)
     ARTIFACT/tokenizer.json ... tokenizer files (text artifacts)
 
 ``manifest["files"]`` maps every other file in the directory to its sha256; loading refuses a mismatch, a model
@@ -27,6 +28,7 @@ FORMAT_VERSION = 2
 MANIFEST = "manifest.json"
 FP32_FILE = "model.onnx"
 INT8_FILE = "model.int8.onnx"
+INT4_FILE = "model.int4.onnx"
 OUTPUT_NAME = "embedding"
 VISION_INPUTS = ("pixels",)
 TEXT_INPUTS = ("input_ids", "attention_mask")
