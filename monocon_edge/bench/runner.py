@@ -129,7 +129,7 @@ def _header(opts: BenchOptions, threads: int, providers: list[str]) -> dict[str,
                      "onnxruntime": onnxruntime.__version__, "torch": torch.__version__},
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "load_average_1min_at_start": _load_average(),
-        "options": asdict(opts),
+        "options": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(opts).items()},
         "latency": f"onnxruntime session.run on model-ready real inputs at batch 1: {opts.warmup} warm-up + "
                    f"{opts.iterations} timed calls; throughput at batch {opts.batch}: {opts.batch_iterations} calls",
     }

@@ -209,7 +209,14 @@ def _build(loaded: Any, dims: int, opts: ExportOptions, tmp: Path, emit: EventFn
         "versions": _versions(),
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
+    from ..device.integrity import seal
+    from .device_bundle import write_device_bundle
+
+    # The artifact folder is all a device needs: runtime, device CLI, requirements.txt.
+    write_device_bundle(tmp, cfg.modality, {"onnxruntime": manifest["versions"]["onnxruntime"]})
     manifest["files"] = file_checksums(tmp)
+    manifest = json.loads(json.dumps(manifest))  # sealed exactly as it will be read back
+    manifest["integrity"] = seal(manifest)
     write_json_atomic(tmp / MANIFEST, manifest)
     return manifest
 

@@ -81,14 +81,23 @@ def recall1(query: np.ndarray, gallery: np.ndarray, r: Retrieval) -> float:
 
 def compare_figures(ref: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray], r: Retrieval) -> dict:
     """Return {mean_cosine, min_cosine, recall@1_fp32, recall@1, recall_drop_points, finite} of ``test`` vs ``ref``."""
+    from .decided import RESOLUTION, decided_queries
+
     a, b = np.concatenate(ref), np.concatenate(test)
     finite = bool(np.isfinite(b).all())
     cos = np.sum(l2_normalize(a) * l2_normalize(b), axis=1) if finite else np.array([np.nan])
-    r_ref = recall1(*ref, r)
-    r_test = recall1(*test, r) if finite else float("nan")
+    # Recall@1 over the queries that fp32 decides by more than its own precision (decided.py).
+    # When fp32 decides none of them (a degenerate model), all queries count, as before.
+    keep = decided_queries(*ref, r.query_labels, r.gallery_labels)
+    keep = keep if keep.any() else np.ones_like(keep)
+    sub = Retrieval([], [], r.query_labels[keep], r.gallery_labels, r.protocol)
+    r_ref = recall1(ref[0][keep], ref[1], sub)
+    r_test = recall1(test[0][keep], test[1], sub) if finite else float("nan")
     return {"mean_cosine": float(cos.mean()), "min_cosine": float(cos.min()), "recall@1_fp32": r_ref,
             "recall@1": r_test, "recall_drop_points": 100.0 * (r_ref - r_test), "finite": finite,
-            "queries": int(ref[0].shape[0]), "gallery": int(ref[1].shape[0]), "protocol": r.protocol}
+            "queries": int(keep.sum()), "undecided_queries": int(len(keep) - keep.sum()),
+            "undecided_margin": RESOLUTION,
+            "gallery": int(ref[1].shape[0]), "protocol": r.protocol}
 
 
 def code_figures(fp32: tuple[np.ndarray, np.ndarray], scales: np.ndarray, r: Retrieval) -> dict:
