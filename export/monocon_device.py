@@ -120,6 +120,10 @@ def main(argv: list[str] | None = None) -> int:
     except MonoconError as exc:  # ArtifactError and RuntimeInputError included
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except (OSError, ValueError, KeyError) as exc:  # unreadable input: not UTF-8, not an image, a bad .npy
+        first = (str(exc).strip().splitlines() or [""])[0]
+        print(f"error: cannot read the input ({type(exc).__name__}: {first})", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":
