@@ -133,7 +133,10 @@ def build_task(cfg: RunConfig, model: MonoConModel) -> VisionTask | TextTask:
     return TextTask(cfg, lambda texts: model.encoder.tokenize(texts, cfg.data.max_seq_len))
 
 
-def _new_run_dir(path: str | Path | None, cfg: RunConfig, runs_root: str | Path) -> RunDir:
+def _new_run_dir(path: str | Path | None, cfg: RunConfig, runs_root: str | Path,
+                 made: dict[str, Any] | None = None) -> RunDir:
+    """Create and return the new (empty) run directory; note in ``made`` its path and the highest folder
+    created for it (None where --out was an existing empty folder), so that a failed start can undo it."""
     if path is None:
         stamp = time.strftime("%Y%m%d-%H%M%S")
         path = Path(runs_root) / f"{cfg.name}-{stamp}"
@@ -144,6 +147,8 @@ def _new_run_dir(path: str | Path | None, cfg: RunConfig, runs_root: str | Path)
     path = Path(path)
     if path.exists() and (not path.is_dir() or any(path.iterdir())):
         raise MonoconError(f"{path} already exists and is not empty: choose another --out, or --resume it")
+    if made is not None:
+        made.update(path=path, created=_first_missing(path))
     path.mkdir(parents=True, exist_ok=True)
     return RunDir(path)
 
@@ -537,17 +542,14 @@ def _train(cfg: RunConfig, dist: DistContext, device: torch.device, out: str | P
                            "training examples: lower --batch-size")
     if resumed is not None:
         return _fit(cfg, resumed, model, task, device, on_event, dist, state, stop_after_epoch)
-    # The highest folder this run creates (None: --out is an existing empty folder, which stays).
-    created = _first_missing(Path(out) if out is not None else Path(runs_root))
-    run = _create_run_dir_on_main(out, cfg, runs_root, task, dist)
-    if out is None and created is None:
-        created = run.path  # RUNS_DIR existed: only NAME-TIME is new
+    made: dict[str, Any] = {}
     try:
+        run = _create_run_dir_on_main(out, cfg, runs_root, task, dist, made)
         return _fit(cfg, run, model, task, device, on_event, dist, state, stop_after_epoch)
     except BaseException:
         # Failed (or interrupted) before its first checkpoint: nothing to resume, so remove what it created.
-        if dist.is_main and not run.last_path.is_file():
-            _remove_created(run.path, created)
+        if made and not (made["path"] / "last.pt").is_file():
+            _remove_created(made["path"], made["created"])
         raise
 
 
@@ -568,7 +570,7 @@ def _remove_created(run_path: Path, created: Path | None) -> None:
     if created is not None:
         shutil.rmtree(created, ignore_errors=True)
         return
-    for child in run_path.iterdir():
+    for child in run_path.iterdir() if run_path.is_dir() else []:
         if child.is_dir():
             shutil.rmtree(child, ignore_errors=True)
         else:
@@ -585,7 +587,7 @@ def _fit(cfg: RunConfig, run: RunDir, model: MonoConModel, task, device: torch.d
 
 
 def _create_run_dir_on_main(out: str | Path | None, cfg: RunConfig, runs_root: str | Path, task,
-                            dist: DistContext) -> RunDir:
+                            dist: DistContext, made: dict[str, Any] | None = None) -> RunDir:
     """Return the new run directory, created (with config and splits) by rank 0 and shared with the others.
 
     A failure on rank 0 is sent to the other ranks too, so that none of them waits for it forever.
@@ -593,7 +595,7 @@ def _create_run_dir_on_main(out: str | Path | None, cfg: RunConfig, runs_root: s
     error, path = None, None
     if dist.is_main:
         try:
-            run = _new_run_dir(out, cfg, runs_root)
+            run = _new_run_dir(out, cfg, runs_root, made)
             run.write_config(cfg)
             run.save_splits(task.splits.to_arrays())
             path = str(run.path)
