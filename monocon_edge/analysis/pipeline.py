@@ -132,8 +132,7 @@ def analyze(paths: list[str | Path], out: str | Path | None = None, *, tsne: boo
     out_dir = prepare_out_dir(out, check_only=True)
     # Everything is written into a staging folder next to OUT and moved in at the end: a run that fails
     # half-way (a corrupt checkpoint, Ctrl-C) leaves neither a half-written OUT nor an earlier analysis changed.
-    anchor = next(p for p in (out_dir.absolute(), *out_dir.absolute().parents) if p.exists())
-    anchor = anchor if anchor.is_dir() else anchor.parent
+    anchor = next(p for p in out_dir.absolute().parents if p.exists())
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=anchor))
     try:
         result = _analyze(runs, staging, tsne, device, emit)
