@@ -2,7 +2,8 @@
 """monocon-edge on a device: embed images or sentences, build an index, answer queries. No torch.
 
 Needs numpy + onnxruntime (+ tokenizers for text artifacts, + Pillow to read image files) and the torch-free
-runtime: the ``monocon_edge`` package, or its five runtime files copied next to this script (see README.md).
+runtime: the ``monocon_edge`` package, or its ``monocon_edge/device`` folder copied next to this script as
+``monocon_edge_device/`` (see README.md).
 
     python monocon_device.py check ARTIFACT
     python monocon_device.py index ARTIFACT --images photos/ --out gallery.npz [--codes int8] [--precision int8]
@@ -16,12 +17,16 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # a copied monocon_edge/ next to this script
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from monocon_edge.device import runtime  # noqa: E402
-from monocon_edge.device.errors import MonoconError  # noqa: E402
+HERE = Path(__file__).resolve().parent
+if (HERE / "monocon_edge_device" / "__init__.py").is_file():  # monocon_edge/device copied next to this script
+    sys.path.insert(0, str(HERE))
+    from monocon_edge_device import runtime
+    from monocon_edge_device.errors import MonoconError
+else:  # the installed package
+    from monocon_edge.device import runtime
+    from monocon_edge.device.errors import MonoconError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 

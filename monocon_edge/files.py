@@ -1,13 +1,15 @@
-"""Atomic file writes: a reader never sees a half-written file, and a failed write leaves the old one intact."""
+"""Atomic file writes (a reader never sees a half-written file, and a failed write leaves the old one intact) and
+the JSON-lines reader. Checksums are the artifact format's: ``device.artifact.sha256_file``."""
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
+
+from .device.errors import MonoconError
 
 
 @contextlib.contextmanager
@@ -41,13 +43,6 @@ def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
     write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
-def append_jsonl(path: str | os.PathLike, row: dict) -> None:
-    """Append one JSON row to a JSON-lines file (rewritten atomically so a crash never truncates it)."""
-    path = Path(path)
-    old = path.read_text(encoding="utf-8") if path.exists() else ""
-    write_text_atomic(path, old + json.dumps(row) + "\n")
-
-
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
     """Return the rows of a JSON-lines file (empty list when it does not exist)."""
     path = Path(path)
@@ -56,10 +51,9 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
-def sha256_file(path: str | os.PathLike) -> str:
-    """Return the hex sha256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+def existing_file(path: str | os.PathLike, what: str = "data file") -> Path:
+    """Return ``path`` as a Path; raise MonoconError("<what> not found: <path>") unless it is a file."""
+    p = Path(path)
+    if not p.is_file():
+        raise MonoconError(f"{what} not found: {path}")
+    return p

@@ -45,32 +45,21 @@ class TinyRuns:
             from monocon_edge.training.config import with_loss
             from monocon_edge.training.loop import train
 
-            cfg = with_loss(tiny_digits("mlp"), "matryoshka") if kind == "matryoshka" else tiny_digits(kind)
+            cfg = tiny_digits("mlp" if kind == "matryoshka" else kind, epochs=3, warmup_epochs=0, batch_size=32)
+            cfg = with_loss(cfg, "matryoshka") if kind == "matryoshka" else cfg
             self._done[kind] = train(cfg, self.root / kind).run_dir
         return self._done[kind]
 
 
 @pytest.fixture(scope="session")
 def tiny_runs(tmp_path_factory) -> TinyRuns:
-    """Return the session's TinyRuns (treat the run directories as read-only)."""
+    """Return the session's TinyRuns: ``tiny_runs[kind]`` is a finished run directory (treat it as read-only)."""
     return TinyRuns(tmp_path_factory.mktemp("tiny-runs"))
 
 
-# ----- export / runtime: tiny digits runs and one artifact, built once per session and copied per test -----
+# ----- export / runtime: one artifact of the baseline run, built once per session (copy it to modify) -----
 @pytest.fixture(scope="session")
-def digits_runs(tmp_path_factory) -> dict[str, Path]:
-    """Return {head: run directory} of tiny finished digits runs (monotonic, mlp, none); treat as read-only."""
-    from helpers import tiny_digits
-    from monocon_edge.training.loop import train
-
-    root = tmp_path_factory.mktemp("digits-runs")
-    epochs = {"monotonic": 3, "none": 3, "mlp": 3}
-    return {head: train(tiny_digits(head, epochs=n, warmup_epochs=0, batch_size=32), root / head).run_dir
-            for head, n in epochs.items()}
-
-
-@pytest.fixture(scope="session")
-def digits_artifact(digits_runs, tmp_path_factory) -> Path:
+def digits_artifact(tiny_runs, tmp_path_factory) -> Path:
     """Return a 16-d fp32 + int8 artifact of the tiny baseline digits run; treat as read-only (copy to modify)."""
     from monocon_edge.exporting.build import ExportOptions, export_run
     from monocon_edge.exporting.gates import GateThresholds
@@ -78,4 +67,4 @@ def digits_artifact(digits_runs, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("artifacts") / "digits-d16"
     # 36 queries: one flipped query is 2.8 Recall@1 points, so this fixture does not gate on the drop.
     opts = ExportOptions(dims=16, int8=True, out=out, thresholds=GateThresholds(int8_max_recall_drop_points=100.0))
-    return export_run(digits_runs["none"], opts).path
+    return export_run(tiny_runs["none"], opts).path

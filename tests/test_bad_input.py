@@ -35,7 +35,7 @@ def _copy_run(src: Path, dst: Path, *, unfinished: bool = False) -> Path:
 
 
 @pytest.fixture(scope="module")
-def ws(digits_runs, digits_artifact, tmp_path_factory) -> Path:
+def ws(tiny_runs, digits_artifact, tmp_path_factory) -> Path:
     """Return a folder of bad inputs, built once (each case must leave it exactly as it is)."""
     ws = tmp_path_factory.mktemp("bad-input")
     from sklearn.datasets import load_digits
@@ -51,7 +51,7 @@ def ws(digits_runs, digits_artifact, tmp_path_factory) -> Path:
     (ws / "latin1.tsv").write_bytes("premise\thypothesis\nun caf\xe9\tune cr\xe8me\n".encode("latin-1"))
     (ws / "empty.tsv").write_bytes(b"")
     # Runs with one bad file each (copies of a finished tiny run).
-    base = digits_runs["none"]
+    base = tiny_runs["none"]
     _truncate(_copy_run(base, ws / "run-best-truncated") / "best.pt")
     (_copy_run(base, ws / "run-best-junk") / "best.pt").write_bytes(b"\x80\x02junk" * 100)
     _truncate(_copy_run(base, ws / "run-pca-truncated") / "pca.npz")

@@ -15,7 +15,7 @@ from monocon_edge.bench.accuracy import Embedded, quality
 from monocon_edge.bench.evaldata import text_eval_set
 from monocon_edge.bench.output import result_stem, write_json, write_markdown, write_plot
 from monocon_edge.bench.runner import BenchOptions, run_bench
-from monocon_edge.bench.targets import parse_dims, resolve_dims
+from monocon_edge.bench.targets import parse_dims, bench_dims, run_cache_dir
 from monocon_edge.bench.timing import measure_latency, measure_throughput
 from monocon_edge.cli import app
 from monocon_edge.device.errors import ArtifactError, MonoconError
@@ -32,15 +32,22 @@ REQUIRED = ("model", "head", "precision", "index_codes", "dims", "recall_at_1", 
 BYTES_PER_CODE = {"float32": 4, "int8": 1}
 
 
+def _tree(folder: Path) -> dict[str, tuple[int, int]]:
+    """Return {relative path: (size, mtime_ns)} of every file and folder under ``folder``."""
+    return {p.relative_to(folder).as_posix(): (p.stat().st_size if p.is_file() else 0, p.stat().st_mtime_ns)
+            for p in sorted(folder.rglob("*"))}
+
+
 @pytest.fixture(scope="module")
-def bench_result(digits_runs, digits_artifact, tmp_path_factory):
+def bench_result(tiny_runs, digits_artifact, tmp_path_factory):
     """Bench a copy of the MonoCon digits run (exported here) and the baseline's 16-d artifact, once."""
     run = tmp_path_factory.mktemp("bench") / "monotonic"
-    shutil.copytree(digits_runs["monotonic"], run)
+    shutil.copytree(tiny_runs["monotonic"], run)
+    before = _tree(run)
     events: list[tuple[str, str]] = []
     result = run_bench([run, digits_artifact], BenchOptions(**FAST),
                        on_event=lambda kind, info: events.append((kind, info.get("name", ""))))
-    return SimpleNamespace(run=run, result=result, events=events)
+    return SimpleNamespace(run=run, result=result, events=events, run_before=before, run_after=_tree(run))
 
 
 def test_bench_measures_every_field(bench_result) -> None:
@@ -71,8 +78,13 @@ def test_bench_measures_every_field(bench_result) -> None:
     assert {"onnxruntime", "torch", "numpy"} <= set(header["versions"])
 
 
-def test_bench_exports_into_the_run_cache_and_reuses_it(bench_result) -> None:
-    cache = bench_result.run / "artifacts"
+def test_bench_leaves_the_run_directory_as_it_was(bench_result) -> None:
+    assert bench_result.run_after == bench_result.run_before
+    assert not run_cache_dir(bench_result.run).is_relative_to(bench_result.run)
+
+
+def test_bench_exports_into_its_cache_and_reuses_it(bench_result) -> None:
+    cache = run_cache_dir(bench_result.run)
     assert (cache / "d16-int8" / "manifest.json").is_file()
     exported = [name for kind, name in bench_result.events if kind == "export"]
     assert exported
@@ -156,9 +168,9 @@ def test_corrupt_artifact_raises_artifact_error(digits_artifact, tmp_path) -> No
 def test_dims_labels() -> None:
     assert parse_dims("128,64,16,deff") == ("full", "128", "64", "16", "deff")
     # 128 >= d_enc is skipped; deff = 16 shares the 16-d artifact; full is the PCA width.
-    assert resolve_dims(parse_dims("128,64,16,deff"), d_enc=128, d_eff=16, limit=128) == \
+    assert bench_dims(parse_dims("128,64,16,deff"), d_enc=128, d_eff=16, limit=128) == \
         {128: "full", 64: "64", 16: "16+deff"}
-    assert resolve_dims(parse_dims("16"), d_enc=32, d_eff=40, limit=30) == {30: "full", 16: "16"}
+    assert bench_dims(parse_dims("16"), d_enc=32, d_eff=40, limit=30) == {30: "full", 16: "16"}
     with pytest.raises(MonoconError):
         parse_dims("0")
 

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from monocon_edge.device.artifact import FP32_FILE, INT8_FILE, MANIFEST, OUTPUT_NAME, sha256_file
 from monocon_edge.cli import app
 from monocon_edge.data.vision import to_float_batch
-from monocon_edge.exporting.gate_inputs import load_run
+from monocon_edge.runs import load_run
 from monocon_edge.exporting.build import ExportOptions, export_run
 from monocon_edge.exporting.fold import fold, reference_embeddings
 from monocon_edge.exporting.onnx_export import EXPORT_BATCH
@@ -38,12 +38,12 @@ def _images(run_dir: Path, n: int = 300) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("head", ["monotonic", "mlp", "none"])
-def test_folded_module_equals_unfolded_model(digits_runs, head) -> None:
-    loaded = load_run(digits_runs[head])
+def test_folded_module_equals_unfolded_model(tiny_runs, head) -> None:
+    loaded = load_run(tiny_runs[head])
     # Past d_eff the collapsed tiny monotonic run's coordinates are float noise that normalisation amplifies.
     dims = loaded.d_eff if head == "monotonic" else 16
     folded, spec = fold(loaded.model, loaded.pca, dims)
-    x = _images(digits_runs[head])
+    x = _images(tiny_runs[head])
     with torch.no_grad():
         got = folded(x).numpy()
     want = reference_embeddings(loaded.model, loaded.pca, dims, x)
@@ -56,23 +56,23 @@ def test_folded_module_equals_unfolded_model(digits_runs, head) -> None:
                                        atol=1e-5, rtol=1e-5)
 
 
-def test_graph_stores_squared_weights_as_constants(digits_runs, tmp_path) -> None:
-    result = export_run(digits_runs["monotonic"], ExportOptions(out=tmp_path / "a"))
+def test_graph_stores_squared_weights_as_constants(tiny_runs, tmp_path) -> None:
+    result = export_run(tiny_runs["monotonic"], ExportOptions(out=tmp_path / "a"))
     graph = onnx.load(str(result.path / FP32_FILE)).graph
     inits = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
     head_inits = {name for name in inits if name.startswith("tail.head_layers")}
     assert "Pow" not in {n.op_type for n in graph.node}
     assert not [n for n in graph.node if n.op_type == "Mul" and head_inits.intersection(n.input)]
-    checkpoint = torch.load(Path(digits_runs["monotonic"]) / "best.pt", weights_only=True)["model"]
+    checkpoint = torch.load(Path(tiny_runs["monotonic"]) / "best.pt", weights_only=True)["model"]
     for i in range(2):
         w = checkpoint[f"head.layers.{i}.weight"].numpy()
         np.testing.assert_allclose(inits[f"tail.head_layers.layers.{i}.weight"], w * w, rtol=1e-6, atol=0)
         assert (inits[f"tail.head_layers.layers.{i}.weight"] >= 0).all()
     manifest = result.manifest
-    assert manifest["output"]["dims"] == manifest["output"]["d_eff"] == load_run(digits_runs["monotonic"]).d_eff
+    assert manifest["output"]["dims"] == manifest["output"]["d_eff"] == load_run(tiny_runs["monotonic"]).d_eff
 
 
-def test_export_parity_on_real_digits(digits_runs, digits_artifact) -> None:
+def test_export_parity_on_real_digits(tiny_runs, digits_artifact) -> None:
     manifest = json.loads((digits_artifact / MANIFEST).read_text())
     parity = manifest["gates"]["fp32_parity"]
     assert parity["samples"] >= 256 and parity["batch_size"] != EXPORT_BATCH
@@ -81,9 +81,9 @@ def test_export_parity_on_real_digits(digits_runs, digits_artifact) -> None:
     assert set(manifest["files"]) == {FP32_FILE, INT8_FILE}
     assert all(sha256_file(digits_artifact / f) == h for f, h in manifest["files"].items())
     # Independently of the gate: 300 real images at batch 7 through onnxruntime vs the folded PyTorch module.
-    loaded = load_run(digits_runs["none"])
+    loaded = load_run(tiny_runs["none"])
     folded, _ = fold(loaded.model, loaded.pca, 16)
-    x = _images(digits_runs["none"])
+    x = _images(tiny_runs["none"])
     session = ort.InferenceSession(str(digits_artifact / FP32_FILE), providers=["CPUExecutionProvider"])
     got = np.concatenate([session.run([OUTPUT_NAME], {"pixels": x[s:s + 7].numpy()})[0] for s in range(0, 300, 7)])
     with torch.no_grad():
@@ -95,9 +95,9 @@ def test_export_parity_on_real_digits(digits_runs, digits_artifact) -> None:
     assert json.loads(meta["monocon_edge.input"])["shape"] == [1, 8, 8]
 
 
-def test_mlp_run_exports_through_the_cli(digits_runs, tmp_path) -> None:
+def test_mlp_run_exports_through_the_cli(tiny_runs, tmp_path) -> None:
     out = tmp_path / "mlp"
-    result = runner.invoke(app, ["export", str(digits_runs["mlp"]), "--dims", "8", "--out", str(out)])
+    result = runner.invoke(app, ["export", str(tiny_runs["mlp"]), "--dims", "8", "--out", str(out)])
     assert result.exit_code == 0, result.output
     assert "fp32 ONNX vs PyTorch" in result.output
     manifest = json.loads((out / MANIFEST).read_text())
@@ -105,39 +105,39 @@ def test_mlp_run_exports_through_the_cli(digits_runs, tmp_path) -> None:
     assert manifest["head_folded"]["layers"] == [[32, 64], [64, 32]]
 
 
-def test_int8_gate_fails_the_export_when_impossible(digits_runs, tmp_path) -> None:
+def test_int8_gate_fails_the_export_when_impossible(tiny_runs, tmp_path) -> None:
     out = tmp_path / "never"
     # A cosine of 1.0 is out of reach of any int8: the codes gate (checked first) is the one that fails.
     # The int8 model gate failing on its own: tests/test_gates_fail.py.
-    _fails_cleanly(["export", str(digits_runs["none"]), "--dims", "16", "--int8", "--int8-min-cosine", "1.0",
+    _fails_cleanly(["export", str(tiny_runs["none"]), "--dims", "16", "--int8", "--int8-min-cosine", "1.0",
                     "--out", str(out)], "error: int8 embedding codes: mean cosine to fp32 is")
     assert not out.exists() and list(tmp_path.iterdir()) == []  # nor any temporary directory
 
 
-def test_parity_gate_fails_the_export_when_impossible(digits_runs, tmp_path) -> None:
-    _fails_cleanly(["export", str(digits_runs["none"]), "--dims", "16", "--parity-atol", "1e-30",
+def test_parity_gate_fails_the_export_when_impossible(tiny_runs, tmp_path) -> None:
+    _fails_cleanly(["export", str(tiny_runs["none"]), "--dims", "16", "--parity-atol", "1e-30",
                     "--out", str(tmp_path / "never")], "differs from PyTorch")
     assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize("dims, expected", [("0", "between 1 and 32"), ("-1", "between 1 and 32"),
                                             ("33", "between 1 and 32"), ("many", "integer or 'deff'")])
-def test_bad_dims_are_refused(digits_runs, tmp_path, dims, expected) -> None:
-    _fails_cleanly(["export", str(digits_runs["none"]), "--dims", dims, "--out", str(tmp_path / "a")], expected)
+def test_bad_dims_are_refused(tiny_runs, tmp_path, dims, expected) -> None:
+    _fails_cleanly(["export", str(tiny_runs["none"]), "--dims", dims, "--out", str(tmp_path / "a")], expected)
     assert not (tmp_path / "a").exists()
 
 
-def test_existing_out_is_refused_and_untouched(digits_runs, tmp_path) -> None:
+def test_existing_out_is_refused_and_untouched(tiny_runs, tmp_path) -> None:
     out = tmp_path / "taken"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
-    _fails_cleanly(["export", str(digits_runs["none"]), "--out", str(out)], "already exists")
+    _fails_cleanly(["export", str(tiny_runs["none"]), "--out", str(out)], "already exists")
     assert [p.name for p in out.iterdir()] == ["keep.txt"] and (out / "keep.txt").read_text() == "mine"
 
 
-def test_bad_run_dir_and_format(digits_runs, tmp_path) -> None:
+def test_bad_run_dir_and_format(tiny_runs, tmp_path) -> None:
     _fails_cleanly(["export", str(tmp_path / "nope")], "run directory not found")
-    _fails_cleanly(["export", str(digits_runs["none"]), "--format", "sentence-transformers",
+    _fails_cleanly(["export", str(tiny_runs["none"]), "--format", "sentence-transformers",
                     "--out", str(tmp_path / "a")], "text runs only")
 
 

@@ -12,7 +12,7 @@ import torch
 from monocon_edge.device import runtime
 from monocon_edge.device.artifact import MANIFEST
 from monocon_edge.training.config import NLI_PAIRS, TINY_IMAGENET, override, preset
-from monocon_edge.exporting.gate_inputs import load_run
+from monocon_edge.runs import load_run
 from monocon_edge.exporting.build import ExportOptions, export_run
 from monocon_edge.exporting.fold import fold
 from monocon_edge.exporting.gates import GateThresholds

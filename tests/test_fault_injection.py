@@ -85,9 +85,9 @@ def test_kill_9_mid_training_then_resume_equals_an_uninterrupted_run(tmp_path) -
     assert not [p.name for p in killed.iterdir() if p.name.endswith(".tmp")]  # no temporary file survived
 
 
-def test_kill_9_during_export_leaves_no_artifact_directory(digits_runs, tmp_path) -> None:
+def test_kill_9_during_export_leaves_no_artifact_directory(tiny_runs, tmp_path) -> None:
     out = tmp_path / "art"
-    proc = _start(["export", str(digits_runs["none"]), "--dims", "16", "--int8", "--int8-max-recall-drop", "100",
+    proc = _start(["export", str(tiny_runs["none"]), "--dims", "16", "--int8", "--int8-max-recall-drop", "100",
                    "--out", str(out)], tmp_path)
     _wait_for(proc, lambda: any(p.name.startswith(".art.") for p in tmp_path.iterdir()), "its staging folder")
     proc.send_signal(signal.SIGKILL)
@@ -97,7 +97,7 @@ def test_kill_9_during_export_leaves_no_artifact_directory(digits_runs, tmp_path
     assert not out.exists()  # only the hidden staging folder is left: never a half-written artifact
     assert [p.name for p in tmp_path.iterdir() if not p.name.startswith(".art.")] == []
     # The leftover does not get in the way of the next export to the same place.
-    _run(["export", str(digits_runs["none"]), "--dims", "16", "--out", str(out)], tmp_path)
+    _run(["export", str(tiny_runs["none"]), "--dims", "16", "--out", str(out)], tmp_path)
     assert (out / "manifest.json").is_file()
 
 

@@ -120,9 +120,9 @@ def _fails_with(args: list[str], message: str) -> str:
     return line
 
 
-def test_export_fails_at_the_int8_model_gate(digits_runs, digits_artifact, tmp_path) -> None:
+def test_export_fails_at_the_int8_model_gate(tiny_runs, digits_artifact, tmp_path) -> None:
     threshold = _between_codes_and_model(digits_artifact)
-    _fails_with(["export", str(digits_runs["none"]), "--dims", "16", "--int8", "--int8-min-cosine", f"{threshold:.8f}",
+    _fails_with(["export", str(tiny_runs["none"]), "--dims", "16", "--int8", "--int8-min-cosine", f"{threshold:.8f}",
                  "--int8-max-recall-drop", "100", "--out", str(tmp_path / "never")],
                 "int8 model: mean cosine to fp32 is")
     assert list(tmp_path.iterdir()) == []

@@ -18,7 +18,7 @@ from monocon_edge.data.vision import to_float_batch
 from monocon_edge.device.artifact import FP32_FILE, OUTPUT_NAME
 from monocon_edge.exporting.build import ExportOptions, export_run
 from monocon_edge.exporting.fold import fold, reference_embeddings
-from monocon_edge.exporting.gate_inputs import load_run
+from monocon_edge.runs import load_run
 from monocon_edge.exporting.gates import GateThresholds
 from monocon_edge.training.config import override
 from monocon_edge.training.loop import train

@@ -16,17 +16,19 @@ import torch
 from monocon_edge.device import embedding_codes as codes, runtime
 from monocon_edge.device.artifact import FP32_FILE, MANIFEST
 from monocon_edge.device.errors import ArtifactError, MonoconError, RuntimeInputError
-from monocon_edge.exporting.gate_inputs import load_run
+from monocon_edge.runs import load_run
 from monocon_edge.exporting.fold import fold
 
 ROOT = Path(__file__).resolve().parents[1]
-# Installed before anything else in the child: any attempt to import torch fails.
+# Installed before anything else in the child: any attempt to import the training stack fails.
+TRAINING_STACK = ("torch", "torchvision", "sentence_transformers", "transformers", "sklearn")
 BLOCK_TORCH = textwrap.dedent("""
-    import sys
+    import os, sys
+    BLOCKED = tuple(os.environ.get("MONOCON_TEST_BLOCK", "torch").split(","))
     class _NoTorch:
         def find_spec(self, name, path=None, target=None):
-            if name == "torch" or name.startswith("torch."):
-                raise ImportError("torch is blocked in this test")
+            if name.split(".")[0] in BLOCKED:
+                raise ImportError(f"{name} is blocked in this test")
     sys.meta_path.insert(0, _NoTorch())
 """)
 
@@ -37,15 +39,16 @@ def _digit_images() -> np.ndarray:
     return np.round(load_digits().images * (255.0 / 16.0)).astype(np.uint8)[..., None]
 
 
-def _run_without_torch(tmp_path: Path, args: list[str]) -> subprocess.CompletedProcess:
+def _run_without_torch(tmp_path: Path, args: list[str], blocked: tuple[str, ...] = TRAINING_STACK
+                       ) -> subprocess.CompletedProcess:
     site = tmp_path / "site"
     site.mkdir(exist_ok=True)
     (site / "sitecustomize.py").write_text(BLOCK_TORCH)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), str(ROOT)])}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), str(ROOT)]), "MONOCON_TEST_BLOCK": ",".join(blocked)}
     return subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env, timeout=120, cwd=tmp_path)
 
 
-def test_train_export_then_embed_and_search_without_torch(digits_runs, digits_artifact, tmp_path) -> None:
+def test_train_export_then_embed_and_search_without_torch(tiny_runs, digits_artifact, tmp_path) -> None:
     images = _digit_images()[:200]
     np.save(tmp_path / "images.npy", images)
     script = tmp_path / "child.py"
@@ -72,7 +75,7 @@ def test_train_export_then_embed_and_search_without_torch(digits_runs, digits_ar
     assert done.returncode == 0, done.stderr
     assert "monocon_edge.device.runtime" in done.stdout
     # The embeddings computed without torch equal the folded PyTorch model's on the same images.
-    loaded = load_run(digits_runs["none"])
+    loaded = load_run(tiny_runs["none"])
     folded, _ = fold(loaded.model, loaded.pca, 16)
     with torch.no_grad():
         want = folded(torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0).numpy()
@@ -96,6 +99,66 @@ def test_device_script_without_torch(digits_artifact, tmp_path) -> None:
     np.save(tmp_path / "rgb.npy", np.zeros((2, 8, 8, 3), np.uint8))
     bad = _run_without_torch(tmp_path, [script, "embed", art, "--images", "rgb.npy", "--out", "e.npy"])
     assert bad.returncode == 1 and bad.stderr.startswith("error: uint8 images must be") and "Traceback" not in bad.stderr
+
+
+DEVICE = ROOT / "monocon_edge" / "device"
+DEVICE_DEPENDENCIES = {"numpy", "onnxruntime", "tokenizers", "PIL"}
+
+
+def test_device_package_imports_only_itself_and_its_runtime_dependencies() -> None:
+    """Static check: device/ imports the standard library, numpy/onnxruntime/tokenizers/Pillow and itself only."""
+    import ast
+
+    outside = []
+    for path in sorted(DEVICE.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.level:
+                if node.level != 1:
+                    outside.append(f"{path.name}:{node.lineno} imports from outside device/ ({'.' * node.level})")
+                continue
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module] if isinstance(node, ast.ImportFrom) else []
+            for name in names:
+                top = name.split(".")[0]
+                if top not in sys.stdlib_module_names and top not in DEVICE_DEPENDENCIES:
+                    outside.append(f"{path.name}:{node.lineno} imports {name}")
+    assert not outside, outside
+
+
+def test_device_package_imports_with_the_training_stack_uninstallable(tmp_path) -> None:
+    """Every device module imports (installed, and as a copied folder) while torch & co. cannot be imported."""
+    modules = sorted(p.stem for p in DEVICE.glob("*.py") if p.stem != "__init__")
+    shutil.copytree(DEVICE, tmp_path / "monocon_edge_device", ignore=shutil.ignore_patterns("__pycache__"))
+    script = tmp_path / "child.py"
+    script.write_text(textwrap.dedent(f"""
+        import importlib, sys
+        for package in ("monocon_edge.device", "monocon_edge_device"):
+            for name in {modules!r}:
+                importlib.import_module(f"{{package}}.{{name}}")
+        for blocked in {TRAINING_STACK!r}:
+            assert blocked not in sys.modules, blocked
+        print(sorted(m for m in sys.modules if m.startswith("monocon_edge")))
+    """))
+    done = _run_without_torch(tmp_path, [str(script)])
+    assert done.returncode == 0, done.stderr
+    loaded = set(eval(done.stdout))
+    assert loaded <= {"monocon_edge", "monocon_edge.device", "monocon_edge_device"} | \
+        {f"monocon_edge.device.{m}" for m in modules} | {f"monocon_edge_device.{m}" for m in modules}
+
+
+def test_device_folder_copied_as_export_readme_says(digits_artifact, tmp_path) -> None:
+    """export/README.md's copy recipe: the device folder + script run with neither torch nor monocon_edge."""
+    ship = tmp_path / "ship"
+    ship.mkdir()
+    shutil.copytree(DEVICE, ship / "monocon_edge_device", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "export" / "monocon_device.py", ship)
+    np.save(tmp_path / "gallery.npy", _digit_images()[:20])
+    blocked = (*TRAINING_STACK, "monocon_edge")
+    checked = _run_without_torch(tmp_path, [str(ship / "monocon_device.py"), "check", str(digits_artifact)], blocked)
+    assert checked.returncode == 0, checked.stderr
+    built = _run_without_torch(tmp_path, [str(ship / "monocon_device.py"), "index", str(digits_artifact), "--images",
+                                          "gallery.npy", "--out", "g.npz"], blocked)
+    assert built.returncode == 0 and "index of 20 int8 vectors" in built.stdout, built.stderr
 
 
 def test_tampered_or_foreign_artifacts_are_refused(digits_artifact, tmp_path) -> None:

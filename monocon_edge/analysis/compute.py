@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from .. import metrics as M
+from ..data.splits import seeded_subset
 
 TRUNCATION_DIMS = (128, 64, 16)
 RECALL_KS = tuple(range(1, 11))
@@ -84,13 +85,6 @@ def cluster_features(x: np.ndarray) -> CorrelationClustering:
     return CorrelationClustering(corr, z, leaves_list(z))
 
 
-def fixed_sample(n: int, size: int, seed: int = 0) -> np.ndarray:
-    """Return ``min(size, n)`` sorted row indices drawn without replacement from ``range(n)`` by ``seed``."""
-    if size >= n:
-        return np.arange(n)
-    return np.sort(np.random.default_rng(seed).choice(n, size, replace=False))
-
-
 def deff_history(rows: list[dict[str, Any]]) -> dict[str, list]:
     """Return {"epoch": [...], key: [...] for each of DEFF_KEYS} from the rows of metrics.jsonl.
 
@@ -116,9 +110,9 @@ def held_out_points(modality: str, emb: dict[str, np.ndarray], labels: np.ndarra
     """Return a fixed sample of the held-out embeddings (vision: val with ``labels``; text: both sides of
     the held-out pairs, labelled by pair)."""
     if modality == "vision":
-        keep = fixed_sample(len(emb["val"]), max_points, seed)
+        keep = seeded_subset(len(emb["val"]), max_points, seed)
         return HeldOut(M.l2_normalize(emb["val"][keep]), np.asarray(labels)[keep], False)
-    keep = fixed_sample(len(emb["val_a"]), max_points // 2, seed)
+    keep = seeded_subset(len(emb["val_a"]), max_points // 2, seed)
     x = np.concatenate([emb["val_a"][keep], emb["val_b"][keep]])
     return HeldOut(M.l2_normalize(x), np.concatenate([keep, keep]), True)
 

@@ -22,16 +22,15 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
 
 from ..device.errors import MonoconError
 from ..files import write_json_atomic, write_text_atomic
 from .compute import held_out_points, method_label, tsne_2d
 from .run_metrics import CLUSTER_SAMPLE, RunAnalysis, measure_run
-from ..runs import FinishedRun, embed_run, open_finished_run
+from ..runs import FinishedRun, embed_run, load_run, open_finished_run
 from .tables import Table, comparison_tables, to_html, to_markdown
+from ..events import EventFn, ignore_events
 
-EventFn = Callable[[str, dict[str, Any]], None]
 FORMAT_VERSION = 1
 # A difference this large between a recomputed number and summary.json is worth a warning.
 SUMMARY_TOLERANCE = 1e-3
@@ -127,7 +126,7 @@ def analyze(paths: list[str | Path], out: str | Path | None = None, *, tsne: boo
     """
     from . import plots
 
-    emit = on_event or (lambda kind, info: None)
+    emit = on_event or ignore_events
     runs = check_runs(paths)
     out_dir = prepare_out_dir(out, check_only=True)
     # Everything is written into a staging folder next to OUT and moved in at the end: a run that fails
@@ -153,7 +152,7 @@ def _analyze(runs: list[FinishedRun], out_dir: Path, tsne: bool, device: str, em
     result = AnalysisResult(out_dir, [], [])
     for i, (finished, label) in enumerate(zip(runs, _labels(runs))):
         emit("run", {"index": i + 1, "total": len(runs), "run": str(finished.run.path), "label": label})
-        emb = embed_run(finished, device)
+        emb = embed_run(load_run(finished, device))
         analysis, clustering = measure_run(finished, emb, label, _slug(i, finished.name))
         result.runs.append(analysis)
         diff = analysis.summary_max_abs_diff

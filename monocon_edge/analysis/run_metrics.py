@@ -5,7 +5,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from .. import metrics as M
-from .compute import (RECALL_KS, RETRIEVAL_METRICS, CorrelationClustering, cluster_features, deff_history, fixed_sample, method_label,
+from ..data.splits import seeded_subset
+from .compute import (RECALL_KS, RETRIEVAL_METRICS, CorrelationClustering, cluster_features, deff_history, method_label,
                       truncate, truncation_dims)
 from ..runs import FinishedRun, RunEmbeddings
 
@@ -59,7 +60,7 @@ def measure_run(finished: FinishedRun, emb: RunEmbeddings, label: str, slug: str
     for d in truncation_dims(d_enc):
         small, _ = task.evaluate(truncate(e, cfg.truncation, d, pca), full=False)
         retrieval[str(d)] = {k: float(small[k]) for k in names}
-    clustering = cluster_features(M.l2_normalize(e["train"][fixed_sample(len(e["train"]), CLUSTER_SAMPLE)]))
+    clustering = cluster_features(M.l2_normalize(e["train"][seeded_subset(len(e["train"]), CLUSTER_SAMPLE)]))
     analysis = RunAnalysis(
         label=label, slug=slug, run=str(finished.run.path), name=finished.name,
         method=method_label(cfg.model.head, cfg.optim.loss), head=cfg.model.head, loss=cfg.optim.loss,

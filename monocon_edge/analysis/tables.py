@@ -6,6 +6,7 @@ import html
 from dataclasses import dataclass
 
 from .compute import RECALL_KS
+from ..formatting import cell
 from .run_metrics import RunAnalysis
 
 METRIC_HEADERS = {"knn5": "5-NN acc", "recall@1": "Recall@1", "recall@5": "Recall@5", "spearman": "STS Spearman"}
@@ -31,12 +32,6 @@ class Table:
         return [bool(self.rows) and all(is_number(row[i]) for row in self.rows) for i in range(len(self.columns))]
 
 
-def _f(value: float | int | None, digits: int = 4) -> str:
-    if value is None:
-        return "-"
-    return str(value) if isinstance(value, int) else f"{value:.{digits}f}"
-
-
 def comparison_tables(runs: list[RunAnalysis]) -> list[Table]:
     """Return the tables comparing ``runs``: compression, retrieval full and truncated, Recall@k."""
     compression = Table(
@@ -50,7 +45,7 @@ def comparison_tables(runs: list[RunAnalysis]) -> list[Table]:
     for r in runs:
         for size, values in r.retrieval.items():
             dims = f"{r.d_enc} (full)" if size == "full" else f"{size} ({r.truncation})"
-            rows.append([r.name, r.method, dims] + [_f(values[m]) for m in metrics])
+            rows.append([r.name, r.method, dims] + [cell(values[m]) for m in metrics])
     retrieval = Table(
         "Retrieval, full and truncated",
         ["run", "method", "dims"] + [METRIC_HEADERS.get(m, m) for m in metrics], rows,
@@ -61,7 +56,7 @@ def comparison_tables(runs: list[RunAnalysis]) -> list[Table]:
     recall = Table(
         "Recall@k",
         ["k"] + [r.label for r in runs],
-        [[str(k)] + [_f(r.recall_at_k[k]) for r in runs] for k in RECALL_KS],
+        [[str(k)] + [cell(r.recall_at_k[k]) for r in runs] for k in RECALL_KS],
     )
     return [compression, retrieval, recall]
 

@@ -12,16 +12,10 @@ from typing import Any
 
 import numpy as np
 
+from ..data.splits import seeded_subset
+from ..data.text import StsSet
+
 STS_PAIR_MIN_SCORE = 4.0
-
-
-@dataclass
-class StsPairs:
-    """Scored sentence pairs (STS-B dev) for Spearman's rank correlation of cosine similarity."""
-
-    first: list[str]
-    second: list[str]
-    scores: np.ndarray
 
 
 @dataclass
@@ -34,7 +28,7 @@ class EvalSet:
     gallery: Any
     query_labels: np.ndarray
     gallery_labels: np.ndarray
-    sts: StsPairs | None = None
+    sts: StsSet | None = None
 
     @property
     def num_queries(self) -> int:
@@ -61,17 +55,10 @@ class EvalSet:
         return [median], (pool * reps)[:batch]
 
 
-def _cap(n: int, limit: int | None, seed: int = 0) -> np.ndarray:
-    """Return sorted indices of at most ``limit`` of ``n`` items (all when ``limit`` is None), seeded."""
-    if limit is None or limit >= n:
-        return np.arange(n)
-    return np.sort(np.random.default_rng(seed).choice(n, limit, replace=False))
-
-
 def vision_eval_set(task: Any, max_queries: int | None = None) -> EvalSet:
     """Return the query → gallery split of a VisionTask (``max_queries`` caps the queries, seeded)."""
     images, labels, s = task.data.images, task.data.labels, task.splits
-    query = s.query[_cap(len(s.query), max_queries)]
+    query = s.query[seeded_subset(len(s.query), max_queries)]
     return EvalSet("vision", "query -> gallery of the run's train split (class labels)", images[query],
                    images[s.gallery], labels[query], labels[s.gallery])
 
@@ -81,18 +68,18 @@ def text_eval_set(task: Any, max_queries: int | None = None) -> EvalSet:
     sts = task.sts
     pairs = list(task.val_pairs) + [(a, b) for a, b, score in zip(sts.first, sts.second, sts.scores)
                                     if score >= STS_PAIR_MIN_SCORE]
-    pairs = [pairs[i] for i in _cap(len(pairs), max_queries)]
+    pairs = [pairs[i] for i in seeded_subset(len(pairs), max_queries)]
     partners = list(dict.fromkeys(b for _, b in pairs))
     where = {b: i for i, b in enumerate(partners)}
     # A repeated partner sentence is one gallery item: every anchor paired with it hits that item.
     query_labels = np.asarray([where[b] for _, b in pairs])
     return EvalSet("text", f"anchor -> its partner among all partners (held-out pairs + STS-B dev pairs scored "
                            f">= {STS_PAIR_MIN_SCORE:g})", [a for a, _ in pairs], partners, query_labels,
-                   np.arange(len(partners)), StsPairs(list(sts.first), list(sts.second), np.asarray(sts.scores)))
+                   np.arange(len(partners)), StsSet(list(sts.first), list(sts.second), np.asarray(sts.scores)))
 
 
 def eval_set(loaded: Any, max_queries: int | None = None) -> EvalSet:
-    """Return the EvalSet of a loaded run (export_data.LoadedRun)."""
+    """Return the EvalSet of a loaded run (runs.LoadedRun)."""
     if loaded.cfg.modality == "vision":
         return vision_eval_set(loaded.task, max_queries)
     return text_eval_set(loaded.task, max_queries)

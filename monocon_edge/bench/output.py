@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
 
 from ..files import atomic_path, write_json_atomic, write_text_atomic
+from ..formatting import cell
 from .runner import BenchResult
 
 # (row key, Markdown / table heading, format)
@@ -18,16 +18,6 @@ COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("speedup_throughput", "× eager thr", ".2f"), ("peak_rss_mb", "RSS MiB", ".1f"), ("model_bytes", "model B", ","),
     ("index_bytes_per_vector", "B/vec", "d"), ("index_bytes", "index B", ","), ("search_ms_p50", "search ms", ".3f"),
 )
-
-
-def cell(value: Any, spec: str) -> str:
-    """Return ``value`` formatted with ``spec`` ("-" for missing values)."""
-    if value is None:
-        return "-"
-    try:
-        return format(value, spec)
-    except (TypeError, ValueError):
-        return str(value)
 
 
 def slug(text: str) -> str:
@@ -54,7 +44,7 @@ def markdown(result: BenchResult) -> str:
     lines = [f"# monocon-edge bench{': ' + h['suite'] if h['suite'] else ''}", "",
              f"- CPU: {h['cpu']} ({h['cpu_count']} CPUs), threads: {h['threads']}, device: {h['device']} "
              f"({', '.join(h['providers'])})",
-             f"- versions: " + ", ".join(f"{k} {v}" for k, v in h["versions"].items()),
+             "- versions: " + ", ".join(f"{k} {v}" for k, v in h["versions"].items()),
              f"- date: {h['date']}", f"- timing: {h['latency']}", ""]
     lines += [f"- note: {n}" for n in result.notes]
     lines += ["", "| " + " | ".join(c[1] for c in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]

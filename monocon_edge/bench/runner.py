@@ -13,8 +13,8 @@ from ..exporting.gates import GateThresholds
 from .accuracy import CODE_KINDS, embed_eval_set, index_cost, quality
 from .targets import Target, artifact_target, classify, parse_dims, run_target
 from .timing import measure_latency, measure_throughput
+from ..events import EventFn, ignore_events
 
-EventFn = Callable[[str, dict[str, Any]], None]
 PROVIDERS = {"cpu": ["CPUExecutionProvider"], "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"]}
 
 
@@ -165,7 +165,7 @@ class _Bench:
         self.loaded: dict[Path, Any] = {}
 
     def load(self, run_path: Path) -> Any:
-        from ..exporting.gate_inputs import load_run
+        from ..runs import load_run
 
         key = run_path.resolve()
         if key not in self.loaded:
@@ -296,7 +296,7 @@ def run_bench(paths: Sequence[str | Path], opts: BenchOptions, on_event: EventFn
     """
     if not paths:
         raise MonoconError("give at least one run directory or artifact directory")
-    emit = on_event or (lambda kind, info: None)
+    emit = on_event or ignore_events
     bench = _Bench(opts, emit)
     targets = bench.targets(paths)
     for target in targets:

@@ -1,20 +1,24 @@
-"""What to benchmark: run directories (exported per dims into a cache beside the run) or artifact directories.
+"""What to benchmark: run directories (exported per dims into bench's own cache) or artifact directories.
 
-A run's artifacts are cached in ``RUN/artifacts/d{N}[-int8]`` and reused while they are valid (checksums
-match, exported from the run's current best.pt, the right dims and precisions); an invalid cache folder is
-exported again.
+Bench never writes into a run directory. A run's artifacts are cached in ``run_cache_dir(RUN)/d{N}[-int8]``
+(under ``$MONOCON_CACHE_DIR/bench-artifacts``, else ``~/.cache/monocon-edge/bench-artifacts``) and reused while
+they are valid (checksums match, exported from the run's current best.pt, the right dims and precisions); an
+invalid cache folder is exported again.
 """
 from __future__ import annotations
 
+import hashlib
+import os
 import shutil
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ..device.errors import ArtifactError, MonoconError
+from ..events import EventFn
 
-EventFn = Callable[[str, dict[str, Any]], None]
-CACHE_DIR = "artifacts"
+CACHE_DIR = "bench-artifacts"
 
 
 @dataclass
@@ -46,7 +50,7 @@ def parse_dims(spec: str) -> tuple[str, ...]:
     return tuple(labels)
 
 
-def resolve_dims(labels: tuple[str, ...], d_enc: int, d_eff: int, limit: int) -> dict[int, str]:
+def bench_dims(labels: tuple[str, ...], d_enc: int, d_eff: int, limit: int) -> dict[int, str]:
     """Return {dims: label} for a model: "full" = ``limit`` (min of d_enc and the PCA's components); other dims
     ≥ d_enc are skipped; a dims reached by two labels (16 and deff = 16) gets both ("16+deff")."""
     out: dict[int, list[str]] = {}
@@ -63,9 +67,9 @@ def dims_label(dims: int, d_enc: int, d_eff: int) -> str:
     return "full" if dims >= d_enc else "deff" if dims == d_eff else str(dims)
 
 
-def _source_run(manifest: dict[str, Any]) -> Path | None:
+def _unchanged_source_run(manifest: dict[str, Any]) -> Path | None:
     """Return the artifact's source run when it is still there with the same best.pt, else None."""
-    from ..files import sha256_file
+    from ..device.artifact import sha256_file
 
     src = manifest.get("source_run", {})
     best = Path(src.get("path", "")) / "best.pt"
@@ -89,7 +93,7 @@ def artifact_target(folder: Path) -> Target:
     d_enc, d_eff, dims = int(out["d_enc"]), int(out["d_eff"]), int(out["dims"])
     target = Target(name, str(manifest.get("head", "?")), manifest["modality"],
                     str(out.get("truncation", manifest.get("truncation", "pca"))), d_enc, d_eff,
-                    _source_run(manifest))
+                    _unchanged_source_run(manifest))
     target.artifacts[dims] = (dims_label(dims, d_enc, d_eff), folder)
     return target
 
@@ -109,17 +113,32 @@ def _cache_valid(folder: Path, dims: int, int8: bool, checkpoint_sha: str) -> st
     return None
 
 
+def run_cache_dir(run_path: Path) -> Path:
+    """Return the folder where bench keeps the artifacts it exports from ``run_path`` (one per run directory).
+
+    ``$MONOCON_CACHE_DIR/bench-artifacts`` (``~/.cache/monocon-edge/bench-artifacts`` when unset; a fresh temporary
+    folder when it is ``off``), then the run's name and a hash of its resolved path.
+    """
+    env = os.environ.get("MONOCON_CACHE_DIR")
+    if env == "off":
+        root = Path(tempfile.mkdtemp(prefix="monocon-bench-"))
+    else:
+        root = (Path(env) if env else Path.home() / ".cache" / "monocon-edge") / CACHE_DIR
+    key = hashlib.sha256(str(run_path.resolve()).encode("utf-8")).hexdigest()[:16]
+    return root / f"{run_path.resolve().name}-{key}"
+
+
 def run_target(run_path: Path, labels: tuple[str, ...], int8: bool, loaded: Any, thresholds: Any,
                emit: EventFn) -> Target:
-    """Return the Target of a run: every dims in ``labels`` exported (or reused) under RUN/artifacts/."""
+    """Return the Target of a run: every dims in ``labels`` exported (or reused) under ``run_cache_dir(run_path)``."""
     from ..exporting.build import ExportOptions, export_run
 
     limit = min(int(loaded.model.d_enc), int(loaded.pca.components.shape[0]))
     target = Target(loaded.cfg.name, loaded.cfg.model.head, loaded.cfg.modality, _run_truncation(loaded.summary),
                     int(loaded.model.d_enc), int(loaded.d_eff), run_path)
-    cache = run_path / CACHE_DIR
-    cache.mkdir(exist_ok=True)
-    for dims, label in resolve_dims(labels, target.d_enc, target.d_eff, limit).items():
+    cache = run_cache_dir(run_path)
+    cache.mkdir(parents=True, exist_ok=True)
+    for dims, label in bench_dims(labels, target.d_enc, target.d_eff, limit).items():
         folder = cache / f"d{dims}{'-int8' if int8 else ''}"
         if folder.exists():
             why = _cache_valid(folder, dims, int8, loaded.checkpoint_sha256)

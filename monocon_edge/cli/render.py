@@ -7,6 +7,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from ..formatting import cell
+
 # Metrics shown in tables, in this order, with their labels.
 METRIC_LABELS = {
     "knn5": "5-NN acc", "val_knn5": "5-NN acc (held-out)", "spearman": "STS Spearman",
@@ -18,15 +20,6 @@ METRIC_LABELS = {
     "spearman_prefix64": "Spearman @64d prefix", "spearman_prefix16": "Spearman @16d prefix",
     "d_eff": "d_eff (99% var.)", "d_eff_encoder": "d_eff encoder", "recon_rmse": "PCA recon. RMSE @d_eff",
 }
-
-
-def fmt(value: Any) -> str:
-    """Return a metric value formatted for a table cell."""
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.4f}"
-    return str(value)
 
 
 class TrainProgress:
@@ -61,7 +54,7 @@ class TrainProgress:
             p.update(self.step_task, advance=1, info=f"loss {info['loss']:.4f}")
         elif kind == "epoch_end":
             p.update(self.epoch_task, completed=info["epoch"])
-            self.console.print(f"epoch {info['epoch']:>3} [{info['phase']}]  loss {fmt(info['loss'])}  "
+            self.console.print(f"epoch {info['epoch']:>3} [{info['phase']}]  loss {cell(info['loss'])}  "
                                f"{info['examples_per_s']:.0f} {info['unit']}/s  {info['seconds']:.1f} s",
                                highlight=False, markup=False)
         elif kind == "eval":
@@ -69,7 +62,7 @@ class TrainProgress:
             keys = ("loss", "val_knn5", "spearman", "recall@1", "d_eff") if info["epoch"] == 0 else (
                 "val_knn5", "spearman", "recall@1", "d_eff")
             shown = {k: info[k] for k in keys if info.get(k) is not None}
-            line = "  ".join(f"{k} {fmt(v)}" for k, v in shown.items())
+            line = "  ".join(f"{k} {cell(v)}" for k, v in shown.items())
             head = f"epoch {info['epoch']:>3} [{info['phase']}]" if info["epoch"] == 0 else " " * 9 + "eval"
             self.console.print(f"{head}  {line}", highlight=False, markup=False)
         elif kind == "done":
@@ -87,7 +80,7 @@ def print_summary(console: Console, result: Any) -> None:
     table.add_column("value", justify="right")
     for key, label in METRIC_LABELS.items():
         if key in result.final:
-            table.add_row(label, fmt(result.final[key]))
+            table.add_row(label, cell(result.final[key]))
     console.print(table)
     if result.stopped_early:
         console.print("stopped early: the validation metric stopped improving")
@@ -166,7 +159,6 @@ BENCH_COLUMNS = (
 
 def print_bench(console: Console, result: Any, written: list[str]) -> None:
     """Print a bench result: one table per model, then the header facts, notes and the files written."""
-    from ..bench.output import cell
 
     h = result.header
     for name in dict.fromkeys(r["model"] for r in result.rows):

@@ -48,6 +48,14 @@ def make_splits(labels: np.ndarray | None, n: int, val_fraction: float, query_fr
     return Splits(train=train, val=val, gallery=gallery, query=query)
 
 
+def seeded_subset(n: int, size: int | None, seed: int = 0) -> np.ndarray:
+    """Return ``min(size, n)`` sorted indices drawn without replacement from ``range(n)`` by ``seed`` (all of them
+    when ``size`` is None)."""
+    if size is None or size >= n:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, size, replace=False))
+
+
 def stratified_subset(labels: np.ndarray, size: int, seed: int) -> np.ndarray:
     """Return sorted indices of a seeded subset of ``size`` examples with the label proportions kept."""
     if size >= len(labels):

@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import csv
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
 from ..training.config import DataConfig
 from ..device.errors import MonoconError
+from ..files import existing_file
 
 
 @dataclass(frozen=True)
@@ -21,9 +21,7 @@ class StsSet:
 
 
 def _read_tsv(path: str) -> tuple[list[str], list[list[str]]]:
-    p = Path(path)
-    if not p.is_file():
-        raise MonoconError(f"data file not found: {path}")
+    p = existing_file(path)
     try:
         with open(p, encoding="utf-8", newline="") as fh:
             rows = list(csv.reader(fh, delimiter="\t", quoting=csv.QUOTE_NONE))

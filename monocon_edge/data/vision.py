@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import zipfile
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from ..training.config import DataConfig
 from ..device.errors import MonoconError
+from ..files import existing_file
 
 
 @dataclass(frozen=True)
@@ -50,9 +50,7 @@ def _load_digits() -> ImageSet:
 
 def load_npz(path: str) -> ImageSet:
     """Return the ImageSet in an .npz file with ``images`` uint8 (N, H, W, C) and ``labels`` (N,)."""
-    p = Path(path)
-    if not p.is_file():
-        raise MonoconError(f"data file not found: {path}")
+    p = existing_file(path)
     try:
         with np.load(p, allow_pickle=False) as npz:
             keys = set(npz.files)

@@ -1,7 +1,7 @@
 """The device runtime: load an artifact, embed images or sentences, build and search an index.
 
-Needs only numpy and onnxruntime (plus ``tokenizers`` for text artifacts): it must never import torch, nor any
-monocon_edge module that does. ``load`` verifies the artifact's format version and every file's sha256 first.
+Needs only numpy and onnxruntime (plus ``tokenizers`` for text artifacts): it must never import torch, nor
+anything outside ``monocon_edge/device``. ``load`` verifies the artifact's format version and every file's sha256 first.
 
     from monocon_edge.device import runtime
     model = runtime.load("artifacts/digits-d8")            # fp32; precision="int8" for model.int8.onnx
@@ -18,7 +18,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from . import embedding_codes
-from .artifact import FP32_FILE, INT8_FILE, OUTPUT_NAME, open_artifact, read_manifest
+from .artifact import FP32_FILE, OUTPUT_NAME, open_artifact, read_manifest
 from .errors import ArtifactError, RuntimeInputError
 
 DEFAULT_BATCH = 64

@@ -22,10 +22,10 @@ from ..device.artifact import FORMAT_NAME, FORMAT_VERSION, FP32_FILE, INT8_FILE,
 from ..device.errors import MonoconError
 from .gates import GateThresholds, embed_batches, measure_and_check
 from ..files import write_json_atomic
+from ..events import EventFn, ignore_events
 
 FORMATS = ("onnx", "sentence-transformers")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json")
-EventFn = Callable[[str, dict[str, Any]], None]
 
 
 @dataclass(frozen=True)
@@ -96,14 +96,14 @@ def export_run(run_dir: str | Path, opts: ExportOptions, on_event: EventFn | Non
                loaded: Any = None) -> ExportResult:
     """Export the run at ``run_dir`` as an artifact directory; return where it went and its manifest.
 
-    ``loaded``: the run already loaded with ``export_data.load_run(run_dir)`` (saves loading it again when
+    ``loaded``: the run already loaded with ``runs.load_run(run_dir)`` (saves loading it again when
     one caller exports several dims). Raises MonoconError for bad input and GateError when a measured figure
     misses its threshold; in both cases no artifact directory is left behind.
     """
-    from .gate_inputs import load_run
+    from ..runs import load_run
     from .fold import check_dims
 
-    emit = on_event or (lambda kind, info: None)
+    emit = on_event or ignore_events
     loaded = loaded if loaded is not None else load_run(run_dir)
     _check_options(opts, loaded.cfg.modality)
     dims = check_dims(resolve_dims(opts.dims, loaded.d_eff), loaded.pca, loaded.model.d_enc)

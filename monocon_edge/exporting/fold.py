@@ -19,6 +19,7 @@ from torch.nn import functional as F
 
 from ..device.errors import MonoconError
 from ..metrics import PCAStats
+from ..models.encoders import mean_pool
 from ..models.heads import IdentityHead, MLPHead, mlp_forward
 from ..models.monocon import MonoConModel
 
@@ -101,9 +102,7 @@ class FoldedTextModel(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         tokens = self.transformer(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        mask = attention_mask.unsqueeze(-1).to(tokens.dtype)
-        pooled = (tokens * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
-        return self.tail(pooled)
+        return self.tail(mean_pool(tokens, attention_mask))
 
 
 def effective_head(head: nn.Module) -> tuple[list[torch.Tensor], list[torch.Tensor], float]:

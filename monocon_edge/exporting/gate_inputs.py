@@ -1,90 +1,20 @@
-"""What export needs from a run: the trained model and PCA, and real inputs for gates and calibration."""
+"""Real inputs from a loaded run (``runs.load_run``) for the export gates and the int8 calibrations."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from ..training.config import RunConfig
-from ..device.errors import MonoconError
+from ..data.splits import seeded_subset
 from .gates import Batch, Retrieval
-from ..files import sha256_file
-from ..metrics import PCAStats
-from ..training.run_dir import RunDir
 
 # Batch size of the gates and calibration: deliberately not onnx_export.EXPORT_BATCH.
 GATE_BATCH = 64
 
 
-@dataclass
-class LoadedRun:
-    """A finished run: its config, the best model (eval mode), PCA, d_eff, summary and task (data + splits)."""
-
-    run: RunDir
-    cfg: RunConfig
-    model: Any
-    pca: PCAStats
-    d_eff: int
-    summary: dict[str, Any]
-    task: Any
-    checkpoint_sha256: str
-    # "pca" (project on the train PCA) or "prefix" (Matryoshka runs: keep the first d coordinates).
-    truncation: str = "pca"
-
-
-def load_run(path: str | Path) -> LoadedRun:
-    """Return the finished run at ``path`` with its best weights loaded; raise MonoconError if it is incomplete."""
-    from ..models.monocon import build_model
-    from ..training.loop import build_task
-
-    run = RunDir.open_existing(path)
-    cfg = run.read_config()
-    summary = run.read_summary()
-    pca, d_eff = run.load_pca()
-    if not run.splits_path.is_file():
-        raise MonoconError(f"{run.path} has no splits.npz: the run did not finish")
-    best = run.load_checkpoint(run.best_path)
-    # The encoder's initial weights are replaced by the checkpoint: never fetch ImageNet weights for that.
-    if cfg.modality == "vision" and cfg.model.weights != "none":
-        import dataclasses
-        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, weights="none"))
-    model = build_model(cfg)
-    try:
-        model.load_state_dict(best["model"])
-    except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[0]
-        raise MonoconError(f"best.pt does not fit the run's config: {first}") from None
-    model.eval()
-    task = build_task(cfg, model)
-    _check_splits(run, task)
-    truncation = summary.get("truncation", cfg.truncation)
-    if truncation == "prefix":
-        # Prefix truncation is the same fold with P_d = the first d rows of the identity and mu = 0.
-        d = int(model.d_enc)
-        pca = PCAStats(np.zeros(d, np.float32), np.eye(d, dtype=np.float32), pca.explained_variance_ratio)
-    return LoadedRun(run, cfg, model, pca, d_eff, summary, task, sha256_file(run.best_path), truncation)
-
-
-def _check_splits(run: RunDir, task: Any) -> None:
-    """Refuse a run whose data changed since training (the gallery/query indices would point elsewhere)."""
-    with np.load(run.splits_path, allow_pickle=False) as z:
-        saved = {k: z[k] for k in z.files}
-    for name, idx in task.splits.to_arrays().items():
-        if name in saved and not np.array_equal(saved[name], idx):
-            raise MonoconError(f"the data of {run.path} no longer gives the {name} split it trained with")
-
-
 def _chunks(n: int, size: int = GATE_BATCH) -> list[slice]:
     return [slice(s, min(s + size, n)) for s in range(0, n, size)]
-
-
-def _subset(n: int, k: int, seed: int) -> np.ndarray:
-    """Return ``min(n, k)`` sorted indices out of ``n``, seeded."""
-    if k >= n:
-        return np.arange(n)
-    return np.sort(np.random.default_rng(seed).choice(n, k, replace=False))
 
 
 @dataclass
@@ -109,11 +39,11 @@ def vision_gate_inputs(task: Any, seed: int, parity_samples: int, calibration_sa
                        code_samples: int) -> GateInputs:
     """Return gate inputs from a VisionTask: parity on data-set images, Recall@1 on its query/gallery split."""
     images, labels, s = task.data.images, task.data.labels, task.splits
-    parity = _subset(len(images), parity_samples, seed)
+    parity = seeded_subset(len(images), parity_samples, seed)
     retrieval = Retrieval(vision_batches(images, s.query), vision_batches(images, s.gallery),
                           labels[s.query], labels[s.gallery], "query -> gallery of the run's train split, Recall@1")
-    calib = s.train[_subset(len(s.train), calibration_samples, seed + 1)]
-    codes = s.train[_subset(len(s.train), code_samples, seed + 2)]
+    calib = s.train[seeded_subset(len(s.train), calibration_samples, seed + 1)]
+    codes = s.train[seeded_subset(len(s.train), code_samples, seed + 2)]
     return GateInputs(vision_batches(images, parity), retrieval, vision_batches(images, calib),
                       vision_batches(images, codes), f"{len(parity)} images of {task.data.source}")
 
@@ -128,11 +58,11 @@ def text_gate_inputs(task: Any, seed: int, tokenize: Callable[[Sequence[str]], B
     """Return gate inputs from a TextTask: parity on real sentences, pair Recall@1 on its held-out pairs."""
     pool = list(dict.fromkeys([s for p in task.val_pairs for s in p] + task.sts.first + task.sts.second
                               + task.sentences))
-    parity = [pool[i] for i in _subset(len(pool), parity_samples, seed)]
+    parity = [pool[i] for i in seeded_subset(len(pool), parity_samples, seed)]
     anchors, partners = [a for a, _ in task.val_pairs], [b for _, b in task.val_pairs]
     labels = np.arange(len(anchors))
     retrieval = Retrieval(text_batches(anchors, tokenize), text_batches(partners, tokenize), labels, labels,
                           "held-out pairs: anchor -> its partner among all partners, Recall@1")
-    codes = [task.sentences[i] for i in _subset(len(task.sentences), code_samples, seed + 2)]
+    codes = [task.sentences[i] for i in seeded_subset(len(task.sentences), code_samples, seed + 2)]
     return GateInputs(text_batches(parity, tokenize), retrieval, [], text_batches(codes, tokenize),
                       f"{len(parity)} sentences (held-out pairs, STS, train)")

@@ -7,7 +7,6 @@ import logging
 import warnings
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -68,9 +67,7 @@ def export_onnx(folded: nn.Module, modality: str, inputs: tuple[torch.Tensor, ..
         raise MonoconError(f"the exported graph has {len(model.graph.output)} outputs, expected 1")
     rename_value(model, model.graph.output[0].name, OUTPUT_NAME)
     _name_axes(model, modality)
-    del model.metadata_props[:]
-    for key, value in metadata.items():
-        model.metadata_props.add(key=key, value=value)
+    set_metadata(model, metadata)
     onnx.save_model(model, str(path))
     check_graph(path)
 
@@ -126,10 +123,8 @@ def check_graph(path: Path) -> None:
         raise GateError(f"onnx.checker rejected {path.name}: {_first_line(exc)}") from None
 
 
-def initializers(path: Path) -> dict[str, np.ndarray]:
-    """Return the graph's initializers by name as numpy arrays."""
-    import onnx
-    from onnx import numpy_helper
-
-    model = onnx.load(str(path))
-    return {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+def set_metadata(model, metadata: dict[str, str]) -> None:
+    """Replace the ``metadata_props`` of the loaded ONNX ``model`` with ``metadata``."""
+    del model.metadata_props[:]
+    for key, value in metadata.items():
+        model.metadata_props.add(key=key, value=value)

@@ -81,17 +81,25 @@ def _preprocess(src: Path, dst: Path) -> None:
     quant_pre_process(str(src), str(dst), skip_symbolic_shape=True)
 
 
+@contextlib.contextmanager
+def _preprocessed(fp32: Path, out: Path) -> Iterator[tuple[Path, list[str]]]:
+    """Yield (pre-processed copy of ``fp32`` in a temporary folder beside ``out``, its tail nodes to keep fp32),
+    with onnxruntime's quantization tools silenced."""
+    import onnx
+
+    with tempfile.TemporaryDirectory(dir=out.parent) as tmp, _quiet():
+        pre = Path(tmp) / "pre.onnx"
+        _preprocess(fp32, pre)
+        yield pre, tail_nodes(onnx.load(str(pre)))
+
+
 def quantize_static_qdq(fp32: Path, out: Path, calibration: list[dict[str, np.ndarray]]) -> dict:
     """Write a static QDQ int8 graph of ``fp32`` to ``out``, calibrated on ``calibration`` batches; return the scheme."""
-    import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     if not calibration:
         raise MonoconError("static int8 quantization needs calibration images, got none")
-    with tempfile.TemporaryDirectory(dir=out.parent) as tmp, _quiet():
-        pre = Path(tmp) / "pre.onnx"
-        _preprocess(fp32, pre)
-        exclude = tail_nodes(onnx.load(str(pre)))
+    with _preprocessed(fp32, out) as (pre, exclude):
         quantize_static(str(pre), str(out), _Batches(calibration), quant_format=QuantFormat.QDQ,
                         op_types_to_quantize=list(STATIC_SCHEME["op_types"]), per_channel=True,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
@@ -103,13 +111,9 @@ def quantize_static_qdq(fp32: Path, out: Path, calibration: list[dict[str, np.nd
 
 def quantize_dynamic_int8(fp32: Path, out: Path) -> dict:
     """Write a dynamically quantized int8 graph of ``fp32`` to ``out``; return the scheme."""
-    import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    with tempfile.TemporaryDirectory(dir=out.parent) as tmp, _quiet():
-        pre = Path(tmp) / "pre.onnx"
-        _preprocess(fp32, pre)
-        exclude = tail_nodes(onnx.load(str(pre)))
+    with _preprocessed(fp32, out) as (pre, exclude):
         quantize_dynamic(str(pre), str(out), op_types_to_quantize=list(DYNAMIC_SCHEME["op_types"]),
                          per_channel=True, weight_type=QuantType.QInt8, nodes_to_exclude=exclude)
     return dict(DYNAMIC_SCHEME)
@@ -134,8 +138,8 @@ def stamp_metadata(path: Path, metadata: dict[str, str]) -> None:
     """Replace the metadata_props of the ONNX file at ``path`` with ``metadata``."""
     import onnx
 
+    from .onnx_export import set_metadata
+
     model = onnx.load(str(path))
-    del model.metadata_props[:]
-    for key, value in metadata.items():
-        model.metadata_props.add(key=key, value=value)
+    set_metadata(model, metadata)
     onnx.save_model(model, str(path))

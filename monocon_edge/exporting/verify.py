@@ -74,7 +74,7 @@ def verify_artifact(path: str | Path, data: str | None = None, run: str | Path |
 
 def _source_run(manifest: dict[str, Any], run: str | Path | None, report: VerifyReport) -> Path | None:
     """Return the source run directory when it is there with the same best.pt; an explicit --run must match."""
-    from ..files import sha256_file
+    from ..device.artifact import sha256_file
 
     explicit = run is not None
     where = Path(run) if explicit else Path(manifest["source_run"]["path"])
@@ -98,7 +98,8 @@ def _run_gates(source: Path, manifest: dict[str, Any], fp32: Any, int8: Any, sca
     """Re-measure every export gate against the source run, running the artifact's own graphs."""
     import torch
 
-    from .gate_inputs import load_run, text_gate_inputs, vision_gate_inputs
+    from ..runs import load_run
+    from .gate_inputs import text_gate_inputs, vision_gate_inputs
     from .fold import fold
 
     loaded = load_run(source)

@@ -160,6 +160,12 @@ def default_text_model_path() -> Path:
     return Path(get_model_path())
 
 
+def mean_pool(tokens: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Return the mean of ``tokens`` (N, L, H) over the positions where ``attention_mask`` (N, L) is 1."""
+    mask = attention_mask.unsqueeze(-1).to(tokens.dtype)
+    return (tokens * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
+
+
 class SentenceEncoder(nn.Module):
     """A Hugging Face transformer with masked mean pooling: (input_ids, attention_mask) -> (N, hidden)."""
 
@@ -187,9 +193,8 @@ class SentenceEncoder(nn.Module):
             raise MonoconError(f"{path} uses {pooling} pooling; monocon-edge uses mean pooling only")
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        tokens = self.transformer(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        mask = attention_mask.unsqueeze(-1).to(tokens.dtype)
-        return (tokens * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
+        return mean_pool(self.transformer(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state,
+                         attention_mask)
 
     def tokenize(self, texts: list[str], max_len: int) -> dict[str, torch.Tensor]:
         """Return padded ``input_ids`` and ``attention_mask`` tensors for ``texts``."""

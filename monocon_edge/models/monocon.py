@@ -1,9 +1,9 @@
 """Encoder + head: the one place that knows how they compose into an embedding model."""
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from ..training.config import RunConfig
 from ..device.errors import MonoconError
@@ -21,16 +21,8 @@ class MonoConModel(nn.Module):
         self.modality = modality
         self.d_enc = int(encoder.out_dim)
 
-    def encode(self, *inputs: torch.Tensor) -> torch.Tensor:
-        """Return the encoder output (N, d_enc)."""
-        return self.encoder(*inputs)
-
     def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
         return self.head(self.encoder(*inputs))
-
-    def embed(self, *inputs: torch.Tensor) -> torch.Tensor:
-        """Return L2-normalised embeddings (N, d_enc)."""
-        return F.normalize(self(*inputs), dim=-1)
 
 
 def build_model(cfg: RunConfig) -> MonoConModel:
@@ -52,3 +44,14 @@ def load_encoder_state(model: MonoConModel, state: dict[str, torch.Tensor], sour
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()[0]
         raise MonoconError(f"the encoder in {source} does not fit this model: {first}") from None
+
+
+@torch.no_grad()
+def head_outputs(head: nn.Module, features: np.ndarray, batch: int = 4096) -> np.ndarray:
+    """Return ``head`` applied to encoder ``features`` (N, d_enc), ``batch`` rows at a time on the head's device,
+    as float32 (N, d_enc); the head's mode (train / eval) is the caller's."""
+    param = next(head.parameters(), None)
+    device = param.device if param is not None else torch.device("cpu")
+    out = [head(torch.from_numpy(features[s:s + batch]).to(device)).float().cpu().numpy()
+           for s in range(0, len(features), batch)]
+    return np.concatenate(out) if out else features

@@ -15,7 +15,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -23,16 +23,16 @@ from torch import nn
 
 from .config import RunConfig
 from .distributed import (SINGLE, DistContext, all_reduce_grads_mean, all_reduce_sum, barrier, broadcast_object,
-                          gathered_supcon, resolve_device)  # resolve_device: re-exported (analysis uses it)
+                          gathered_supcon)
 from .distributed import setup as setup_distributed
 from .distributed import teardown as teardown_distributed
 from ..device.errors import MonoconError
 from ..losses import build_loss
-from ..models.monocon import MonoConModel, build_model, load_encoder_state
+from ..models.monocon import MonoConModel, build_model, head_outputs, load_encoder_state
 from .run_dir import RunDir
-from .tasks import TextTask, VisionTask, effective_dims_of
+from .tasks import build_task, effective_dims_of, encode_eval_sets
+from ..events import EventFn, ignore_events
 
-EventFn = Callable[[str, dict[str, Any]], None]
 # Per-epoch seeds of rank r are offset by r * this, so ranks draw different augmentations (rank 0 = 1 process).
 RANK_SEED_STRIDE = 1_000_003
 
@@ -126,13 +126,6 @@ def resolve_init_from(cfg: RunConfig) -> tuple[RunConfig, dict[str, torch.Tensor
     return dataclasses.replace(cfg, model=model_cfg), state
 
 
-def build_task(cfg: RunConfig, model: MonoConModel) -> VisionTask | TextTask:
-    """Return the task (data, splits, evaluation) for ``cfg``."""
-    if cfg.modality == "vision":
-        return VisionTask(cfg)
-    return TextTask(cfg, lambda texts: model.encoder.tokenize(texts, cfg.data.max_seq_len))
-
-
 def _new_run_dir(path: str | Path | None, cfg: RunConfig, runs_root: str | Path,
                  made: dict[str, Any] | None = None) -> RunDir:
     """Create and return the new (empty) run directory; note in ``made`` its path and the highest folder
@@ -159,7 +152,7 @@ class Trainer:
     def __init__(self, cfg: RunConfig, run: RunDir, model: MonoConModel, task, device: torch.device,
                  on_event: EventFn | None = None, dist: DistContext = SINGLE) -> None:
         self.cfg, self.run, self.model, self.task, self.device, self.dist = cfg, run, model, task, device, dist
-        self.emit = on_event if on_event is not None and dist.is_main else (lambda kind, info: None)
+        self.emit = on_event if on_event is not None and dist.is_main else ignore_events
         self.channels_last = device.type == "cuda" and cfg.modality == "vision" and cfg.optim.channels_last
         if self.channels_last:
             model.to(memory_format=torch.channels_last)
@@ -284,20 +277,12 @@ class Trainer:
         """Return encoder features of the evaluation sets (computed once while the encoder does not change)."""
         if self._features is None:
             self.model.eval()
-            if self.cfg.modality == "text":
-                from .feature_cache import fingerprint
-
-                self._features = self.task.encode(self._encode_fn, encoder_fingerprint=fingerprint(self.model.encoder))
-            else:
-                self._features = self.task.encode(self._encode_fn)
+            self._features = encode_eval_sets(self.task, self._encode_fn, self.model.encoder)
         return self._features
 
-    @torch.no_grad()
     def _head(self, x: np.ndarray) -> np.ndarray:
         self.model.head.eval()
-        out = [self.model.head(torch.from_numpy(x[s:s + 4096]).to(self.device)).float().cpu().numpy()
-               for s in range(0, len(x), 4096)]
-        return np.concatenate(out) if out else x
+        return head_outputs(self.model.head, x)
 
     def evaluate(self, full: bool = True) -> tuple[dict[str, Any], Any]:
         """Return (metrics, train PCA) of the current model on the task's evaluation sets."""

@@ -23,7 +23,7 @@ PCA_DIMS = (128, 64, 16)
 
 
 @dataclass
-class Batch:
+class TrainBatch:
     """One training step's inputs (tensors for the encoder, or one feature tensor) and SupCon labels."""
 
     inputs: tuple[torch.Tensor, ...]
@@ -93,7 +93,7 @@ class VisionTask:
 
     def train_batches(self, epoch_seed: int, batch_size: int, features: torch.Tensor | None,
                       num_workers: int = 0, pin_memory: bool = False, rank: int = 0,
-                      world_size: int = 1) -> Iterator[Batch]:
+                      world_size: int = 1) -> Iterator[TrainBatch]:
         """Yield this rank's shuffled training batches for one epoch (augmented images, or cached features).
 
         All ranks build the same global batches of ``batch_size * world_size`` examples from ``epoch_seed``;
@@ -108,7 +108,7 @@ class VisionTask:
         batches = shard_batches(batches, rank, world_size)
         if features is not None:
             for idx in batches:
-                yield Batch((features[idx],), self.train_labels[idx], len(idx))
+                yield TrainBatch((features[idx],), self.train_labels[idx], len(idx))
             return
         from ..data.vision import AugmentedImages, build_train_transform
 
@@ -123,7 +123,7 @@ class VisionTask:
             num_workers=num_workers, pin_memory=pin_memory, persistent_workers=False,
         )
         for images, labels in loader:
-            yield Batch((images,), labels, images.shape[0])
+            yield TrainBatch((images,), labels, images.shape[0])
 
     def encode(self, encode_fn: Callable[..., torch.Tensor], batch_size: int = 512) -> dict[str, np.ndarray]:
         """Return encoder features (un-augmented) of the train and val images: {"train", "val"}."""
@@ -221,7 +221,7 @@ class TextTask:
 
     def train_batches(self, epoch_seed: int, batch_size: int, features: torch.Tensor | None,
                       num_workers: int = 0, pin_memory: bool = False, rank: int = 0,
-                      world_size: int = 1) -> Iterator[Batch]:
+                      world_size: int = 1) -> Iterator[TrainBatch]:
         """Yield this rank's shuffled batches of B pairs as 2B examples [anchors; positives], labels [0..B-1]*2.
 
         Sharded across ranks like ``VisionTask.train_batches``.
@@ -232,11 +232,11 @@ class TextTask:
                                  rank, world_size):
             pi = self.pair_index[idx]
             if features is not None:
-                yield Batch((torch.cat([features[pi[:, 0]], features[pi[:, 1]]]),), labels, 2 * batch_size, True)
+                yield TrainBatch((torch.cat([features[pi[:, 0]], features[pi[:, 1]]]),), labels, 2 * batch_size, True)
             else:
                 texts = [self.sentences[i] for i in pi[:, 0].tolist()] + [self.sentences[i] for i in pi[:, 1].tolist()]
                 tok = self.tokenize(texts)
-                yield Batch((tok["input_ids"], tok["attention_mask"]), labels, 2 * batch_size, True)
+                yield TrainBatch((tok["input_ids"], tok["attention_mask"]), labels, 2 * batch_size, True)
 
     def encode(self, encode_fn: Callable[..., torch.Tensor], batch_size: int = 256,
                encoder_fingerprint: str | None = None) -> dict[str, np.ndarray]:
@@ -306,3 +306,24 @@ class TextTask:
 def effective_dims_of(features: np.ndarray, head_raw: np.ndarray) -> dict[str, int]:
     """Return d_eff of the normalised encoder output and of the raw (un-normalised) head output."""
     return {"d_eff_encoder": _d_eff(features), "d_eff_head_raw": _d_eff(head_raw, normalize=False)}
+
+
+def build_task(cfg: RunConfig, model) -> VisionTask | TextTask:
+    """Return the task (data, splits, evaluation) for ``cfg``; text tasks tokenize with ``model``'s encoder."""
+    if cfg.modality == "vision":
+        return VisionTask(cfg)
+    return TextTask(cfg, lambda texts: model.encoder.tokenize(texts, cfg.data.max_seq_len))
+
+
+def encode_eval_sets(task: VisionTask | TextTask, encode_fn: Callable[..., np.ndarray],
+                     encoder: torch.nn.Module) -> dict[str, np.ndarray]:
+    """Return the encoder features of ``task``'s evaluation sets computed with ``encode_fn``.
+
+    Text features go through the feature cache, keyed by ``encoder``'s weights (a frozen MiniLM re-encodes the
+    same sentences in every run, analysis and export otherwise).
+    """
+    if isinstance(task, TextTask):
+        from .feature_cache import fingerprint
+
+        return task.encode(encode_fn, encoder_fingerprint=fingerprint(encoder))
+    return task.encode(encode_fn)
