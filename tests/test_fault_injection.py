@@ -52,7 +52,7 @@ def _checkpoint_epoch(path: Path) -> int:
         return 0
     try:
         return int(torch.load(path, weights_only=True)["epoch"])
-    except (OSError, RuntimeError):  # replaced between the check and the read
+    except Exception:  # replaced between the check and the read
         return 0
 
 
