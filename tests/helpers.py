@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 from monocon_edge.training.config import RunConfig, override, preset
 
@@ -17,3 +18,9 @@ def tiny_digits(head: str = "monotonic", **optim) -> RunConfig:
 def with_name(cfg: RunConfig, name: str) -> RunConfig:
     """Return ``cfg`` renamed."""
     return dataclasses.replace(cfg, name=name)
+
+
+def tree_state(folder: Path) -> dict[str, tuple[int, int]]:
+    """Return {relative path: (size, mtime_ns)} of every file and folder under ``folder`` (to prove it untouched)."""
+    return {p.relative_to(folder).as_posix(): (p.stat().st_size if p.is_file() else 0, p.stat().st_mtime_ns)
+            for p in sorted(folder.rglob("*"))}

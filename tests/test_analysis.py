@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from helpers import tree_state
+
 from monocon_edge import metrics as M
 from monocon_edge.analysis import analyze
 from monocon_edge.analysis.compute import RECALL_KS, cluster_features, deff_history, feature_correlation, truncate
@@ -22,7 +24,10 @@ runner = CliRunner()
 def analysis(tiny_runs, tmp_path_factory):
     """Return (AnalysisResult, analysis.json) of the four tiny runs, with t-SNE."""
     out = tmp_path_factory.mktemp("analysis")
-    result = analyze([tiny_runs[k] for k in tiny_runs.KINDS], out, tsne=True)
+    runs = [tiny_runs[k] for k in tiny_runs.KINDS]
+    before = [tree_state(r) for r in runs]
+    result = analyze(runs, out, tsne=True)
+    assert [tree_state(r) for r in runs] == before, "analyze modified a run directory"
     return result, json.loads((out / "analysis.json").read_text())
 
 

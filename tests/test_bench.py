@@ -11,11 +11,13 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from helpers import tree_state
+
 from monocon_edge.bench.accuracy import Embedded, quality
 from monocon_edge.bench.evaldata import text_eval_set
 from monocon_edge.bench.output import result_stem, write_json, write_markdown, write_plot
 from monocon_edge.bench.runner import BenchOptions, run_bench
-from monocon_edge.bench.targets import parse_dims, bench_dims, run_cache_dir
+from monocon_edge.bench.targets import bench_dims, parse_dims, run_cache_dir
 from monocon_edge.bench.timing import measure_latency, measure_throughput
 from monocon_edge.cli import app
 from monocon_edge.device.errors import ArtifactError, MonoconError
@@ -32,22 +34,16 @@ REQUIRED = ("model", "head", "precision", "index_codes", "dims", "recall_at_1", 
 BYTES_PER_CODE = {"float32": 4, "int8": 1}
 
 
-def _tree(folder: Path) -> dict[str, tuple[int, int]]:
-    """Return {relative path: (size, mtime_ns)} of every file and folder under ``folder``."""
-    return {p.relative_to(folder).as_posix(): (p.stat().st_size if p.is_file() else 0, p.stat().st_mtime_ns)
-            for p in sorted(folder.rglob("*"))}
-
-
 @pytest.fixture(scope="module")
 def bench_result(tiny_runs, digits_artifact, tmp_path_factory):
     """Bench a copy of the MonoCon digits run (exported here) and the baseline's 16-d artifact, once."""
     run = tmp_path_factory.mktemp("bench") / "monotonic"
     shutil.copytree(tiny_runs["monotonic"], run)
-    before = _tree(run)
+    before = tree_state(run)
     events: list[tuple[str, str]] = []
     result = run_bench([run, digits_artifact], BenchOptions(**FAST),
                        on_event=lambda kind, info: events.append((kind, info.get("name", ""))))
-    return SimpleNamespace(run=run, result=result, events=events, run_before=before, run_after=_tree(run))
+    return SimpleNamespace(run=run, result=result, events=events, run_before=before, run_after=tree_state(run))
 
 
 def test_bench_measures_every_field(bench_result) -> None:
