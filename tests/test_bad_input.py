@@ -16,6 +16,8 @@ import pytest
 
 from monocon_edge.device.artifact import FP32_FILE, MANIFEST
 
+from helpers import tree_state
+
 ROOT = Path(__file__).resolve().parents[1]
 CLI = [sys.executable, "-m", "monocon_edge.cli"]
 DEVICE = [sys.executable, str(ROOT / "export" / "monocon_device.py")]
@@ -131,7 +133,7 @@ CASES = [
 
 def _state(*roots: Path) -> dict[str, tuple[int, int]]:
     """Return {path: (size, mtime_ns)} of everything under ``roots``."""
-    return {str(p): (p.stat().st_size, p.stat().st_mtime_ns) for r in roots for p in sorted(r.rglob("*"))}
+    return {f"{r}/{name}": v for r in roots for name, v in tree_state(r).items()}
 
 
 def _case_id(case) -> str:
