@@ -98,6 +98,27 @@ class MatryoshkaSupConLoss(nn.Module):
         return total
 
 
+def similarity_distillation(embeddings: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """Return the mean squared difference between the pairwise cosine similarities of ``embeddings`` (N, D) and
+    those of ``reference`` (N, D_ref) over all pairs i != j: 0 exactly when the embeddings keep the reference's
+    geometry (e.g. a head that is a rotation or a positive scaling of its input).
+
+    MonoCon's head compresses the encoder's embedding; this term (weighted by ``--distill``) pulls the head's
+    similarity structure towards the starting encoder's so that the compression does not cost full-width quality
+    (a relational form of knowledge distillation: Park et al., "Relational Knowledge Distillation", CVPR 2019).
+    """
+    if embeddings.ndim != 2 or reference.ndim != 2 or embeddings.shape[0] != reference.shape[0]:
+        raise ValueError("similarity_distillation expects (N, D) embeddings and (N, D_ref) reference features")
+    n = embeddings.shape[0]
+    if n < 2:
+        return embeddings.sum() * 0.0
+    z = F.normalize(embeddings.float(), dim=-1)
+    r = F.normalize(reference.float(), dim=-1)
+    off_diagonal = ~torch.eye(n, dtype=torch.bool, device=z.device)
+    diff = (z @ z.T - r @ r.T)[off_diagonal]
+    return (diff * diff).mean()
+
+
 def build_loss(name: str, temperature: float) -> nn.Module:
     """Return the training loss named ``name`` (supcon | matryoshka) at ``temperature``."""
     if name == "supcon":

@@ -38,6 +38,8 @@ class RunAnalysis:
     retrieval: dict[str, dict[str, float]]
     recall_at_k: dict[int, float]
     deff_history: dict[str, list]
+    # The same sizes measured on the run's report split (held out from every choice); empty for runs without one.
+    report: dict[str, dict[str, float]] = field(default_factory=dict)
     clustermap_order: list[int] = field(default_factory=list)
     summary_max_abs_diff: float | None = None
 
@@ -56,10 +58,14 @@ def measure_run(finished: FinishedRun, emb: RunEmbeddings, label: str, slug: str
     names = RETRIEVAL_METRICS[cfg.modality]
     full, pca = task.evaluate(e, full=False)
     retrieval = {"full": {k: float(full[k]) for k in names}}
+    report = {"full": task.report_metrics(e)} if task.report_metrics(e) else {}
     d_enc = e["train"].shape[1]
     for d in truncation_dims(d_enc):
-        small, _ = task.evaluate(truncate(e, cfg.truncation, d, pca), full=False)
+        small_emb = truncate(e, cfg.truncation, d, pca)
+        small, _ = task.evaluate(small_emb, full=False)
         retrieval[str(d)] = {k: float(small[k]) for k in names}
+        if report:
+            report[str(d)] = task.report_metrics(small_emb)
     clustering = cluster_features(M.l2_normalize(e["train"][seeded_subset(len(e["train"]), CLUSTER_SAMPLE)]))
     analysis = RunAnalysis(
         label=label, slug=slug, run=str(finished.run.path), name=finished.name,
@@ -67,7 +73,7 @@ def measure_run(finished: FinishedRun, emb: RunEmbeddings, label: str, slug: str
         truncation=cfg.truncation, modality=cfg.modality, d_enc=int(d_enc),
         best_epoch=int(finished.summary.get("best_epoch", -1)), d_eff=int(full["d_eff"]),
         recon_rmse=float(full["recon_rmse"]), retrieval=retrieval,
-        recall_at_k=task.recall_curve(e, RECALL_KS), deff_history=deff_history(finished.history),
+        recall_at_k=task.recall_curve(e, RECALL_KS), deff_history=deff_history(finished.history), report=report,
         clustermap_order=[int(i) for i in clustering.order],
     )
     analysis.summary_max_abs_diff = _summary_diff(analysis, finished.summary.get("final", {}))

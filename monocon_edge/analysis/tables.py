@@ -10,6 +10,12 @@ from ..formatting import cell
 from .run_metrics import RunAnalysis
 
 METRIC_HEADERS = {"knn5": "5-NN acc", "recall@1": "Recall@1", "recall@5": "Recall@5", "spearman": "STS Spearman"}
+SPLIT_NOTES = {
+    "vision": ("selection split: 5-NN / Recall@k are the paper's protocol, query -> gallery inside the train split",
+               "report split: held-out images no choice has seen, queried against the whole train split"),
+    "text": ("selection data: STS Spearman on the selection STS file, Recall@k on the selection pairs",
+             "report data: the report STS file and the report pairs, never used for a choice"),
+}
 
 
 @dataclass(frozen=True)
@@ -46,19 +52,32 @@ def comparison_tables(runs: list[RunAnalysis]) -> list[Table]:
         for size, values in r.retrieval.items():
             dims = f"{r.d_enc} (full)" if size == "full" else f"{size} ({r.truncation})"
             rows.append([r.name, r.method, dims] + [cell(values[m]) for m in metrics])
+    modality = runs[0].modality if runs else "vision"
     retrieval = Table(
-        "Retrieval, full and truncated",
+        "Retrieval, full and truncated (selection / paper protocol)",
         ["run", "method", "dims"] + [METRIC_HEADERS.get(m, m) for m in metrics], rows,
         "Truncation: pca = projection on the train PCA, prefix = first d coordinates (Matryoshka); both "
-        "re-normalised. Sizes >= d_enc are left out.",
+        f"re-normalised. Sizes >= d_enc are left out. Data: {SPLIT_NOTES[modality][0]}.",
     )
+    tables = [compression, retrieval]
+    if any(r.report for r in runs):
+        names = list(next(r.report for r in runs if r.report)["full"])
+        report_rows = []
+        for r in runs:
+            for size, values in r.report.items():
+                dims = f"{r.d_enc} (full)" if size == "full" else f"{size} ({r.truncation})"
+                report_rows.append([r.name, r.method, dims] + [cell(values.get(m)) for m in names])
+        tables.append(Table(
+            "Retrieval on the REPORT split, full and truncated",
+            ["run", "method", "dims"] + [METRIC_HEADERS.get(m.removeprefix("report_"), m) for m in names],
+            report_rows, f"Data: {SPLIT_NOTES[modality][1]}."))
     # One column per run: ten k columns would not fit a terminal.
     recall = Table(
         "Recall@k",
         ["k"] + [r.label for r in runs],
         [[str(k)] + [cell(r.recall_at_k[k]) for r in runs] for k in RECALL_KS],
     )
-    return [compression, retrieval, recall]
+    return tables + [recall]
 
 
 def to_markdown(tables: list[Table]) -> str:

@@ -58,6 +58,10 @@ class EvalSet:
 def vision_eval_set(task: Any, max_queries: int | None = None) -> EvalSet:
     """Return the query → gallery split of a VisionTask (``max_queries`` caps the queries, seeded)."""
     images, labels, s = task.data.images, task.data.labels, task.splits
+    if len(s.report):  # report split: held-out images no choice has seen, against the whole train split
+        query = s.report[seeded_subset(len(s.report), max_queries)]
+        return EvalSet("vision", "report split: held-out images -> the train split as gallery (class labels)",
+                       images[query], images[s.train], labels[query], labels[s.train])
     query = s.query[seeded_subset(len(s.query), max_queries)]
     return EvalSet("vision", "query -> gallery of the run's train split (class labels)", images[query],
                    images[s.gallery], labels[query], labels[s.gallery])
@@ -65,16 +69,20 @@ def vision_eval_set(task: Any, max_queries: int | None = None) -> EvalSet:
 
 def text_eval_set(task: Any, max_queries: int | None = None) -> EvalSet:
     """Return pair retrieval over held-out pairs + STS-B dev pairs scored ≥ 4, and STS-B dev, of a TextTask."""
-    sts = task.sts
-    pairs = list(task.val_pairs) + [(a, b) for a, b, score in zip(sts.first, sts.second, sts.scores)
-                                    if score >= STS_PAIR_MIN_SCORE]
+    # Runs with a report part are benched on it (report pairs + the report STS file), never on selection data.
+    report = getattr(task, "report_sts", None) is not None
+    sts = task.report_sts if report else task.sts
+    held = task.report_pairs if report and task.report_pairs else task.val_pairs
+    pairs = list(held) + [(a, b) for a, b, score in zip(sts.first, sts.second, sts.scores)
+                          if score >= STS_PAIR_MIN_SCORE]
     pairs = [pairs[i] for i in seeded_subset(len(pairs), max_queries)]
     partners = list(dict.fromkeys(b for _, b in pairs))
     where = {b: i for i, b in enumerate(partners)}
     # A repeated partner sentence is one gallery item: every anchor paired with it hits that item.
     query_labels = np.asarray([where[b] for _, b in pairs])
-    return EvalSet("text", f"anchor -> its partner among all partners (held-out pairs + STS-B dev pairs scored "
-                           f">= {STS_PAIR_MIN_SCORE:g})", [a for a, _ in pairs], partners, query_labels,
+    where_from = "report split: " if report else ""
+    return EvalSet("text", f"{where_from}anchor -> its partner among all partners (held-out pairs + STS pairs "
+                           f"scored >= {STS_PAIR_MIN_SCORE:g})", [a for a, _ in pairs], partners, query_labels,
                    np.arange(len(partners)), StsSet(list(sts.first), list(sts.second), np.asarray(sts.scores)))
 
 

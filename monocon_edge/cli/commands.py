@@ -74,7 +74,15 @@ def train(
     init_from: Optional[Path] = typer.Option(None, help="start the encoder from this run's best checkpoint"),
     data: Optional[str] = typer.Option(None, help="data file: .npz images, or pair .tsv files (comma-separated)"),
     data_dir: Optional[str] = typer.Option(None, help="folder holding CIFAR-10/100 (torchvision layout)"),
-    val_data: Optional[str] = typer.Option(None, help="text: STS-B style TSV for validation, or hf"),
+    val_data: Optional[str] = typer.Option(None, help="text: STS-B style TSV for selection (early stopping), or hf"),
+    report_data: Optional[str] = typer.Option(None, help="text: STS-B style TSV scored only for the report"),
+    report_fraction: Optional[float] = typer.Option(None, help="share of the held-out part kept for the report "
+                                                               "(never used for a choice); 0: none"),
+    head_standardize: Optional[bool] = typer.Option(None, "--head-standardize/--no-head-standardize",
+                                                    help="monotone input standardisation before the head "
+                                                         "(per-feature shift, positive scale)"),
+    distill: Optional[float] = typer.Option(None, help="weight of the similarity-distillation term (head "
+                                                       "cosines kept close to the starting encoder's); 0: off"),
     download: bool = typer.Option(False, help="allow torchvision / HF downloads (needs internet)"),
     augment: Optional[str] = typer.Option(None, help="none | light | paper (TrivialAugmentWide + RandomErasing)"),
     max_train: Optional[int] = typer.Option(None, help="use a stratified subset of this many examples"),
@@ -127,15 +135,16 @@ def train(
             if data is not None:
                 data_kind = "npz" if data.endswith(".npz") else "pairs" if ".tsv" in data else None
             cfg = override(cfg, "data", path=data or data_dir, kind=data_kind, val_path=val_data,
-                           download=download or None, augment=augment, max_train=max_train,
+                           report_path=report_data, report_fraction=report_fraction, download=download or None, augment=augment, max_train=max_train,
                            m_per_class=m_per_class)
-            cfg = override(cfg, "model", encoder=encoder, width=width, weights=weights, head_init=head_init)
+            cfg = override(cfg, "model", encoder=encoder, width=width, weights=weights, head_init=head_init,
+                           head_standardize=head_standardize)
             cfg = override(cfg, "optim", epochs=epochs, warmup_epochs=warmup_epochs, batch_size=batch_size,
                            lr_encoder=lr_encoder, lr_head=lr_head, lr_warmup=lr_warmup, temperature=temperature,
                            eval_every=eval_every, patience=patience, freeze_encoder=freeze_encoder, seed=seed,
                            device=device, num_workers=num_workers, amp=amp, channels_last=channels_last,
                            compile=compile_model, deterministic=deterministic, gather_negatives=gather_negatives,
-                           sync_bn=sync_bn)
+                           sync_bn=sync_bn, distill=distill)
             cfg = override(cfg, None, name=name, init_from=str(init_from) if init_from else None)
         if not _is_main_process():
             run_training(cfg, out, resume=resume, runs_root=runs_dir, distributed=distributed)

@@ -106,7 +106,11 @@ class FoldedTextModel(nn.Module):
 
 
 def effective_head(head: nn.Module) -> tuple[list[torch.Tensor], list[torch.Tensor], float]:
-    """Return the head's applied weights (W² for monotonic), biases and LeakyReLU slope; empty for the baseline."""
+    """Return the head's applied weights (W² for monotonic), biases and LeakyReLU slope; empty for the baseline.
+
+    A monotone input standardisation is folded into the first layer (its scale is positive, so a monotonic
+    head's folded weights stay non-negative).
+    """
     if isinstance(head, IdentityHead):
         return [], [], 0.0
     if not isinstance(head, MLPHead):
@@ -114,6 +118,12 @@ def effective_head(head: nn.Module) -> tuple[list[torch.Tensor], list[torch.Tens
     with torch.no_grad():
         weights = [w.detach().clone().float() for w in head.effective_weights()]
         biases = [layer.bias.detach().clone().float() for layer in head.layers]
+        if head.standardizer is not None:
+            # W·((x − s)·c) + b = (W·diag(c))·x + (b − W·(s·c)); in float64, then stored as float32.
+            w0 = head.effective_weights()[0].detach().double()
+            shift, scale = head.standardizer.shift.double(), head.standardizer.scale.double()
+            weights[0] = (w0 * scale[None, :]).float()
+            biases[0] = (head.layers[0].bias.detach().double() - w0 @ (shift * scale)).float()
     return weights, biases, float(head.negative_slope)
 
 

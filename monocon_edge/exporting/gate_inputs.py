@@ -40,8 +40,12 @@ def vision_gate_inputs(task: Any, seed: int, parity_samples: int, calibration_sa
     """Return gate inputs from a VisionTask: parity on data-set images, Recall@1 on its query/gallery split."""
     images, labels, s = task.data.images, task.data.labels, task.splits
     parity = seeded_subset(len(images), parity_samples, seed)
-    retrieval = Retrieval(vision_batches(images, s.query), vision_batches(images, s.gallery),
-                          labels[s.query], labels[s.gallery], "query -> gallery of the run's train split, Recall@1")
+    if len(s.report):  # a run with three data roles: the gates read the selection part, never the report part
+        retrieval = Retrieval(vision_batches(images, s.val), vision_batches(images, s.train), labels[s.val],
+                              labels[s.train], "selection split -> train split as gallery, Recall@1")
+    else:
+        retrieval = Retrieval(vision_batches(images, s.query), vision_batches(images, s.gallery),
+                              labels[s.query], labels[s.gallery], "query -> gallery of the run's train split, Recall@1")
     calib = s.train[seeded_subset(len(s.train), calibration_samples, seed + 1)]
     codes = s.train[seeded_subset(len(s.train), code_samples, seed + 2)]
     return GateInputs(vision_batches(images, parity), retrieval, vision_batches(images, calib),
@@ -62,7 +66,7 @@ def text_gate_inputs(task: Any, seed: int, tokenize: Callable[[Sequence[str]], B
     anchors, partners = [a for a, _ in task.val_pairs], [b for _, b in task.val_pairs]
     labels = np.arange(len(anchors))
     retrieval = Retrieval(text_batches(anchors, tokenize), text_batches(partners, tokenize), labels, labels,
-                          "held-out pairs: anchor -> its partner among all partners, Recall@1")
+                          "held-out selection pairs: anchor -> its partner among all partners, Recall@1")
     codes = [task.sentences[i] for i in seeded_subset(len(task.sentences), code_samples, seed + 2)]
     return GateInputs(text_batches(parity, tokenize), retrieval, [], text_batches(codes, tokenize),
                       f"{len(parity)} sentences (held-out pairs, STS, train)")

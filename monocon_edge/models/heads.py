@@ -30,6 +30,31 @@ def mlp_forward(layers: nn.ModuleList, x: torch.Tensor, negative_slope: float) -
     return x
 
 
+class MonotoneStandardizer(nn.Module):
+    """x -> (x - shift) * scale per feature, with scale > 0: a monotone (non-decreasing) map of each input.
+
+    The encoder's features are often all non-negative (ReLU, then pooling): a head with non-negative weights then
+    starts with every output dominated by the same sum of the inputs (collapsed). Centring and scaling the inputs
+    keeps the head monotone in the encoder output while removing that common offset. The statistics are buffers
+    set once (``set_statistics``) and saved with the model; export folds them into the head's first layer.
+    """
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.register_buffer("shift", torch.zeros(dim))
+        self.register_buffer("scale", torch.ones(dim))
+
+    @torch.no_grad()
+    def set_statistics(self, features: torch.Tensor, eps: float = 1e-6) -> None:
+        """Set shift/scale to the per-feature mean and 1/std of ``features`` (N, dim); std floored at ``eps``."""
+        x = features.double()
+        self.shift.copy_(x.mean(dim=0).float())
+        self.scale.copy_((1.0 / x.std(dim=0).clamp(min=eps)).float())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.shift) * self.scale
+
+
 class MLPHead(nn.Module):
     """``depth`` hidden layers of width ``hidden`` with LeakyReLU, then a linear output of ``out_dim``.
 
@@ -38,8 +63,10 @@ class MLPHead(nn.Module):
     """
 
     def __init__(self, in_dim: int, hidden: int, out_dim: int, depth: int = 1,
-                 negative_slope: float = 0.01, monotonic: bool = True) -> None:
+                 negative_slope: float = 0.01, monotonic: bool = True, standardize: bool = False) -> None:
         super().__init__()
+        # Optional monotone input standardisation (see MonotoneStandardizer); None keeps the paper's head.
+        self.standardizer = MonotoneStandardizer(in_dim) if standardize else None
         layer = SquaredLinear if monotonic else nn.Linear
         dims = [in_dim] + [hidden] * depth + [out_dim]
         self.layers = nn.ModuleList(layer(a, b) for a, b in zip(dims[:-1], dims[1:]))
@@ -48,6 +75,8 @@ class MLPHead(nn.Module):
         self.in_dim, self.out_dim = in_dim, out_dim
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.standardizer is not None:
+            x = self.standardizer(x)
         return mlp_forward(self.layers, x, self.negative_slope)
 
     @torch.no_grad()
@@ -90,16 +119,17 @@ HEAD_INITS = ("default", "identity")
 
 
 def build_head(kind: str, d_enc: int, hidden_mult: int = 2, depth: int = 1,
-               negative_slope: float = 0.01, init: str = "default") -> nn.Module:
+               negative_slope: float = 0.01, init: str = "default", standardize: bool = False) -> nn.Module:
     """Return the head named ``kind`` (monotonic | mlp | none) mapping d_enc -> d_enc.
 
     ``init``: ``default`` (PyTorch's nn.Linear initialisation, as in the paper's code) or ``identity``
-    (see MLPHead.init_near_identity).
+    (see MLPHead.init_near_identity). ``standardize`` adds the monotone input standardisation (MLP heads only).
     """
     if kind == "none":
         return IdentityHead(d_enc)
     if kind in ("monotonic", "mlp"):
-        head = MLPHead(d_enc, hidden_mult * d_enc, d_enc, depth, negative_slope, monotonic=kind == "monotonic")
+        head = MLPHead(d_enc, hidden_mult * d_enc, d_enc, depth, negative_slope, monotonic=kind == "monotonic",
+                       standardize=standardize)
         if init == "identity":
             head.init_near_identity()
         elif init != "default":

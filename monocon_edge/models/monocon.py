@@ -32,7 +32,8 @@ def build_model(cfg: RunConfig) -> MonoConModel:
         encoder = build_vision_encoder(m.encoder, m.in_channels, m.width, m.weights, m.embed_dim)
     else:
         encoder = build_text_encoder(m.weights)
-    head = build_head(m.head, encoder.out_dim, m.head_hidden_mult, m.head_depth, m.negative_slope, m.head_init)
+    head = build_head(m.head, encoder.out_dim, m.head_hidden_mult, m.head_depth, m.negative_slope, m.head_init,
+                      m.head_standardize)
     return MonoConModel(encoder, head, cfg.modality)
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,13 +26,17 @@ class DataConfig:
     kind: str = "digits"
     # npz file (kind=npz), CIFAR root folder (cifar10/100), or comma-separated pair TSV files (kind=pairs).
     path: str | None = None
-    # Text validation set: an STS-B TSV file, or "hf" for Hugging Face glue/stsb validation.
+    # Text selection set (early stopping, every choice): an STS-B TSV file, or "hf" for glue/stsb validation.
     val_path: str | None = None
+    # Text report set: an STS-B TSV file scored only for the figures the run reports (never for a choice).
+    report_path: str | None = None
     download: bool = False
     # Held-out fraction of the training file (stratified, seeded): validation metric + test embeddings.
     val_fraction: float = 0.1
     # Gallery/query split of the (un-augmented) train part, as in the paper: 90/10.
     query_fraction: float = 0.1
+    # Share of the held-out part kept for reporting only (0: no report part); the rest is the selection part.
+    report_fraction: float = 0.0
     max_train: int | None = None
     augment: str = "none"
     # Vision: build batches from groups of m same-class images (0 = plain random batches).
@@ -57,6 +62,10 @@ class ModelConfig:
     negative_slope: float = 0.01
     # default (PyTorch's, as in the paper's code) | identity (start as the identity map; see heads.py)
     head_init: str = "default"
+    # Monotone input standardisation before the head: x -> (x - mean) / std per feature, with the train
+    # encoder features' statistics at the start of training. The scale is positive, so the head stays
+    # monotone in the encoder output; export folds it into the head's first layer.
+    head_standardize: bool = False
 
 
 @dataclass(frozen=True)
@@ -73,6 +82,9 @@ class OptimConfig:
     grad_clip: float = 1.0
     temperature: float = 0.1
     loss: str = "supcon"
+    # Similarity distillation: + weight * mean squared difference between the pairwise cosines of the batch's
+    # embeddings and those of the starting encoder's features of the same examples (0: off).
+    distill: float = 0.0
     eval_every: int = 1
     patience: int = 5
     min_delta: float = 0.0
@@ -150,6 +162,21 @@ class RunConfig:
         if self.data.augment not in AUGMENTS:
             raise MonoconError(f"unknown augmentation {self.data.augment!r}: choose one of {', '.join(AUGMENTS)}")
         o = self.optim
+        numbers = {"learning rates": (o.lr_encoder, o.lr_head, o.lr_warmup), "weight decay": (o.weight_decay,),
+                   "grad clip": (o.grad_clip,), "temperature": (o.temperature,), "distill": (o.distill,),
+                   "min delta": (o.min_delta,),
+                   "split fractions": (self.data.val_fraction, self.data.query_fraction, self.data.report_fraction)}
+        for what, values in numbers.items():
+            if not all(math.isfinite(v) for v in values):
+                raise MonoconError(f"{what} must be finite numbers, got {', '.join(map(str, values))}")
+        if o.distill < 0 or o.weight_decay < 0 or o.grad_clip <= 0:
+            raise MonoconError("distill and weight decay must be >= 0 and the grad clip > 0")
+        if not 0 <= self.data.report_fraction < 1:
+            raise MonoconError("--report-fraction must lie in [0, 1)")
+        if self.data.max_train is not None and self.data.max_train < 4:
+            raise MonoconError("--max-train must be >= 4")
+        if o.eval_every < 1 or o.patience < 1:
+            raise MonoconError("--eval-every and --patience must be >= 1")
         if o.epochs < 0 or o.warmup_epochs < 0 or o.batch_size < 2:
             raise MonoconError("epochs and warm-up epochs must be >= 0 and the batch size >= 2")
         if o.temperature <= 0:
@@ -194,6 +221,9 @@ TINY_IMAGENET = "tiny_imagenet32_jpg/tiny_imagenet32_jpg_train.npz"
 CIFAR10_SUBSET = "cifar10_jpg/cifar10_train_subset20k.npz"
 NLI_PAIRS = ("snli_devtest_esnli/snli_dev.tsv", "snli_devtest_esnli/snli_test.tsv", "sick/sick_all.tsv")
 STSB_DEV = "stsb/stsb_dev.tsv"
+STSB_TRAIN = "stsb/stsb_train.tsv"
+# Tiny ImageNet 32x32, the 100 classes NOT in TINY_IMAGENET: the offline stand-in for ImageNet pre-training.
+TINY_IMAGENET_PRETRAIN = "tiny_imagenet32_jpg/tiny_imagenet32_jpg_pretrain_other100.npz"
 
 PRESETS: dict[str, str] = {
     "default": "embedded default: sklearn digits, small CNN from scratch, CPU, < 3 min",
@@ -202,30 +232,51 @@ PRESETS: dict[str, str] = {
     "snli": "paper: all-MiniLM-L6-v2, SNLI entailment pairs (HF datasets), STS-B validation (GPU)",
     "tiny-imagenet-100": "CPU: Tiny ImageNet 100-class 32x32 subset from ../shared/data (CIFAR-100 stand-in)",
     "cifar10-subset": "CPU: CIFAR-10 20k subset from ../shared/data",
-    "nli-pairs": "CPU: MiniLM frozen, head on SNLI dev/test + SICK entailment pairs, STS-B dev validation",
+    "nli-pairs": "CPU: MiniLM frozen, head on SNLI dev/test + SICK entailment pairs; selection on STS-B train, "
+                 "report on STS-B dev",
+    "tiny-imagenet-pretrain": "CPU: pre-train the small CNN on the 100 Tiny ImageNet classes not in "
+                              "tiny-imagenet-100 (the offline stand-in for ImageNet weights)",
 }
 
 
+# CPU vision protocol (issue 11): pre-train the encoder on the disjoint-class file (``tiny-imagenet-pretrain``),
+# then every model starts from that encoder (``--init-from``) and gets the same encoder budget on the target
+# data: the heads warm up on cached features with the encoder frozen, then train end to end with differential
+# LRs; the baseline fine-tunes the encoder alone for the same end-to-end epochs.
+FINETUNE_WARMUP_EPOCHS = 10
+FINETUNE_EPOCHS = 6
+
+
 def _cpu_vision(name: str, data_file: str, head: str) -> RunConfig:
-    # Crop + flip rather than the paper's TrivialAugmentWide + RandomErasing: a CNN trained from scratch for a
-    # few CPU epochs learns too little under the paper's strong augmentation. Batches of 4 images per class:
-    # with 100 classes, a random batch of 256 holds few positive pairs for SupCon.
-    data = DataConfig(kind="npz", path=_shared(data_file), augment="light", val_fraction=0.1, m_per_class=4)
-    model = ModelConfig(encoder="smallcnn", width=16, embed_dim=256, in_channels=3, weights="none", head=head)
+    # Crop + flip rather than the paper's TrivialAugmentWide + RandomErasing: a small CNN trained for a few CPU
+    # epochs learns too little under the paper's strong augmentation. Batches of 4 images per class: with 100
+    # classes, a random batch of 256 holds few positive pairs for SupCon. Half of the 10 % held-out part is the
+    # selection split (early stopping, recipe choices), the other half the report split.
+    data = DataConfig(kind="npz", path=_shared(data_file), augment="light", val_fraction=0.1, m_per_class=4,
+                      report_fraction=0.5)
+    model = ModelConfig(encoder="smallcnn", width=16, embed_dim=256, in_channels=3, weights="none", head=head,
+                        head_standardize=head != "none")
     if head == "none":
-        # No ImageNet weights offline: the baseline trains the encoder from scratch with SupCon, and
-        # MonoCon / std-MLP start from its encoder (--init-from), as the pre-trained encoder does in the paper.
-        optim = OptimConfig(epochs=30, warmup_epochs=0, batch_size=256, lr_encoder=2e-3, lr_head=2e-3,
-                            temperature=0.1, patience=3, eval_every=3)
+        optim = OptimConfig(epochs=FINETUNE_EPOCHS, warmup_epochs=0, batch_size=256, lr_encoder=5e-4,
+                            lr_head=5e-4, temperature=0.1, patience=3, eval_every=2)
     else:
-        # Head warm-up on cached encoder features (cheap: ~10 s an epoch here), then 4 end-to-end epochs.
-        # The encoder's features are non-negative (ReLU, then pooling), so a monotonic head (non-negative
-        # weights) starts fully collapsed (d_eff 1). Measured on tiny-imagenet-100: at the paper's warm-up LR
-        # 1e-4 it stayed collapsed (d_eff <= 3, 5-NN 6 % after 13 epochs); at 3e-3 it spreads out within the
-        # warm-up (d_eff 13, 5-NN 17 % by warm-up epoch 8). Same recipe for every head.
-        optim = OptimConfig(epochs=19, warmup_epochs=15, batch_size=256, lr_encoder=2e-4, lr_head=1e-3,
-                            lr_warmup=3e-3, temperature=0.1, patience=3, eval_every=2)
+        optim = OptimConfig(epochs=FINETUNE_WARMUP_EPOCHS + FINETUNE_EPOCHS, warmup_epochs=FINETUNE_WARMUP_EPOCHS,
+                            batch_size=256, lr_encoder=5e-4, lr_head=1e-3, lr_warmup=3e-3, temperature=0.1,
+                            patience=3, eval_every=2)
     return RunConfig(name=f"{name}-{head}", preset=name, modality="vision", data=data, model=model, optim=optim)
+
+
+def _cpu_vision_pretrain(head: str) -> RunConfig:
+    # The encoder alone (no head), trained with SupCon on the 100 classes disjoint from tiny-imagenet-100.
+    # Selection: its own 10 % held-out part (a choice about the pre-training, not about the target data).
+    data = DataConfig(kind="npz", path=_shared(TINY_IMAGENET_PRETRAIN), augment="light", val_fraction=0.1,
+                      m_per_class=4)
+    model = ModelConfig(encoder="smallcnn", width=16, embed_dim=256, in_channels=3, weights="none", head=head)
+    # 32 epochs: ~13 s an epoch on an idle 2-core machine (the 30k images), 45-100 s while other jobs share it.
+    optim = OptimConfig(epochs=32, warmup_epochs=0, batch_size=256, lr_encoder=2e-3, lr_head=2e-3,
+                        temperature=0.1, patience=3, eval_every=4)
+    return RunConfig(name=f"tiny-imagenet-pretrain-{head}", preset="tiny-imagenet-pretrain", modality="vision",
+                     data=data, model=model, optim=optim)
 
 
 def preset(name: str, head: str = "monotonic") -> RunConfig:
@@ -264,11 +315,16 @@ def preset(name: str, head: str = "monotonic") -> RunConfig:
         return _cpu_vision(name, TINY_IMAGENET, head)
     if name == "cifar10-subset":
         return _cpu_vision(name, CIFAR10_SUBSET, head)
+    if name == "tiny-imagenet-pretrain":
+        return _cpu_vision_pretrain(head)
     if name == "nli-pairs":
         return RunConfig(
             name=f"nli-pairs-{head}", preset=name, modality="text",
+            # Selection (early stopping, every recipe choice) on STS-B train and half the held-out pairs;
+            # report on STS-B dev and the other half, which no choice has seen.
             data=DataConfig(kind="pairs", path=",".join(_shared(p) for p in NLI_PAIRS),
-                            val_path=_shared(STSB_DEV), max_seq_len=128),
+                            val_path=_shared(STSB_TRAIN), report_path=_shared(STSB_DEV), report_fraction=0.5,
+                            max_seq_len=128),
             model=ModelConfig(encoder="minilm", weights="default", head=head),
             # Encoder frozen (lr 0): the paper's 2e-7 barely moves it, and freezing lets the head
             # train on features computed once, which is what makes this run on two CPU cores.

@@ -27,7 +27,7 @@ from .distributed import (SINGLE, DistContext, all_reduce_grads_mean, all_reduce
 from .distributed import setup as setup_distributed
 from .distributed import teardown as teardown_distributed
 from ..device.errors import MonoconError
-from ..losses import build_loss
+from ..losses import build_loss, similarity_distillation
 from ..models.monocon import MonoConModel, build_model, head_outputs, load_encoder_state
 from .run_dir import RunDir
 from .tasks import build_task, effective_dims_of, encode_eval_sets
@@ -175,6 +175,8 @@ class Trainer:
         self.scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
         self.phase: Phase | None = None
         self._features: dict[str, np.ndarray] | None = None  # encoder features, valid while the encoder is unchanged
+        # --distill: the starting encoder's features of the train examples (rows = Batch.rows), kept in last.pt.
+        self._reference: torch.Tensor | None = None
         self.amp_dtype = None
         if device.type == "cuda" and cfg.optim.amp:
             self.amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
@@ -192,6 +194,7 @@ class Trainer:
             "early_stop": {"best": self.best, "best_epoch": self.best_epoch, "bad_evals": self.bad_evals,
                            "stopped": self.stopped_early},
             "rng": _rng_state(), "config": self.cfg.to_dict(),
+            "distill_reference": self._reference,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -210,6 +213,7 @@ class Trainer:
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         _set_rng_state(state["rng"])
+        self._reference = state.get("distill_reference")
         differs = torch.tensor(float(broadcast_object(self.epoch, self.dist) != self.epoch), device=self.device)
         if all_reduce_sum(differs, self.dist).item() > 0:
             raise MonoconError(f"the ranks read different checkpoints from {self.run.last_path}: was it being written?")
@@ -325,6 +329,9 @@ class Trainer:
             with self._autocast():
                 emb = self._train_module(*inputs)
             loss = self._loss(emb.float(), labels, batch)
+            if o.distill > 0:
+                ref = self._reference[batch.rows].to(self.device, non_blocking=True)
+                loss = loss + o.distill * similarity_distillation(emb.float(), ref)
             # Every rank sees the same (mean) loss, so a non-finite one stops all ranks together.
             value = all_reduce_sum(loss.detach(), self.dist).item() / self.dist.world_size
             if not math.isfinite(value):
@@ -377,6 +384,20 @@ class Trainer:
             if self.bad_evals >= self.cfg.optim.patience:
                 self.stopped_early = True
 
+    def _prepare_head(self) -> None:
+        """Before the first epoch: set the monotone standardisation's statistics and the distillation reference
+        from the starting encoder's train features (rank 0 computes them; every rank receives them)."""
+        standardizer = getattr(self.model.head, "standardizer", None)
+        if standardizer is None and self.cfg.optim.distill <= 0:
+            return
+        train = self.encoder_features()["train"] if self.dist.is_main else None
+        train = broadcast_object(train, self.dist)
+        features = torch.from_numpy(np.ascontiguousarray(train, dtype=np.float32))
+        if standardizer is not None:
+            standardizer.set_statistics(features.to(standardizer.shift.device))
+        if self.cfg.optim.distill > 0:
+            self._reference = features
+
     # ----- the loop ----------------------------------------------------------------------------------------
     def fit(self, stop_after_epoch: int | None = None) -> TrainResult:
         """Train to the last epoch (or early stop), then evaluate the best model and write the run's files."""
@@ -385,6 +406,7 @@ class Trainer:
         self.emit("start", {"epochs": total_epochs, "steps_per_epoch": self._steps_per_epoch(),
                             "resumed_at": self.epoch, "phases": [p.name for p in self.phases]})
         if self.epoch == 0 and not self.history:
+            self._prepare_head()
             metrics = self._evaluate_on_main()
             self._log({"epoch": 0, "phase": "init", "loss": None, **metrics})
             if not self.phases:  # nothing to train: the initial model is the result
@@ -435,7 +457,7 @@ class Trainer:
                 "stopped_early": self.stopped_early, "validation_metric": self.task.validation_metric,
                 "world_size": self.dist.world_size,
                 "global_batch_size": self.cfg.optim.batch_size * self.dist.world_size,
-                "input": self.task.input_spec(), "final": final,
+                "input": self.task.input_spec(), "final": final, "splits": self.task.split_notes(),
             }
             self.run.write_summary(summary)
             self.emit("done", summary)

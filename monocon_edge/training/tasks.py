@@ -32,6 +32,9 @@ class TrainBatch:
     # True when labels only identify examples within this batch (text pairs: 0..B-1), so batches gathered
     # from other processes need their labels offset; False for class labels, which mean the same everywhere.
     batch_local_labels: bool = False
+    # Rows of the task's train feature matrix (``encode()["train"]``) that the examples come from, in order:
+    # what the similarity-distillation term looks the starting encoder's features up by.
+    rows: torch.Tensor | None = None
 
 
 def _pca_metrics(train: np.ndarray, held: np.ndarray) -> tuple[M.PCAStats, dict[str, float]]:
@@ -69,7 +72,7 @@ class VisionTask:
             )
         self.data = data
         self.splits: Splits = make_splits(data.labels, len(data.labels), cfg.data.val_fraction,
-                                          cfg.data.query_fraction, cfg.optim.seed)
+                                          cfg.data.query_fraction, cfg.optim.seed, cfg.data.report_fraction)
         self.train_labels = torch.from_numpy(data.labels[self.splits.train])
 
     @property
@@ -108,7 +111,7 @@ class VisionTask:
         batches = shard_batches(batches, rank, world_size)
         if features is not None:
             for idx in batches:
-                yield TrainBatch((features[idx],), self.train_labels[idx], len(idx))
+                yield TrainBatch((features[idx],), self.train_labels[idx], len(idx), rows=idx)
             return
         from ..data.vision import AugmentedImages, build_train_transform
 
@@ -122,15 +125,19 @@ class VisionTask:
             dataset, batch_sampler=[b.tolist() for b in batches], generator=worker_seed,
             num_workers=num_workers, pin_memory=pin_memory, persistent_workers=False,
         )
-        for images, labels in loader:
-            yield TrainBatch((images,), labels, images.shape[0])
+        for (images, labels), idx in zip(loader, batches):
+            yield TrainBatch((images,), labels, images.shape[0], rows=idx)
 
     def encode(self, encode_fn: Callable[..., torch.Tensor], batch_size: int = 512) -> dict[str, np.ndarray]:
-        """Return encoder features (un-augmented) of the train and val images: {"train", "val"}."""
+        """Return encoder features (un-augmented) of the train, selection and report images:
+        {"train", "val"} and "report" where the run has a report part."""
         from ..data.vision import to_float_batch
 
         out = {}
-        for name, idx in (("train", self.splits.train), ("val", self.splits.val)):
+        parts = [("train", self.splits.train), ("val", self.splits.val)]
+        if len(self.splits.report):
+            parts.append(("report", self.splits.report))
+        for name, idx in parts:
             chunks = [encode_fn(to_float_batch(self.data.images[idx[s:s + batch_size]]))
                       for s in range(0, len(idx), batch_size)]
             out[name] = np.concatenate(chunks)
@@ -157,7 +164,8 @@ class VisionTask:
         ``val_knn5`` is held-out val -> whole train set (the early-stopping metric); d_eff and the
         PCA-truncated Recall@1 use a PCA fitted on the normalised train embeddings; the reconstruction
         RMSE is measured on the held-out val embeddings. ``truncation="prefix"`` (Matryoshka runs) adds
-        Recall@1 of the first d coordinates, re-normalised (``recall@1_prefix{d}``).
+        Recall@1 of the first d coordinates, re-normalised (``recall@1_prefix{d}``). With ``full`` and a report
+        part, ``report_*`` are held-out report images as queries against the whole train set as gallery.
         """
         s, labels = self.splits, self.data.labels
         train = emb["train"]
@@ -170,6 +178,13 @@ class VisionTask:
         pca, pm = _pca_metrics(train, emb["val"])
         out.update(pm)
         if full:
+            # Selection-split retrieval (held-out selection images -> train gallery): what recipes are chosen on.
+            vq, vl, tl = emb["val"], labels[s.val], labels[s.train]
+            out["val_recall@1"] = M.recall_at_k(vq, vl, train, tl, ks=(1,))[1]
+            for d in PCA_DIMS:
+                if d < train.shape[1] and d <= pca.components.shape[0]:
+                    cut = M.prefix_truncate if truncation == "prefix" else (lambda x, d: M.pca_project(x, pca, d))
+                    out[f"val_recall@1_{truncation}{d}"] = M.recall_at_k(cut(vq, d), vl, cut(train, d), tl, ks=(1,))[1]
             for d in PCA_DIMS:
                 if d < train.shape[1] and d <= pca.components.shape[0]:
                     out[f"recall@1_pca{d}"] = M.recall_at_k(
@@ -179,7 +194,28 @@ class VisionTask:
                         out[f"recall@1_prefix{d}"] = M.recall_at_k(
                             M.prefix_truncate(q, d), labels[s.query], M.prefix_truncate(g, d), labels[s.gallery],
                             ks=(1,))[1]
+            out.update(report_figures(self, emb, pca, truncation))
         return out, pca
+
+    def report_metrics(self, emb: dict[str, np.ndarray]) -> dict[str, float]:
+        """Return report_knn5 / report_recall@1 / report_recall@5 of the embeddings as given: held-out report
+        images as queries against the whole train split as gallery (empty when the run has no report part)."""
+        if "report" not in emb:
+            return {}
+        s, labels = self.splits, self.data.labels
+        q, ql, g, gl = emb["report"], labels[s.report], emb["train"], labels[s.train]
+        rec = M.recall_at_k(q, ql, g, gl, ks=(1, 5))
+        return {"report_knn5": M.knn_accuracy(q, ql, g, gl, k=5), "report_recall@1": rec[1],
+                "report_recall@5": rec[5]}
+
+    def split_notes(self) -> dict[str, str]:
+        """Return which data each metric family comes from (for the run's summary)."""
+        return {
+            "recall@k, knn5, recall@1_pca*": "paper protocol: query -> gallery, both inside the train split",
+            "val_knn5 (early stopping), d_eff": "selection split (held out from training) / train embeddings",
+            "report_*": "report split: held-out images never trained on or used for a choice, "
+                        "queried against the train split as gallery",
+        }
 
 
 class TextTask:
@@ -196,10 +232,13 @@ class TextTask:
         if cfg.data.max_train is not None and cfg.data.max_train < len(pairs):
             rng = np.random.default_rng(cfg.optim.seed)
             pairs = [pairs[i] for i in np.sort(rng.choice(len(pairs), cfg.data.max_train, replace=False))]
-        self.sts = load_sts(cfg.data.val_path, cfg.data.download)
-        self.splits = make_splits(None, len(pairs), cfg.data.val_fraction, cfg.data.query_fraction, cfg.optim.seed)
+        self.sts = load_sts(cfg.data.val_path, cfg.data.download)  # selection
+        self.report_sts = load_sts(cfg.data.report_path, cfg.data.download) if cfg.data.report_path else None
+        self.splits = make_splits(None, len(pairs), cfg.data.val_fraction, cfg.data.query_fraction, cfg.optim.seed,
+                                  cfg.data.report_fraction)
         self.train_pairs = [pairs[i] for i in self.splits.train]
         self.val_pairs = [pairs[i] for i in self.splits.val]
+        self.report_pairs = [pairs[i] for i in self.splits.report]
         # Unique sentences of the training pairs: the rows of the feature cache and of the train PCA.
         self.sentences: list[str] = list(dict.fromkeys(s for p in self.train_pairs for s in p))
         where = {s: i for i, s in enumerate(self.sentences)}
@@ -231,27 +270,31 @@ class TextTask:
         for idx in shard_batches(random_batches(len(self.train_pairs), batch_size * world_size, generator),
                                  rank, world_size):
             pi = self.pair_index[idx]
+            rows = torch.cat([pi[:, 0], pi[:, 1]])
             if features is not None:
-                yield TrainBatch((torch.cat([features[pi[:, 0]], features[pi[:, 1]]]),), labels, 2 * batch_size, True)
+                yield TrainBatch((features[rows],), labels, 2 * batch_size, True, rows=rows)
             else:
                 texts = [self.sentences[i] for i in pi[:, 0].tolist()] + [self.sentences[i] for i in pi[:, 1].tolist()]
                 tok = self.tokenize(texts)
-                yield TrainBatch((tok["input_ids"], tok["attention_mask"]), labels, 2 * batch_size, True)
+                yield TrainBatch((tok["input_ids"], tok["attention_mask"]), labels, 2 * batch_size, True, rows=rows)
 
     def encode(self, encode_fn: Callable[..., torch.Tensor], batch_size: int = 256,
                encoder_fingerprint: str | None = None) -> dict[str, np.ndarray]:
-        """Return encoder features of the train sentences, held-out pairs and STS pairs.
+        """Return encoder features of the train sentences ("train"), the selection pairs ("val_a/b") and STS
+        pairs ("sts_a/b"), and where the run has them the report pairs ("report_a/b") and report STS pairs
+        ("rsts_a/b").
 
-        With ``encoder_fingerprint`` (see feature_cache.fingerprint) the features are read from / written to
-        the disk cache.
+        With ``encoder_fingerprint`` (see feature_cache.fingerprint) each set's features are read from /
+        written to the disk cache (one entry per sentence list, so a changed split re-encodes only what changed).
         """
-        if encoder_fingerprint is not None:
-            from .feature_cache import key_for, load_or_compute
-
-            key = key_for(encoder_fingerprint, str(self.cfg.data.max_seq_len), self.sentences,
-                          [a for a, _ in self.val_pairs], [b for _, b in self.val_pairs],
-                          self.sts.first, self.sts.second)
-            return load_or_compute(key, lambda: self.encode(encode_fn, batch_size))
+        sets = {"train": self.sentences,
+                "val_a": [a for a, _ in self.val_pairs], "val_b": [b for _, b in self.val_pairs],
+                "sts_a": self.sts.first, "sts_b": self.sts.second}
+        if self.report_pairs:
+            sets["report_a"] = [a for a, _ in self.report_pairs]
+            sets["report_b"] = [b for _, b in self.report_pairs]
+        if self.report_sts is not None:
+            sets["rsts_a"], sets["rsts_b"] = self.report_sts.first, self.report_sts.second
 
         def run(texts: list[str]) -> np.ndarray:
             # Sorting by length keeps padding (and time) small; the order is restored afterwards.
@@ -264,11 +307,15 @@ class TextTask:
             out[order] = np.concatenate(chunks)
             return out
 
-        return {
-            "train": run(self.sentences),
-            "val_a": run([a for a, _ in self.val_pairs]), "val_b": run([b for _, b in self.val_pairs]),
-            "sts_a": run(self.sts.first), "sts_b": run(self.sts.second),
-        }
+        if encoder_fingerprint is None:
+            return {name: run(texts) for name, texts in sets.items()}
+        from .feature_cache import key_for, load_or_compute
+
+        out = {}
+        for name, texts in sets.items():
+            key = key_for(encoder_fingerprint, str(self.cfg.data.max_seq_len), texts)
+            out[name] = load_or_compute(key, lambda t=texts: {"x": run(t)})["x"]
+        return out
 
     def recall_curve(self, emb: dict[str, np.ndarray], ks: tuple[int, ...]) -> dict[int, float]:
         """Return {k: Recall@k} of held-out pair retrieval (the protocol of ``evaluate``)."""
@@ -276,10 +323,13 @@ class TextTask:
 
     def evaluate(self, emb: dict[str, np.ndarray], full: bool = True,
                  truncation: str = "pca") -> tuple[dict[str, float], M.PCAStats]:
-        """Return STS Spearman of cosine, held-out pair Recall@1/5, d_eff, recon RMSE (on STS sentences).
+        """Return STS Spearman of cosine, held-out pair Recall@1/5, d_eff, recon RMSE (on STS sentences), all on
+        the selection data.
 
         With ``full``, also the same after PCA truncation to 128/64/16 dims, and, for
-        ``truncation="prefix"`` (Matryoshka runs), after prefix truncation (``*_prefix{d}``).
+        ``truncation="prefix"`` (Matryoshka runs), after prefix truncation (``*_prefix{d}``); where the run has
+        report data, the same figures on it as ``report_spearman*`` (report STS file) and ``report_recall@*``
+        (report pairs).
         """
         out: dict[str, float] = {}
         out["spearman"] = M.spearman(M.cosine_scores(emb["sts_a"], emb["sts_b"]), self.sts.scores)
@@ -300,7 +350,48 @@ class TextTask:
                         out[f"spearman_prefix{d}"] = M.spearman(M.cosine_scores(a, b), self.sts.scores)
                         out[f"recall@1_prefix{d}"] = M.pair_recall_at_k(
                             M.prefix_truncate(emb["val_a"], d), M.prefix_truncate(emb["val_b"], d), ks=(1,))[1]
+            out.update(report_figures(self, emb, pca, truncation))
         return out, pca
+
+    def report_metrics(self, emb: dict[str, np.ndarray]) -> dict[str, float]:
+        """Return report_spearman (report STS file) and report_recall@1/5 (report pairs) of the embeddings as
+        given (only what the run has report data for)."""
+        out: dict[str, float] = {}
+        if "rsts_a" in emb:
+            out["report_spearman"] = M.spearman(M.cosine_scores(emb["rsts_a"], emb["rsts_b"]), self.report_sts.scores)
+        if "report_a" in emb:
+            rec = M.pair_recall_at_k(emb["report_a"], emb["report_b"], ks=(1, 5))
+            out["report_recall@1"], out["report_recall@5"] = rec[1], rec[5]
+        return out
+
+    def split_notes(self) -> dict[str, str]:
+        """Return which data each metric family comes from (for the run's summary)."""
+        notes = {"spearman* (early stopping)": f"selection: {self.cfg.data.val_path}",
+                 "recall@k*": "selection: held-out pairs (each premise's hypothesis among all held-out ones)",
+                 "d_eff": "train sentences; recon_rmse on the selection STS sentences"}
+        if self.report_sts is not None:
+            notes["report_spearman*"] = f"report: {self.cfg.data.report_path} (never used for a choice)"
+        if self.report_pairs:
+            notes["report_recall@*"] = "report: held-out pairs never used for a choice"
+        return notes
+
+
+def report_figures(task, emb: dict[str, np.ndarray], pca: M.PCAStats, truncation: str) -> dict[str, float]:
+    """Return ``task.report_metrics`` at full width and after truncation to 128/64/16 dims (PCA, and prefix for
+    Matryoshka runs), the truncated ones suffixed ``_pca{d}`` / ``_prefix{d}`` (Recall@5 only at full width)."""
+    out = task.report_metrics(emb)
+    if not out:
+        return out
+    width = emb["train"].shape[1]
+    for d in PCA_DIMS:
+        cuts = []
+        if d < width and d <= pca.components.shape[0]:
+            cuts.append((f"_pca{d}", {k: M.pca_project(v, pca, d) for k, v in emb.items()}))
+        if truncation == "prefix" and d < width:
+            cuts.append((f"_prefix{d}", {k: M.prefix_truncate(v, d) for k, v in emb.items()}))
+        for suffix, small in cuts:
+            out.update({f"{k}{suffix}": v for k, v in task.report_metrics(small).items() if "@5" not in k})
+    return out
 
 
 def effective_dims_of(features: np.ndarray, head_raw: np.ndarray) -> dict[str, int]:

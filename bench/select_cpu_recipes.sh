@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Recipe selection for the CPU presets, on the SELECTION split only (issue 11): every option of `train` that
+# could fix the monotonic head (monotone input standardisation, similarity distillation) is tried with the same
+# budget on every head it applies to, and bench/selection_table.py tabulates the selection-split figures into
+# bench/results/selection-*.{md,json}. The report split is never read here.
+# Usage: bash bench/select_cpu_recipes.sh [RUNS_DIR] [text|vision|all]   (default: runs/select, all)
+# Vision needs the pre-trained encoder of bench/train_cpu_presets.sh ($PRETRAINED, default
+# runs/cpu-presets/tiny-imagenet-pretrain).
+set -euo pipefail
+runs=${1:-runs/select}
+what=${2:-all}
+here=$(cd "$(dirname "$0")" && pwd)
+mkdir -p "$runs"
+log() { printf '%s %s\n' "$(date -u +%H:%M:%S)" "$*" | tee -a "$runs/timings.txt"; }
+train() {  # name, then train options
+  local name=$1; shift
+  if [ -f "$runs/$name/summary.json" ]; then log "skip $name (done)"; return; fi
+  local t0=$SECONDS
+  rm -rf "${runs:?}/$name"
+  monocon-edge train "$@" --out "$runs/$name"
+  log "$name $((SECONDS - t0)) s"
+}
+if [ "$what" = text ] || [ "$what" = all ]; then
+  train nli-none --preset nli-pairs --head none
+  # Step 1, MonoCon alone: the paper's head, with the monotone standardisation, with similarity distillation
+  # (weights 1, 20, 100: the SupCon loss is O(1-5), the distillation term O(0.01-0.1)).
+  train nli-monotonic --preset nli-pairs --head monotonic --no-head-standardize --distill 0
+  train nli-monotonic-std --preset nli-pairs --head monotonic --head-standardize --distill 0
+  for w in 1 20 100; do
+    train "nli-monotonic-distill$w" --preset nli-pairs --head monotonic --no-head-standardize --distill "$w"
+  done
+  # ... and more negatives per anchor (larger batches, same epochs and LRs)
+  for b in 256 512; do
+    train "nli-monotonic-batch$b" --preset nli-pairs --head monotonic --batch-size "$b"
+  done
+  # Step 2, the other heads with the recipe step 1 kept as the preset's default (the same for every head).
+  train nli-mlp --preset nli-pairs --head mlp
+  train nli-matryoshka --preset nli-pairs --loss matryoshka
+  python3 "$here/selection_table.py" "$runs"/nli-* --out "$here/results/selection-nli-pairs"
+fi
+if [ "$what" = vision ] || [ "$what" = all ]; then
+  pre=${PRETRAINED:-runs/cpu-presets/tiny-imagenet-pretrain}
+  train tin-none --preset tiny-imagenet-100 --head none --init-from "$pre"
+  train tin-monotonic-raw --preset tiny-imagenet-100 --head monotonic --no-head-standardize --init-from "$pre"
+  train tin-monotonic --preset tiny-imagenet-100 --head monotonic --init-from "$pre"
+  train tin-mlp --preset tiny-imagenet-100 --head mlp --init-from "$pre"
+  train tin-matryoshka --preset tiny-imagenet-100 --loss matryoshka --init-from "$pre"
+  train tin-monotonic-distill20 --preset tiny-imagenet-100 --head monotonic --distill 20 --init-from "$pre"
+  python3 "$here/selection_table.py" "$runs"/tin-* --out "$here/results/selection-tiny-imagenet-100"
+fi

@@ -1,0 +1,64 @@
+"""Tabulate finished runs on the SELECTION split only (the figures recipe choices were made on).
+
+Usage: python bench/selection_table.py RUN [RUN ...] --out bench/results/selection-NAME
+
+Reads each run's summary.json and config.json; writes NAME.md and NAME.json with one row per run: the options
+that differ between runs, d_eff and the selection-split metrics. Report-split figures (``report_*``) are left
+out on purpose: they are never used for a choice.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+TEXT = ("spearman", "spearman_pca16", "recall@1", "recall@1_pca16")
+VISION = ("val_knn5", "val_recall@1", "val_recall@1_pca16", "val_recall@1_pca64")
+OPTIONS = (("model", "head"), ("optim", "loss"), ("model", "head_standardize"), ("optim", "distill"),
+           ("optim", "batch_size"), ("optim", "lr_head"), ("optim", "lr_warmup"), ("optim", "lr_encoder"),
+           ("optim", "epochs"), ("optim", "warmup_epochs"))
+
+
+def _row(run: Path) -> dict:
+    summary = json.loads((run / "summary.json").read_text())
+    config = json.loads((run / "config.json").read_text())
+    final = summary["final"]
+    metrics = TEXT if summary["modality"] == "text" else VISION
+    row = {"run": run.name, "modality": summary["modality"], "d_eff": final.get("d_eff"),
+           "best_epoch": summary.get("best_epoch")}
+    for section, key in OPTIONS:
+        row[key] = config[section].get(key)
+    for m in metrics:
+        # Matryoshka runs are truncated by prefix: their 16-dim figure is the prefix one.
+        key = m.replace("_pca", "_prefix") if summary.get("truncation") == "prefix" and "_pca" in m else m
+        row[m] = final.get(key)
+    return row
+
+
+def main() -> None:
+    """Write the selection table of the given runs; print it as Markdown."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("runs", nargs="+", type=Path)
+    parser.add_argument("--out", type=Path, required=True, help="output path without suffix")
+    args = parser.parse_args()
+    rows = [_row(r) for r in args.runs if (r / "summary.json").is_file()]
+    if not rows:
+        raise SystemExit("no finished run (summary.json) among the given paths")
+    varying = [k for _, k in OPTIONS if len({json.dumps(r[k]) for r in rows}) > 1] or ["head"]
+    metrics = TEXT if rows[0]["modality"] == "text" else VISION
+    cols = ["run", *varying, "best_epoch", "d_eff", *metrics]
+    lines = ["All figures on the SELECTION split (text: STS-B train + selection pairs; vision: the selection "
+             "part of the train file, and the paper's train-split query/gallery protocol). *_pca16 / recall@1_pca16: "
+             "after truncation to 16 dims (prefix for Matryoshka).", "",
+             "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for r in rows:
+        lines.append("| " + " | ".join(f"{r[c]:.4f}" if isinstance(r[c], float) and c not in ("distill",) and
+                                       not c.startswith("lr") else str(r[c]) for c in cols) + " |")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    args.out.with_suffix(".json").write_text(json.dumps(rows, indent=1) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
