@@ -1,135 +1,32 @@
 #!/usr/bin/env python3
-"""monocon-edge on a device: embed images or sentences, build an index, answer queries. No torch.
+"""monocon-edge on a device: check an artifact, embed images or sentences, build an index, answer queries.
 
-Needs numpy + onnxruntime (+ tokenizers for text artifacts, + Pillow to read image files) and the torch-free
-runtime: the ``monocon_edge`` package, or its ``monocon_edge/device`` folder copied next to this script as
-``monocon_edge_device/`` (see README.md).
+Every artifact folder holds this script next to ``monocon_runtime/`` (the torch-free runtime) and
+``requirements.txt``. On a device, in the artifact folder:
 
-    python monocon_device.py check ARTIFACT
-    python monocon_device.py index ARTIFACT --images photos/ --out gallery.npz [--codes int8] [--precision int8]
-    python monocon_device.py index ARTIFACT --texts corpus.txt --out corpus.npz
-    python monocon_device.py query ARTIFACT --index gallery.npz --images queries/ [--top-k 5]
-    python monocon_device.py embed ARTIFACT --texts sentences.txt --out emb.npy
+    pip install -r requirements.txt           # numpy, onnxruntime (+ tokenizers, + Pillow); no torch
+    python monocon_device.py check            # manifest sealed, every sha256 matches, every graph loads
+    python monocon_device.py index --images photos/ --out gallery.npz
+    python monocon_device.py query --index gallery.npz --images queries/ --top-k 5
+    python monocon_device.py --help
+
+The artifact defaults to this script's folder; pass another folder as the second argument.
 """
-from __future__ import annotations
-
-import argparse
 import sys
 from pathlib import Path
 
-import numpy as np
-
 HERE = Path(__file__).resolve().parent
-if (HERE / "monocon_edge_device" / "__init__.py").is_file():  # monocon_edge/device copied next to this script
-    sys.path.insert(0, str(HERE))
-    from monocon_edge_device import runtime
-    from monocon_edge_device.errors import MonoconError
-else:  # the installed package
-    from monocon_edge.device import runtime
-    from monocon_edge.device.errors import MonoconError
-
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
-
-
-def read_images(source: str, model: runtime.Embedder) -> tuple[np.ndarray, list[str]]:
-    """Return uint8 (N, H, W, C) images and their names from a folder of image files, or an .npy / .npz array."""
-    path = Path(source)
-    if path.suffix in (".npy", ".npz") and path.is_file():
-        arr = np.load(path, allow_pickle=False)
-        images = arr["images"] if path.suffix == ".npz" else arr
-        return images, [f"{path.name}[{i}]" for i in range(len(images))]
-    if not path.is_dir():
-        raise MonoconError(f"--images must be a folder of image files, or an .npy/.npz array: {source}")
-    files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-    if not files:
-        raise MonoconError(f"no image files in {source}")
-    try:
-        from PIL import Image
-    except ImportError:
-        raise MonoconError("reading image files needs Pillow (pip install pillow), or pass an .npy array") from None
-    c, h, w = model.input_spec["shape"]
-    mode = "RGB" if c == 3 else "L"
-    images = []
-    for f in files:
-        with Image.open(f) as im:
-            # The model was trained at this size: resize, as the training data was stored.
-            images.append(np.asarray(im.convert(mode).resize((w, h), Image.BILINEAR), dtype=np.uint8))
-    arr = np.stack(images)
-    return (arr[..., None] if arr.ndim == 3 else arr), [f.name for f in files]
-
-
-def read_texts(source: str) -> tuple[list[str], list[str]]:
-    """Return the non-empty lines of a UTF-8 file and their ids (line numbers)."""
-    path = Path(source)
-    if not path.is_file():
-        raise MonoconError(f"--texts file not found: {source}")
-    lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
-    kept = [(i + 1, t) for i, t in enumerate(lines) if t]
-    return [t for _, t in kept], [f"line {i}" for i, _ in kept]
-
-
-def _inputs(args: argparse.Namespace, model: runtime.Embedder):
-    if model.modality == "vision":
-        if not args.images:
-            raise MonoconError("this is a vision artifact: pass --images")
-        return read_images(args.images, model)
-    if not args.texts:
-        raise MonoconError("this is a text artifact: pass --texts FILE (one sentence per line)")
-    return read_texts(args.texts)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Run one device command; return the exit status (errors are one line on stderr)."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("command", choices=["check", "embed", "index", "query"])
-    parser.add_argument("artifact")
-    parser.add_argument("--images", help="folder of images, or .npy/.npz uint8 (N, H, W, C)")
-    parser.add_argument("--texts", help="UTF-8 file, one sentence per line")
-    parser.add_argument("--precision", default="best", choices=["fp32", "int8", "best"])
-    parser.add_argument("--codes", default="int8", choices=["int8", "float32"], help="how the index stores vectors")
-    parser.add_argument("--index", help="index file (.npz) to query")
-    parser.add_argument("--out", help="where embed / index writes")
-    parser.add_argument("--top-k", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=None)
-    args = parser.parse_args(argv)
-    try:
-        model = runtime.load(args.artifact, args.precision, threads=args.threads)
-        if args.command == "check":
-            print(f"ok: {args.artifact} ({model.modality}, {model.precision}, {model.dims} dims), all checksums match")
-            return 0
-        inputs, names = _inputs(args, model)
-        emb = model.embed(inputs)
-        if args.command == "embed":
-            if not args.out:
-                raise MonoconError("embed needs --out FILE.npy")
-            np.save(args.out, emb)
-            print(f"{emb.shape[0]} embeddings ({emb.shape[1]} dims) -> {args.out}")
-        elif args.command == "index":
-            if not args.out:
-                raise MonoconError("index needs --out FILE.npz")
-            index = runtime.Index.for_model(model, codes=args.codes)
-            index.add(emb, ids=names)
-            index.save(args.out)
-            print(f"index of {len(index)} {args.codes} vectors -> {args.out}")
-        else:
-            if not args.index:
-                raise MonoconError("query needs --index FILE.npz")
-            index = runtime.Index.load(args.index)
-            if index.fingerprint and index.fingerprint != model.fingerprint:
-                raise MonoconError(f"{args.index} was built with another model than {args.artifact}")
-            ids, scores = index.search(emb, top_k=args.top_k)
-            for name, row_ids, row_scores in zip(names, ids, scores):
-                hits = ", ".join(f"{i} ({s:.3f})" for i, s in zip(row_ids, row_scores))
-                print(f"{name}: {hits}")
-        return 0
-    except MonoconError as exc:  # ArtifactError and RuntimeInputError included
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except (OSError, ValueError, KeyError) as exc:  # unreadable input: not UTF-8, not an image, a bad .npy
-        first = (str(exc).strip().splitlines() or [""])[0]
-        print(f"error: cannot read the input ({type(exc).__name__}: {first})", file=sys.stderr)
-        return 1
-
+sys.dont_write_bytecode = True  # leave the artifact folder as it was exported
+try:
+    if (HERE / "monocon_runtime" / "__init__.py").is_file():
+        sys.path.insert(0, str(HERE))
+        from monocon_runtime.cli import main
+    else:  # a source checkout (export/monocon_device.py) with monocon-edge installed
+        from monocon_edge.device.cli import main
+except ImportError as exc:
+    HINT = f": install what it needs first: pip install -r {HERE / 'requirements.txt'}"
+    NEEDED = ("numpy", "onnxruntime", "tokenizers", "PIL")
+    sys.exit(f"error: cannot start the device runtime: {exc}{HINT if exc.name in NEEDED else ''}")
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(home=HERE))

@@ -41,7 +41,7 @@ def bench_result(tiny_runs, digits_artifact, tmp_path_factory):
     shutil.copytree(tiny_runs["monotonic"], run)
     before = tree_state(run)
     events: list[tuple[str, str]] = []
-    result = run_bench([run, digits_artifact], BenchOptions(**FAST),
+    result = run_bench([run, digits_artifact], BenchOptions(**FAST, threads=2, extra_threads=(1,)),
                        on_event=lambda kind, info: events.append((kind, info.get("name", ""))))
     return SimpleNamespace(run=run, result=result, events=events, run_before=before, run_after=tree_state(run))
 
@@ -62,6 +62,10 @@ def test_bench_measures_every_field(bench_result) -> None:
         assert row["sts_spearman"] is None
         assert row["latency_ms_p50"] <= row["latency_ms_p95"] <= row["latency_ms_p99"]
         assert row["throughput_per_s"] > 0 and row["torch_eager_throughput_per_s"] > 0
+        # --also-threads 1: every graph and PyTorch eager timed again at one thread, batch 1 and the batch
+        assert row["threads"] == 2 and row["latency_ms_p50_1t"] > 0 and row["throughput_per_s_1t"] > 0
+        assert 0 < row["latency_cpu_ms_p50_1t"] and 0 < row["torch_eager_latency_cpu_ms_p50_1t"]
+        assert row["speedup_latency_p50_1t"] == row["torch_eager_latency_ms_p50_1t"] / row["latency_ms_p50_1t"]
         assert row["peak_rss_mb"] > 0 and row["rss_probe_imported_torch"] is False
         assert row["index_bytes_per_vector"] == row["dims"] * BYTES_PER_CODE[row["index_codes"]]
         assert row["index_bytes"] == row["dims"] * BYTES_PER_CODE[row["index_codes"]] * row["gallery_size"]
@@ -105,7 +109,8 @@ def test_outputs_json_markdown_plot(bench_result, tmp_path) -> None:
     assert md.count("\n| ") == len(result.rows) + 1 and result.header["cpu"] in md
     assert (tmp_path / "r.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     stem = result_stem(result)
-    assert stem.startswith("bench-fp32-int8-") and stem.endswith(f"-{result.header['threads']}t")
+    assert stem.startswith("bench-fp32-int8-") and stem.endswith("-2-1t")
+    assert "| p50 ms 1t |" in md
 
 
 def test_cli_bench_artifact_writes_results(digits_artifact, tmp_path) -> None:

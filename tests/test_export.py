@@ -78,7 +78,14 @@ def test_export_parity_on_real_digits(tiny_runs, digits_artifact) -> None:
     assert parity["samples"] >= 256 and parity["batch_size"] != EXPORT_BATCH
     assert parity["max_abs_diff"] <= 1e-5 and parity["finite_onnx"] and parity["finite_reference"]
     assert manifest["gates"]["int8_model"]["mean_cosine"] >= 0.99
-    assert set(manifest["files"]) == {FP32_FILE, INT8_FILE}
+    models = {f for f in manifest["files"] if not f.startswith("monocon_runtime/")}
+    assert models == {FP32_FILE, INT8_FILE, "monocon_device.py", "requirements.txt"}
+    # CNNs: static QDQ is the one candidate, measured (size, batch-1 latency against fp32) and recorded.
+    selection = manifest["models"]["int8"]["selection"]
+    assert selection["winner"] == "static" and [c["name"] for c in selection["candidates"]] == ["static"]
+    assert selection["candidates"][0]["passed"] and selection["candidates"][0]["p50_ms"] > 0
+    assert selection["fp32"]["bytes"] == (digits_artifact / FP32_FILE).stat().st_size
+    assert manifest["models"]["int8"]["quantization"]["format"] == "QDQ"
     assert all(sha256_file(digits_artifact / f) == h for f, h in manifest["files"].items())
     # Independently of the gate: 300 real images at batch 7 through onnxruntime vs the folded PyTorch module.
     loaded = load_run(tiny_runs["none"])

@@ -43,13 +43,19 @@ def test_text_export_runtime_and_sentence_transformers(shared_data: Path, tmp_pa
                    val_path=small_sts(shared_data, tmp_path, rows=20))
     run = train(cfg, tmp_path / "run").run_dir
     out = tmp_path / "art"
+    # One forced scheme keeps this test short; the selection itself is tested on a tiny BERT (test_int8_select).
     result = export_run(run, ExportOptions(dims=64, int8=True, out=out, formats=("onnx", "sentence-transformers"),
-                                           thresholds=LOOSE_DROP))
+                                           thresholds=LOOSE_DROP, int8_scheme="nbits8", optimize=False,
+                                           timing_rounds=20))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["art", "run", "stsb_small.tsv"]
     manifest = json.loads((out / MANIFEST).read_text())
     assert manifest["gates"]["fp32_parity"]["max_abs_diff"] <= 1e-5
     assert manifest["gates"]["int8_model"]["mean_cosine"] >= 0.99
-    assert manifest["models"]["int8"]["quantization"]["method"] == "weight-only"
+    quantization = manifest["models"]["int8"]["quantization"]
+    assert quantization["method"] == "weight-only" and quantization["accuracy_level"] == 4
+    assert "transformer.embeddings.word_embeddings.weight" in quantization["gather_tables"]
+    assert manifest["models"]["int8"]["selection"]["winner"] == "nbits8"
+    assert {"min_cosine", "spearman_drop_points"} <= set(manifest["gates"]["int8_model"])
     assert "tokenizer.json" in manifest["files"] and "sentence-transformers/modules.json" in manifest["files"]
     assert result.manifest["input"]["tokenizer"]["max_length"] == 128
 

@@ -146,17 +146,16 @@ def test_device_package_imports_with_the_training_stack_uninstallable(tmp_path) 
         {f"monocon_edge.device.{m}" for m in modules} | {f"monocon_edge_device.{m}" for m in modules}
 
 
-def test_device_folder_copied_as_export_readme_says(digits_artifact, tmp_path) -> None:
-    """export/README.md's copy recipe: the device folder + script run with neither torch nor monocon_edge."""
-    ship = tmp_path / "ship"
-    ship.mkdir()
-    shutil.copytree(DEVICE, ship / "monocon_edge_device", ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copy(ROOT / "export" / "monocon_device.py", ship)
+def test_artifact_folder_copied_alone_runs_as_export_readme_says(digits_artifact, tmp_path) -> None:
+    """export/README.md: the artifact folder alone (its monocon_runtime/ + monocon_device.py) runs with neither
+    torch nor monocon_edge importable (tests/test_device_venv.py does the same in a fresh venv)."""
+    ship = tmp_path / "ship" / "my-model"
+    shutil.copytree(digits_artifact, ship)
     np.save(tmp_path / "gallery.npy", _digit_images()[:20])
     blocked = (*TRAINING_STACK, "monocon_edge")
-    checked = _run_without_torch(tmp_path, [str(ship / "monocon_device.py"), "check", str(digits_artifact)], blocked)
-    assert checked.returncode == 0, checked.stderr
-    built = _run_without_torch(tmp_path, [str(ship / "monocon_device.py"), "index", str(digits_artifact), "--images",
+    checked = _run_without_torch(tmp_path, [str(ship / "monocon_device.py"), "check"], blocked)
+    assert checked.returncode == 0 and "manifest sealed" in checked.stdout, checked.stderr
+    built = _run_without_torch(tmp_path, [str(ship / "monocon_device.py"), "index", str(ship), "--images",
                                           "gallery.npy", "--out", "g.npz"], blocked)
     assert built.returncode == 0 and "index of 20 int8 vectors" in built.stdout, built.stderr
 

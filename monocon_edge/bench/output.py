@@ -20,17 +20,32 @@ COLUMNS: tuple[tuple[str, str, str], ...] = (
 )
 
 
+def extra_thread_columns(result: BenchResult) -> tuple[tuple[str, str, str], ...]:
+    """Return the columns of the timings at ``--also-threads`` counts (batch-1 p50, throughput, × eager)."""
+    out: list[tuple[str, str, str]] = []
+    for t in result.header["options"].get("extra_threads") or ():
+        if t == result.header["threads"]:
+            continue
+        out += [(f"latency_ms_p50_{t}t", f"p50 ms {t}t", ".3f"), (f"latency_cpu_ms_p50_{t}t", f"CPU p50 ms {t}t", ".3f"),
+                (f"throughput_per_s_{t}t", f"thr/s {t}t", ".1f"),
+                (f"speedup_latency_p50_{t}t", f"× eager p50 {t}t", ".2f"),
+                (f"speedup_throughput_{t}t", f"× eager thr {t}t", ".2f")]
+    return tuple(out)
+
+
 def slug(text: str) -> str:
     """Return ``text`` as a lower-case file-name fragment (letters, digits, dashes)."""
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "unknown"
 
 
 def result_stem(result: BenchResult) -> str:
-    """Return ``<suite>-<precisions>-<cpu>-<threads>t``: how bench/results files are named."""
+    """Return ``<suite>-<precisions>-<cpu>-<threads>t`` (threads: ``--threads`` then each ``--also-threads``, e.g.
+    ``2-1t``): how bench/results files are named."""
     h = result.header
     precisions = "fp32-int8" if h["options"]["int8"] else "fp32"
     device = slug(h["cpu"]) if h["device"] == "cpu" else f"cuda-{slug(h['cpu'])}"
-    return f"{slug(h['suite'] or 'bench')}-{precisions}-{device}-{h['threads']}t"
+    threads = "-".join(str(t) for t in dict.fromkeys([h["threads"], *(h["options"].get("extra_threads") or ())]))
+    return f"{slug(h['suite'] or 'bench')}-{precisions}-{device}-{threads}t"
 
 
 def write_json(path: str | Path, result: BenchResult) -> None:
@@ -47,9 +62,10 @@ def markdown(result: BenchResult) -> str:
              "- versions: " + ", ".join(f"{k} {v}" for k, v in h["versions"].items()),
              f"- date: {h['date']}", f"- timing: {h['latency']}", ""]
     lines += [f"- note: {n}" for n in result.notes]
-    lines += ["", "| " + " | ".join(c[1] for c in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    columns = COLUMNS + extra_thread_columns(result)
+    lines += ["", "| " + " | ".join(c[1] for c in columns) + " |", "|" + "---|" * len(columns)]
     for row in result.rows:
-        lines.append("| " + " | ".join(cell(row.get(k), spec) for k, _, spec in COLUMNS) + " |")
+        lines.append("| " + " | ".join(cell(row.get(k), spec) for k, _, spec in columns) + " |")
     return "\n".join(lines) + "\n"
 
 

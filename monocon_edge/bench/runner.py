@@ -32,6 +32,7 @@ class BenchOptions:
     int8: bool = True
     device: str = "cpu"
     threads: int | None = None  # None: every CPU this process may use
+    extra_threads: tuple[int, ...] = ()  # more intra-op thread counts to time each graph (and eager) at
     warmup: int = 10
     iterations: int = 100  # timed batch-1 calls (latency percentiles)
     batch: int = 64  # throughput batch
@@ -48,8 +49,8 @@ class BenchOptions:
         """Raise MonoconError for values that cannot be benchmarked."""
         if self.device not in PROVIDERS:
             raise MonoconError(f"--device must be cpu or cuda, got {self.device!r}")
-        if self.threads is not None and self.threads < 1:
-            raise MonoconError("--threads must be >= 1")
+        if (self.threads is not None and self.threads < 1) or any(t < 1 for t in self.extra_threads):
+            raise MonoconError("--threads and --also-threads must be >= 1")
         if min(self.iterations, self.batch, self.batch_iterations, self.search_iterations, self.embed_batch) < 1:
             raise MonoconError("iterations and batch sizes must be >= 1")
         if self.warmup < 0 or (self.max_queries is not None and self.max_queries < 1):
@@ -129,7 +130,7 @@ def _header(opts: BenchOptions, threads: int, providers: list[str]) -> dict[str,
                      "onnxruntime": onnxruntime.__version__, "torch": torch.__version__},
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "load_average_1min_at_start": _load_average(),
-        "options": asdict(opts),
+        "options": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(opts).items()},
         "latency": f"onnxruntime session.run on model-ready real inputs at batch 1: {opts.warmup} warm-up + "
                    f"{opts.iterations} timed calls; throughput at batch {opts.batch}: {opts.batch_iterations} calls",
     }
@@ -138,7 +139,7 @@ def _header(opts: BenchOptions, threads: int, providers: list[str]) -> dict[str,
 def _timing(run: Callable[[Any], Any], one: Any, many: Any, opts: BenchOptions) -> dict[str, float]:
     lat = measure_latency(lambda: run(one), opts.warmup, opts.iterations)
     thr = measure_throughput(lambda: run(many), opts.batch, min(opts.warmup, 3), opts.batch_iterations)
-    return {"p50": lat.p50_ms, "p95": lat.p95_ms, "p99": lat.p99_ms, "throughput": thr.per_s}
+    return {"p50": lat.p50_ms, "p95": lat.p95_ms, "p99": lat.p99_ms, "throughput": thr.per_s, "cpu_p50": lat.cpu_p50_ms}
 
 
 def _feeds(model: Any, inputs: Any) -> dict[str, Any]:
@@ -163,6 +164,7 @@ class _Bench:
         if busy:
             self.result.notes.append(busy)
         self.loaded: dict[Path, Any] = {}
+        self.extra = [t for t in dict.fromkeys(opts.extra_threads) if t != self.threads]
 
     def load(self, run_path: Path) -> Any:
         from ..runs import load_run
@@ -199,9 +201,11 @@ class _Bench:
             self.result.notes.append(f"{target.name}: source run not found, so no accuracy, no PyTorch reference, "
                                      "and synthetic timing inputs")
         reference = None
+        extra_reference: dict[int, dict[str, float]] = {}
         for dims, (label, folder) in target.artifacts.items():
             manifest = read_manifest(folder)
-            for precision in [p for p in ("fp32", "int8") if p in manifest["models"] and (opts.int8 or p == "fp32")]:
+            for precision in [p for p in ("fp32", "int8", "int4")
+                              if p in manifest["models"] and (opts.int8 or p == "fp32")]:
                 self.emit("model", {"name": f"{target.name} {label} ({dims}d) {precision}"})
                 model = runtime.load(folder, precision, threads=self.threads, providers=self.providers)
                 if model.session.get_providers()[0] != self.providers[0]:
@@ -220,6 +224,16 @@ class _Bench:
                     full = min(target.d_enc, int(loaded.pca.components.shape[0]))
                     ref_run = eager_runner(loaded, full, opts.device)
                     reference = _timing(ref_run, feed_one, feed_many, opts)
+                    for t in self.extra:
+                        torch.set_num_threads(t)
+                        extra_reference[t] = _timing(ref_run, feed_one, feed_many, opts)
+                    torch.set_num_threads(self.threads)
+                by_threads = {}
+                for t in self.extra:
+                    self.emit("model", {"name": f"{target.name} {label} ({dims}d) {precision}, {t} threads"})
+                    other = runtime.load(folder, precision, threads=t, providers=self.providers)
+                    by_threads[t] = _timing(other.run, feed_one, feed_many, opts)
+                    del other
                 memory = None
                 if opts.memory_probe:
                     from .memory import probe_peak_rss
@@ -229,10 +243,27 @@ class _Bench:
                 emb = embed_eval_set(model, data, opts.embed_batch) if data is not None else None
                 base = _base_row(target, dims, label, precision, folder, manifest, model, timing, reference, memory,
                                  self.threads, opts)
+                base.update(_thread_fields(by_threads, extra_reference))
                 for codes in CODE_KINDS:
                     row = dict(base, index_codes=codes)
                     row.update(_accuracy_fields(emb, data, codes, model.code_scales, opts))
                     self.result.rows.append(row)
+
+
+def _thread_fields(by_threads: dict[int, dict[str, float]], reference: dict[int, dict[str, float]]) -> dict[str, Any]:
+    """Return the row fields of the timings at the extra thread counts: ``latency_ms_p50_<t>t`` etc."""
+    out: dict[str, Any] = {}
+    for t, timing in by_threads.items():
+        ref = reference.get(t)
+        out.update({f"latency_ms_p50_{t}t": timing["p50"], f"latency_ms_p95_{t}t": timing["p95"],
+                    f"latency_cpu_ms_p50_{t}t": timing["cpu_p50"],
+                    f"torch_eager_latency_cpu_ms_p50_{t}t": ref["cpu_p50"] if ref else None,
+                    f"throughput_per_s_{t}t": timing["throughput"],
+                    f"torch_eager_latency_ms_p50_{t}t": ref["p50"] if ref else None,
+                    f"torch_eager_throughput_per_s_{t}t": ref["throughput"] if ref else None,
+                    f"speedup_latency_p50_{t}t": ref["p50"] / timing["p50"] if ref else None,
+                    f"speedup_throughput_{t}t": timing["throughput"] / ref["throughput"] if ref else None})
+    return out
 
 
 def _synthetic(model: Any, batch: int) -> tuple[Any, Any]:

@@ -18,6 +18,9 @@ class LatencyStats:
     mean_ms: float
     iterations: int
     warmup: int
+    # median CPU time of the calling thread per call: the compute time when the work runs on that thread (one
+    # intra-op thread), without the waits for a CPU that wall time includes on a busy machine
+    cpu_p50_ms: float | None = None
 
 
 @dataclass(frozen=True)
@@ -30,25 +33,31 @@ class Throughput:
     warmup: int
 
 
-def _timed_calls(fn: Callable[[], object], warmup: int, iterations: int) -> np.ndarray:
-    """Return the seconds taken by each of ``iterations`` calls of ``fn`` made after ``warmup`` untimed calls."""
+def _timed_calls(fn: Callable[[], object], warmup: int, iterations: int,
+                 cpu: list[float] | None = None) -> np.ndarray:
+    """Return the seconds taken by each of ``iterations`` calls of ``fn`` made after ``warmup`` untimed calls
+    (and append each call's calling-thread CPU seconds to ``cpu`` when given)."""
     if iterations < 1 or warmup < 0:
         raise ValueError("timing needs iterations >= 1 and warmup >= 0")
     for _ in range(warmup):
         fn()
     times = np.empty(iterations, dtype=np.float64)
     for i in range(iterations):
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.thread_time()
         fn()
         times[i] = time.perf_counter() - start
+        if cpu is not None:
+            cpu.append(time.thread_time() - start_cpu)
     return times
 
 
 def measure_latency(fn: Callable[[], object], warmup: int, iterations: int) -> LatencyStats:
     """Return the latency percentiles of ``fn`` (one call = one request)."""
-    ms = _timed_calls(fn, warmup, iterations) * 1e3
+    cpu: list[float] = []
+    ms = _timed_calls(fn, warmup, iterations, cpu) * 1e3
     p50, p95, p99 = np.percentile(ms, [50, 95, 99])
-    return LatencyStats(float(p50), float(p95), float(p99), float(ms.mean()), iterations, warmup)
+    return LatencyStats(float(p50), float(p95), float(p99), float(ms.mean()), iterations, warmup,
+                        float(np.median(cpu) * 1e3))
 
 
 def measure_throughput(fn: Callable[[], object], batch: int, warmup: int, iterations: int) -> Throughput:

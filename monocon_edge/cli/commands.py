@@ -54,6 +54,11 @@ def _run_guarded(fn: Callable[[], Any]) -> Any:
         raise typer.Exit(1) from None
 
 
+def _say(message: str) -> None:
+    """Tell the user what a command chose for them (stderr, so that stdout keeps only results)."""
+    err_console.print(message, highlight=False, markup=False, soft_wrap=True)
+
+
 @app.callback()
 def _root() -> None:
     """Train MonoCon embeddings, export them as one static ONNX graph, benchmark, ship."""
@@ -185,10 +190,14 @@ def analyze(
 
 @app.command("export")
 def export_cmd(
-    run_dir: Path = typer.Argument(..., help="a finished run directory (config.json, best.pt, pca.npz, ...)"),
+    run_dir: Optional[Path] = typer.Argument(None, help="a finished run directory (config.json, best.pt, pca.npz, "
+                                                        "...); default: the most recent finished run under "
+                                                        "--runs-dir"),
     dims: str = typer.Option("deff", help="output dims: 1..d_enc, or deff (the run's d_eff)"),
-    int8: bool = typer.Option(False, "--int8", help="also write model.int8.onnx (static QDQ for CNNs, dynamic for "
-                                                     "transformers), gated against fp32"),
+    int8: bool = typer.Option(False, "--int8", help="also write model.int8.onnx: the fastest candidate scheme that "
+                                                     "passes every gate (measured here), gated against fp32"),
+    int4: bool = typer.Option(False, "--int4", help="text: also write model.int4.onnx (MatMulNBits 4-bit + 4-bit "
+                                                     "Gather), under the same gates"),
     out: Optional[Path] = typer.Option(None, help="artifact directory to create (default: RUN_DIR/export-dN[-int8]); "
                                                   "never overwritten"),
     fmt: list[str] = typer.Option(["onnx"], "--format", help="onnx (always) | sentence-transformers (text runs)"),
@@ -196,9 +205,14 @@ def export_cmd(
     int8_min_cosine: float = typer.Option(0.99, help="gate: mean cosine of int8 (graph or codes) to fp32"),
     int8_max_recall_drop: float = typer.Option(1.0, help="gate: Recall@1 drop of int8 vs fp32, in points"),
     parity_samples: int = typer.Option(256, help="real inputs for the parity gate"),
-    calibration_samples: int = typer.Option(256, help="training images for static int8 calibration"),
-    int8_scheme: str = typer.Option("auto", help="auto (static QDQ for CNNs, int8 weights for transformers) | "
-                                                 "static | dynamic | weights"),
+    calibration_samples: int = typer.Option(256, help="training inputs for int8 calibration (static ranges, "
+                                                      "MatMul sensitivity)"),
+    int8_scheme: str = typer.Option("auto", help="auto (measure the candidates: static QDQ for CNNs; dynamic, "
+                                                 "nbits8, mixed for transformers) | static | dynamic | nbits8 | mixed"),
+    optimize: bool = typer.Option(True, "--optimize/--no-optimize", help="text: try onnxruntime's BERT fusions, "
+                                                                        "kept where they measurably help"),
+    timing_rounds: int = typer.Option(200, help="batch-1 timing rounds per int8 candidate (interleaved)"),
+    runs_dir: Path = typer.Option(Path("runs"), help="where to look for runs when no RUN_DIR is given"),
 ) -> None:
     """Fold a run (W², normalise, PCA to N dims) into one ONNX graph, gate it, and write an artifact directory."""
 
@@ -207,13 +221,16 @@ def export_cmd(
         from ..exporting.gates import GateThresholds
         from .render import print_export
 
+        from .defaults import default_run
+
+        source = run_dir if run_dir is not None else default_run(runs_dir, _say)
         formats = tuple(dict.fromkeys(["onnx", *fmt]))
         opts = ExportOptions(dims=dims, int8=int8, out=out, formats=formats,
                              thresholds=GateThresholds(parity_atol, int8_min_cosine, int8_max_recall_drop),
                              parity_samples=parity_samples, calibration_samples=calibration_samples,
-                             int8_scheme=int8_scheme)
+                             int8_scheme=int8_scheme, int4=int4, optimize=optimize, timing_rounds=timing_rounds)
         with console.status("exporting") as status:
-            result = export_run(run_dir, opts, on_event=lambda kind, info: status.update(info.get("name", kind)))
+            result = export_run(source, opts, on_event=lambda kind, info: status.update(info.get("name", kind)))
         print_export(console, result.path, result.manifest)
 
     _run_guarded(go)
@@ -253,12 +270,17 @@ def verify(
 
 @app.command()
 def bench(
-    paths: list[Path] = typer.Argument(..., help="run directories (exported per dims into RUN/artifacts/, reused "
-                                                 "while valid) and/or artifact directories"),
-    dims: str = typer.Option("128,64,16,deff", help="dims besides full: integers and/or deff (dims >= d_enc skipped)"),
+    paths: Optional[list[Path]] = typer.Argument(None, help="run directories (exported per dims into bench's "
+                                                           "cache, reused while valid; the run is never written) and/or "
+                                                           "artifact directories. Default: see above"),
+    dims: Optional[str] = typer.Option(None, help="dims besides full: integers and/or deff (dims >= d_enc skipped); "
+                                                  "default 128,64,16,deff, or the artifact's dims when no path is "
+                                                  "given"),
     device: str = typer.Option("cpu", help="cpu | cuda (onnxruntime's CUDA provider)"),
     threads: Optional[int] = typer.Option(None, help="intra-op threads for onnxruntime and torch "
                                                      "(default: every CPU available)"),
+    also_threads: str = typer.Option("", help="more thread counts to time every graph and PyTorch eager at, "
+                                               "comma-separated (e.g. 1)"),
     int8: bool = typer.Option(True, "--int8/--no-int8", help="also bench the int8 graph (exported with --int8)"),
     json_path: Optional[Path] = typer.Option(None, "--json", help="write the rows + header as JSON"),
     md: Optional[Path] = typer.Option(None, "--md", help="write the table as Markdown"),
@@ -276,8 +298,17 @@ def bench(
     reference: bool = typer.Option(True, "--reference/--no-reference", help="time the unfolded PyTorch model"),
     parity_atol: float = typer.Option(1e-5, help="fp32 parity gate of the exports bench makes (int8 is measured, "
                                                  "not gated)"),
+    runs_dir: Path = typer.Option(Path("runs"), help="where to look when no path is given (new baseline runs go "
+                                                     "here too)"),
 ) -> None:
-    """Benchmark artifacts: Recall@k, 5-NN / STS, sizes, latency, throughput, peak RSS, search, vs PyTorch eager."""
+    """Benchmark artifacts: Recall@k, 5-NN / STS, sizes, latency, throughput, peak RSS, search, vs PyTorch eager.
+
+    With no path: the most recent artifact under --runs-dir and, side by side, the newest finished run of the
+    same data with the other head (the baseline, --head none, for a MonoCon artifact). For the embedded default
+    a missing baseline is trained first (about 10 s, into a new run under --runs-dir, and said so); for other
+    presets bench says what to train. Run directories are only read: their exports go to bench's cache
+    ($MONOCON_CACHE_DIR/bench-artifacts, else ~/.cache/monocon-edge/bench-artifacts).
+    """
 
     def go() -> None:
         from ..bench.output import result_stem, write_json, write_markdown, write_plot
@@ -285,7 +316,21 @@ def bench(
         from ..device.errors import MonoconError
         from .render import print_bench
 
-        opts = BenchOptions(dims=dims, int8=int8, device=device, threads=threads, warmup=warmup,
+        from .defaults import default_bench_paths
+
+        try:
+            extra = tuple(int(t) for t in also_threads.split(",") if t.strip())
+        except ValueError:
+            raise MonoconError(f"--also-threads takes comma-separated integers, got {also_threads!r}") from None
+        targets, chosen_dims = list(paths or []), dims
+        if not targets:
+            for p in (json_path, md, plot):  # checked before anything is trained
+                if p is not None and not p.parent.is_dir():
+                    raise MonoconError(f"the folder for {p} does not exist")
+            targets, art = default_bench_paths(runs_dir, _say)
+            chosen_dims = dims or str(art.manifest["output"]["dims"])
+        opts = BenchOptions(dims=chosen_dims or "128,64,16,deff", int8=int8, device=device, threads=threads,
+                            extra_threads=extra, warmup=warmup,
                             iterations=iterations, batch=batch, batch_iterations=batch_iterations,
                             search_iterations=search_iterations, max_queries=max_queries, memory_probe=memory,
                             torch_reference=reference, parity_atol=parity_atol, suite=suite)
@@ -294,7 +339,7 @@ def bench(
             if p is not None and not p.parent.is_dir():
                 raise MonoconError(f"the folder for {p} does not exist")
         with console.status("benchmarking") as status:
-            result = run_bench(paths, opts, on_event=lambda kind, info: status.update(info.get("name", kind)))
+            result = run_bench(targets, opts, on_event=lambda kind, info: status.update(info.get("name", kind)))
         outputs = {"json": json_path, "md": md, "png": plot}
         if results_dir is not None:
             results_dir.mkdir(parents=True, exist_ok=True)
@@ -307,6 +352,23 @@ def bench(
                 writers[kind](path, result)
                 written.append(str(path))
         print_bench(console, result, written)
+        from .compare import print_side_by_side
+
+        print_side_by_side(console, result)
+
+    _run_guarded(go)
+
+
+@app.command("runs")
+def runs_cmd(
+    runs_dir: Path = typer.Argument(Path("runs"), help="the folder to list (default: ./runs)"),
+) -> None:
+    """List the finished runs and the artifacts under ./runs, newest first: what export and bench take by default."""
+
+    def go() -> None:
+        from .defaults import print_runs
+
+        print_runs(console, runs_dir)
 
     _run_guarded(go)
 

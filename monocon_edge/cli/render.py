@@ -103,10 +103,42 @@ def _gate_rows(table: Table, name: str, fig: dict[str, Any]) -> None:
     if "max_abs_diff" in fig:
         table.add_row(name, f"max |diff| {fig['max_abs_diff']:.2e} over {fig['samples']} inputs "
                             f"(batch {fig['batch_size']}), finite: {fig['finite_reference'] and fig['finite_onnx']}")
-    else:
-        table.add_row(name, f"mean cos {fig['mean_cosine']:.4f}, Recall@1 {100 * fig['recall@1_fp32']:.2f} -> "
-                            f"{100 * fig['recall@1']:.2f} ({fig['recall_drop_points']:+.2f} pts drop, "
-                            f"{fig['queries']} queries)")
+    elif "mean_cosine" in fig:
+        extra = f", Spearman drop {fig['spearman_drop_points']:+.2f} pts" if "spearman_drop_points" in fig else ""
+        table.add_row(name, f"mean cos {fig['mean_cosine']:.4f} (min {fig['min_cosine']:.4f}), Recall@1 "
+                            f"{100 * fig['recall@1_fp32']:.2f} -> {100 * fig['recall@1']:.2f} "
+                            f"({fig['recall_drop_points']:+.2f} pts drop, {fig['queries']} queries){extra}")
+    elif "spearman" in fig:
+        table.add_row(name, f"STS Spearman {fig['spearman']:.4f} ({fig['pairs']} pairs)")
+
+
+def _fmt(value: Any, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def print_int8_selection(console: Console, record: dict[str, Any]) -> None:
+    """Print the int8 candidates export measured (size, batch-1 latency, gate figures) and why the winner won."""
+    t = record["timing"]
+    table = Table(title=f"int8 candidates (batch {t['batch']}, {t['threads']} thread, interleaved, "
+                        f"{t['rounds']} rounds)", title_justify="left")
+    for column in ("scheme", "MB", "CPU p50 ms", "× fp32", "wall p50 ms", "load ms", "mean cos", "min cos",
+                   "R@1 drop", "ρ drop", "gates"):
+        table.add_column(column, justify="left" if column in ("scheme", "gates") else "right")
+    fp = record["fp32"]
+    table.add_row("fp32", f"{fp['bytes'] / 1e6:.1f}", _fmt(fp.get("cpu_p50_ms"), ".2f"), "1.00",
+                  _fmt(fp.get("p50_ms"), ".2f"), _fmt(fp.get("load_ms"), ".0f"), "1", "1", "0", "0", "reference")
+    for row in record["candidates"]:
+        mark = " ◀" if row["name"] == record.get("winner") else ""
+        gates = "pass" if row.get("passed") else "FAIL: " + "; ".join(row.get("failures") or [])
+        name = row["name"] + (f" ({row['kept_fp32']} fp32)" if "kept_fp32" in row else "")
+        table.add_row(name + mark, _fmt(row.get("bytes") and row["bytes"] / 1e6, ".1f"),
+                      _fmt(row.get("cpu_p50_ms"), ".2f"), _fmt(row.get("speedup_vs_fp32"), ".2f"),
+                      _fmt(row.get("p50_ms"), ".2f"), _fmt(row.get("load_ms"), ".0f"), _fmt(row.get("mean_cosine"), ".4f"),
+                      _fmt(row.get("min_cosine"), ".4f"), _fmt(row.get("recall_drop_points"), "+.2f"),
+                      _fmt(row.get("spearman_drop_points"), "+.2f"), gates)
+    console.print(table)
+    if record.get("reason"):
+        console.print(f"chosen: {record['reason']}", highlight=False)
 
 
 def print_export(console: Console, path: Any, manifest: dict[str, Any]) -> None:
@@ -116,11 +148,20 @@ def print_export(console: Console, path: Any, manifest: dict[str, Any]) -> None:
                         f"{out['dims']} dims (d_eff {out['d_eff']}, d_enc {out['d_enc']})")
     table.add_column("gate")
     table.add_column("measured (all passed)")
-    labels = {"fp32_parity": "fp32 ONNX vs PyTorch", "int8_codes": "int8 codes vs fp32", "int8_model": "int8 graph vs fp32"}
+    labels = {"fp32_parity": "fp32 ONNX vs PyTorch", "fp32_spearman": "fp32 STS", "int8_codes": "int8 codes vs fp32",
+              "int8_model": "int8 graph vs fp32", "int4_model": "int4 graph vs fp32"}
     for key, label in labels.items():
         if key in manifest["gates"]:
             _gate_rows(table, label, manifest["gates"][key])
     console.print(table)
+    opt = manifest["models"]["fp32"].get("graph_optimization")
+    if opt:
+        console.print(f"transformer optimizer: {'kept' if opt['kept'] else 'not kept'} ({opt.get('reason', '')})",
+                      highlight=False)
+    for precision in ("int8", "int4"):
+        record = manifest["models"].get(precision, {}).get("selection")
+        if record:
+            print_int8_selection(console, record)
     for name in manifest["files"]:
         if name.endswith(".onnx"):
             console.print(f"  {name}")
@@ -159,6 +200,7 @@ BENCH_COLUMNS = (
 
 def print_bench(console: Console, result: Any, written: list[str]) -> None:
     """Print a bench result: one table per model, then the header facts, notes and the files written."""
+    from ..bench.output import extra_thread_columns
 
     h = result.header
     for name in dict.fromkeys(r["model"] for r in result.rows):
@@ -166,7 +208,8 @@ def print_bench(console: Console, result: Any, written: list[str]) -> None:
         first = rows[0]
         table = Table(title=f"{name}: head {first['head']}, {first['truncation']} truncation, d_enc {first['d_enc']}, "
                             f"d_eff {first['d_eff']}", title_justify="left")
-        shown = [c for c in BENCH_COLUMNS if any(r.get(c[0]) is not None for r in rows)]
+        columns = BENCH_COLUMNS + tuple(c for c in extra_thread_columns(result) if "throughput_" not in c[0])
+        shown = [c for c in columns if any(r.get(c[0]) is not None for r in rows)]
         for key, label, _ in shown:
             table.add_column(label, justify="left" if key in ("dims_label", "precision", "index_codes") else "right")
         for row in rows:

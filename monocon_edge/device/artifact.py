@@ -5,9 +5,11 @@ Layout::
     ARTIFACT/manifest.json      format + version, modality, input spec, output dims, quantization, gates, sha256s
     ARTIFACT/model.onnx         fp32 graph: model input -> (N, dims) L2-normalised embeddings
     ARTIFACT/model.int8.onnx    int8 graph (only when exported with --int8)
+    ARTIFACT/model.int4.onnx    4-bit weight graph (only when exported with --int4)
     ARTIFACT/tokenizer.json ... tokenizer files (text artifacts)
 
-``manifest["files"]`` maps every other file in the directory to its sha256; loading refuses a mismatch.
+``manifest["files"]`` maps every other file in the directory to its sha256; loading refuses a mismatch, a model
+file the manifest does not list, and a manifest field edited after export (``integrity``).
 """
 from __future__ import annotations
 
@@ -18,12 +20,15 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ArtifactError
+from .integrity import check_manifest, unlisted_models
 
 FORMAT_NAME = "monocon-edge-artifact"
-FORMAT_VERSION = 1
+# 2: sealed manifest (``integrity``), and the device runtime + script + requirements.txt inside the folder.
+FORMAT_VERSION = 2
 MANIFEST = "manifest.json"
 FP32_FILE = "model.onnx"
 INT8_FILE = "model.int8.onnx"
+INT4_FILE = "model.int4.onnx"
 OUTPUT_NAME = "embedding"
 VISION_INPUTS = ("pixels",)
 TEXT_INPUTS = ("input_ids", "attention_mask")
@@ -68,12 +73,17 @@ def read_manifest(folder: str | os.PathLike) -> dict[str, Any]:
         )
     if not isinstance(manifest.get("files"), dict) or not manifest["files"]:
         raise ArtifactError(f"{path} lists no files")
+    check_manifest(manifest, str(path))
     return manifest
 
 
 def verify_checksums(folder: str | os.PathLike, manifest: dict[str, Any]) -> None:
-    """Raise ArtifactError unless every file the manifest lists exists with the listed sha256."""
+    """Raise ArtifactError unless every file the manifest lists exists with the listed sha256, and no model file
+    is there that it does not list."""
     folder = Path(folder)
+    extra = unlisted_models(folder, manifest["files"])
+    if extra:
+        raise ArtifactError(f"{folder}: {extra[0]} is a model file the manifest does not list (added after export)")
     for rel, expected in manifest["files"].items():
         path = (folder / rel).resolve()
         if folder.resolve() not in path.parents:

@@ -181,7 +181,8 @@ def _load_tokenizer(folder: Path, spec: dict[str, Any]):
 
 def load(folder: str | os.PathLike, precision: str = "fp32", threads: int | None = None,
          providers: Sequence[str] | None = None) -> Embedder:
-    """Return an Embedder for ``precision`` (fp32 | int8 | best: int8 where present) of the artifact in ``folder``.
+    """Return an Embedder for ``precision`` (fp32 | int8 | int4 | best: int8 where present) of the artifact in
+    ``folder``.
 
     ``providers``: onnxruntime execution providers in order of preference (default: CPU only).
 
@@ -192,8 +193,8 @@ def load(folder: str | os.PathLike, precision: str = "fp32", threads: int | None
     manifest = open_artifact(folder)
     if precision == "best":
         precision = "int8" if "int8" in manifest["models"] else "fp32"
-    if precision not in ("fp32", "int8"):
-        raise RuntimeInputError(f"precision must be fp32, int8 or best, got {precision!r}")
+    if precision not in ("fp32", "int8", "int4"):
+        raise RuntimeInputError(f"precision must be fp32, int8, int4 or best, got {precision!r}")
     return Embedder(folder, manifest, precision, threads, providers)
 
 

@@ -18,7 +18,8 @@ import numpy as np
 
 from .. import __version__
 from ..device import embedding_codes
-from ..device.artifact import FORMAT_NAME, FORMAT_VERSION, FP32_FILE, INT8_FILE, MANIFEST, OUTPUT_NAME, file_checksums
+from ..device.artifact import (FORMAT_NAME, FORMAT_VERSION, FP32_FILE, INT4_FILE, INT8_FILE, MANIFEST, OUTPUT_NAME,
+                               file_checksums)
 from ..device.errors import MonoconError
 from .gates import GateThresholds, embed_batches, measure_and_check
 from ..files import write_json_atomic
@@ -41,9 +42,12 @@ class ExportOptions:
     calibration_samples: int = 256
     code_samples: int = 1024
     seed: int = 0
-    # int8 scheme: "static" (QDQ, calibrated; CNN default), "dynamic" (int8 activations computed at run time)
-    # or "weights" (int8 weights, float32 activations; transformer default); "auto" picks the default.
+    # int8 scheme: "auto" builds every candidate of the modality (int8_select.candidates_for), times and gates
+    # each, and keeps the fastest that passes; a scheme name (quantize.SCHEMES) forces that one.
     int8_scheme: str = "auto"
+    int4: bool = False  # also write model.int4.onnx (MatMulNBits 4-bit + 4-bit Gather), same gates
+    optimize: bool = True  # transformers: try onnxruntime's BERT fusions, keep them where they measurably help
+    timing_rounds: int = 200  # interleaved batch-1 timing rounds per candidate
 
 
 @dataclass
@@ -88,8 +92,13 @@ def _check_options(opts: ExportOptions, modality: str) -> None:
     if not t.parity_atol > 0 or not -1 <= t.int8_min_cosine <= 1 or not t.int8_max_recall_drop_points >= 0:
         raise MonoconError("gate thresholds: --parity-atol > 0, --int8-min-cosine in [-1, 1], "
                            "--int8-max-recall-drop >= 0")
-    if min(opts.parity_samples, opts.calibration_samples, opts.code_samples) < 1:
-        raise MonoconError("sample counts must be >= 1")
+    if min(opts.parity_samples, opts.calibration_samples, opts.code_samples, opts.timing_rounds) < 1:
+        raise MonoconError("sample counts and --timing-rounds must be >= 1")
+    if opts.int4 and modality != "text":
+        raise MonoconError("--int4 (MatMulNBits 4-bit) is for transformer (text) runs")
+    from .int8_select import check_scheme
+
+    check_scheme(opts.int8_scheme, modality)
 
 
 def export_run(run_dir: str | Path, opts: ExportOptions, on_event: EventFn | None = None,
@@ -150,40 +159,70 @@ def _build(loaded: Any, dims: int, opts: ExportOptions, tmp: Path, emit: EventFn
         tokenizer = build_tokenizer(Path(loaded.model.encoder.source_path) / tok["file"], tok["max_length"],
                                     tok["pad_id"], tok["pad_token"])
         gate_in = text_gate_inputs(loaded.task, opts.seed, lambda texts: tokenize(tokenizer, texts),
-                                   opts.parity_samples, opts.code_samples)
+                                   opts.parity_samples, opts.code_samples, opts.calibration_samples)
+
+    graph_opt = None
+    if cfg.modality == "text" and opts.optimize:
+        emit("stage", {"name": "transformer optimizer (BERT fusions)"})
+        from .int8_select import try_transformer_fusion
+
+        graph_opt = try_transformer_fusion(tmp / FP32_FILE, gate_in.parity, gate_in.timing, opts.timing_rounds,
+                                           thr.parity_atol, quantized=opts.int8 or opts.int4)
+        from .quantize import stamp_metadata
+
+        stamp_metadata(tmp / FP32_FILE, metadata)
+        check_graph(tmp / FP32_FILE)
 
     fp32 = _runner(_session(ort, tmp / FP32_FILE))
     scales = embedding_codes.calibrate_scales(embed_batches(fp32, gate_in.code_calibration))
     models: dict[str, Any] = {"fp32": {"file": FP32_FILE, "precision": "fp32", "opset": OPSET}}
-    int8 = None
-    if opts.int8:
-        emit("stage", {"name": "int8 quantization"})
-        from .quantize import quantize_dynamic_int8, quantize_static_qdq, quantize_weights_int8, stamp_metadata
-
-        int8_path = tmp / INT8_FILE
-        scheme_name = opts.int8_scheme
-        if scheme_name == "auto":
-            scheme_name = "static" if cfg.modality == "vision" else "weights"
-        if scheme_name == "static":
-            if cfg.modality != "vision":
-                raise MonoconError("static int8 calibration is for image models: use --int8-scheme weights or dynamic")
-            scheme = quantize_static_qdq(tmp / FP32_FILE, int8_path, gate_in.calibration)
-        elif scheme_name == "dynamic":
-            scheme = quantize_dynamic_int8(tmp / FP32_FILE, int8_path)
-        elif scheme_name == "weights":
-            scheme = quantize_weights_int8(tmp / FP32_FILE, int8_path)
-        else:
-            raise MonoconError(f"unknown int8 scheme {scheme_name!r}: choose auto, static, dynamic or weights")
-        stamp_metadata(int8_path, _metadata(facts, "int8"))
-        check_graph(int8_path)
-        int8 = _runner(_session(ort, int8_path))
-        models["int8"] = {"file": INT8_FILE, "precision": "int8", "opset": OPSET, "quantization": scheme}
+    if graph_opt is not None:
+        models["fp32"]["graph_optimization"] = graph_opt
 
     emit("stage", {"name": f"gates ({gate_in.parity_source})"})
     gates: dict[str, Any] = {"thresholds": thr.to_dict()}
+    fp32_ret = gate_in.retrieval.embed(fp32)
     gates.update(measure_and_check(fp32, gate_in.parity, gate_in.retrieval, scales, thr,
-                                   reference=_torch_runner(folded), int8=int8))
+                                   reference=_torch_runner(folded), fp32_retrieval=fp32_ret))
     gates["fp32_parity"]["source"] = gate_in.parity_source
+    if gate_in.similarity is not None:
+        fp32_spearman = gate_in.similarity.spearman(fp32)
+        gates["fp32_spearman"] = {"spearman": fp32_spearman, "pairs": int(len(gate_in.similarity.scores)),
+                                  "source": gate_in.similarity.source}
+
+    if opts.int8 or opts.int4:
+        from . import int8_select
+        from .gates import compare_figures, spearman_figures
+        from .quantize import stamp_metadata
+
+        def evaluate(path: Path) -> dict[str, Any]:
+            run = _runner(_session(ort, path))
+            fig = compare_figures(fp32_ret, gate_in.retrieval.embed(run), gate_in.retrieval)
+            if gate_in.similarity is not None:
+                fig.update(spearman_figures(fp32_spearman, gate_in.similarity.spearman(run), gate_in.similarity))
+            return fig
+
+        with tempfile.TemporaryDirectory(prefix="candidates.", dir=tmp) as work:
+            chosen = int8_select.select(tmp / FP32_FILE, Path(work), cfg.modality, gate_in.calibration,
+                                        gate_in.timing, evaluate, thr, forced=opts.int8_scheme, int4=opts.int4,
+                                        only_int4=not opts.int8, rounds=opts.timing_rounds, emit=emit)
+            if opts.int8:
+                os.replace(chosen.path, tmp / INT8_FILE)
+                stamp_metadata(tmp / INT8_FILE, _metadata(facts, "int8"))
+                check_graph(tmp / INT8_FILE)
+                models["int8"] = {"file": INT8_FILE, "precision": "int8", "opset": OPSET,
+                                  "quantization": chosen.scheme, "selection": chosen.record}
+                gates["int8_model"] = chosen.figures
+            if opts.int4:
+                int4 = chosen.extra["int4"]
+                os.replace(int4["path"], tmp / INT4_FILE)
+                stamp_metadata(tmp / INT4_FILE, _metadata(facts, "int4"))
+                check_graph(tmp / INT4_FILE)
+                models["int4"] = {"file": INT4_FILE, "precision": "int4", "opset": OPSET,
+                                  "quantization": int4["scheme"], "measured": int4["row"]}
+                if not opts.int8:
+                    models["int4"]["selection"] = chosen.record
+                gates["int4_model"] = int4["figures"]
 
     if cfg.modality == "text":
         _copy_tokenizer(Path(loaded.model.encoder.source_path), tmp)
@@ -209,7 +248,14 @@ def _build(loaded: Any, dims: int, opts: ExportOptions, tmp: Path, emit: EventFn
         "versions": _versions(),
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
+    from ..device.integrity import seal
+    from .device_bundle import write_device_bundle
+
+    # The artifact folder is all a device needs: runtime, device CLI, requirements.txt.
+    write_device_bundle(tmp, cfg.modality, {"onnxruntime": manifest["versions"]["onnxruntime"]})
     manifest["files"] = file_checksums(tmp)
+    manifest = json.loads(json.dumps(manifest))  # sealed exactly as it will be read back
+    manifest["integrity"] = seal(manifest)
     write_json_atomic(tmp / MANIFEST, manifest)
     return manifest
 

@@ -1,16 +1,18 @@
 """Real inputs from a loaded run (``runs.load_run``) for the export gates and the int8 calibrations."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from ..data.splits import seeded_subset
-from .gates import Batch, Retrieval
+from .gates import Batch, Retrieval, Similarity
 
 # Batch size of the gates and calibration: deliberately not onnx_export.EXPORT_BATCH.
 GATE_BATCH = 64
+# Real inputs, one per call, that int8 candidates are timed on (batch 1).
+TIMING_INPUTS = 16
 
 
 def _chunks(n: int, size: int = GATE_BATCH) -> list[slice]:
@@ -23,9 +25,11 @@ class GateInputs:
 
     parity: list[Batch]
     retrieval: Retrieval
-    calibration: list[Batch]  # static int8 activation ranges (train data)
+    calibration: list[Batch]  # static int8 activation ranges / MatMul sensitivity (train data)
     code_calibration: list[Batch]  # int8 embedding-code scales (train data)
     parity_source: str
+    timing: list[Batch] = field(default_factory=list)  # batch-1 feeds for timing int8 candidates
+    similarity: Similarity | None = None  # text: scored pairs for the Spearman figure
 
 
 def vision_batches(images: np.ndarray, idx: np.ndarray) -> list[Batch]:
@@ -48,8 +52,9 @@ def vision_gate_inputs(task: Any, seed: int, parity_samples: int, calibration_sa
                               labels[s.query], labels[s.gallery], "query -> gallery of the run's train split, Recall@1")
     calib = s.train[seeded_subset(len(s.train), calibration_samples, seed + 1)]
     codes = s.train[seeded_subset(len(s.train), code_samples, seed + 2)]
+    timing = [vision_batches(images, parity[i:i + 1])[0] for i in range(min(TIMING_INPUTS, len(parity)))]
     return GateInputs(vision_batches(images, parity), retrieval, vision_batches(images, calib),
-                      vision_batches(images, codes), f"{len(parity)} images of {task.data.source}")
+                      vision_batches(images, codes), f"{len(parity)} images of {task.data.source}", timing)
 
 
 def text_batches(texts: Sequence[str], tokenize: Callable[[Sequence[str]], Batch]) -> list[Batch]:
@@ -58,8 +63,9 @@ def text_batches(texts: Sequence[str], tokenize: Callable[[Sequence[str]], Batch
 
 
 def text_gate_inputs(task: Any, seed: int, tokenize: Callable[[Sequence[str]], Batch], parity_samples: int,
-                     code_samples: int) -> GateInputs:
-    """Return gate inputs from a TextTask: parity on real sentences, pair Recall@1 on its held-out pairs."""
+                     code_samples: int, calibration_samples: int = 0) -> GateInputs:
+    """Return gate inputs from a TextTask: parity on real sentences, pair Recall@1 on its held-out pairs,
+    Spearman on its STS pairs, calibration (MatMul sensitivity) on train sentences."""
     pool = list(dict.fromkeys([s for p in task.val_pairs for s in p] + task.sts.first + task.sts.second
                               + task.sentences))
     parity = [pool[i] for i in seeded_subset(len(pool), parity_samples, seed)]
@@ -68,5 +74,13 @@ def text_gate_inputs(task: Any, seed: int, tokenize: Callable[[Sequence[str]], B
     retrieval = Retrieval(text_batches(anchors, tokenize), text_batches(partners, tokenize), labels, labels,
                           "held-out selection pairs: anchor -> its partner among all partners, Recall@1")
     codes = [task.sentences[i] for i in seeded_subset(len(task.sentences), code_samples, seed + 2)]
-    return GateInputs(text_batches(parity, tokenize), retrieval, [], text_batches(codes, tokenize),
-                      f"{len(parity)} sentences (held-out pairs, STS, train)")
+    calib = [task.sentences[i] for i in seeded_subset(len(task.sentences), calibration_samples, seed + 1)]
+    timing = [tokenize([t]) for t in parity[:TIMING_INPUTS]]
+    similarity = None
+    if len(task.sts.scores):
+        similarity = Similarity(text_batches(task.sts.first, tokenize), text_batches(task.sts.second, tokenize),
+                                np.asarray(task.sts.scores, dtype=np.float64),
+                                f"{len(task.sts.scores)} STS pairs of the run's validation file")
+    return GateInputs(text_batches(parity, tokenize), retrieval, text_batches(calib, tokenize) if calib else [],
+                      text_batches(codes, tokenize), f"{len(parity)} sentences (held-out pairs, STS, train)",
+                      timing, similarity)

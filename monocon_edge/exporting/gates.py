@@ -81,14 +81,23 @@ def recall1(query: np.ndarray, gallery: np.ndarray, r: Retrieval) -> float:
 
 def compare_figures(ref: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray], r: Retrieval) -> dict:
     """Return {mean_cosine, min_cosine, recall@1_fp32, recall@1, recall_drop_points, finite} of ``test`` vs ``ref``."""
+    from .decided import RESOLUTION, decided_queries
+
     a, b = np.concatenate(ref), np.concatenate(test)
     finite = bool(np.isfinite(b).all())
     cos = np.sum(l2_normalize(a) * l2_normalize(b), axis=1) if finite else np.array([np.nan])
-    r_ref = recall1(*ref, r)
-    r_test = recall1(*test, r) if finite else float("nan")
+    # Recall@1 over the queries that fp32 decides by more than its own precision (decided.py).
+    # When fp32 decides none of them (a degenerate model), all queries count, as before.
+    keep = decided_queries(*ref, r.query_labels, r.gallery_labels)
+    keep = keep if keep.any() else np.ones_like(keep)
+    sub = Retrieval([], [], r.query_labels[keep], r.gallery_labels, r.protocol)
+    r_ref = recall1(ref[0][keep], ref[1], sub)
+    r_test = recall1(test[0][keep], test[1], sub) if finite else float("nan")
     return {"mean_cosine": float(cos.mean()), "min_cosine": float(cos.min()), "recall@1_fp32": r_ref,
             "recall@1": r_test, "recall_drop_points": 100.0 * (r_ref - r_test), "finite": finite,
-            "queries": int(ref[0].shape[0]), "gallery": int(ref[1].shape[0]), "protocol": r.protocol}
+            "queries": int(keep.sum()), "undecided_queries": int(len(keep) - keep.sum()),
+            "undecided_margin": RESOLUTION,
+            "gallery": int(ref[1].shape[0]), "protocol": r.protocol}
 
 
 def code_figures(fp32: tuple[np.ndarray, np.ndarray], scales: np.ndarray, r: Retrieval) -> dict:
@@ -97,25 +106,60 @@ def code_figures(fp32: tuple[np.ndarray, np.ndarray], scales: np.ndarray, r: Ret
     return compare_figures(fp32, coded, r)
 
 
+def int8_failures(fig: dict, thr: GateThresholds, what: str = "") -> list[str]:
+    """Return why ``fig`` (int8 graph / int8 codes vs fp32) misses the cosine or Recall@1 gate; [] when it passes."""
+    prefix = f"{what}: " if what else ""
+    if not fig["finite"]:
+        return [f"{what or 'the graph'} produced NaN/inf on real inputs"]
+    out = []
+    if not fig["mean_cosine"] >= thr.int8_min_cosine:
+        out.append(f"{prefix}mean cosine to fp32 is {fig['mean_cosine']:.4f} < {thr.int8_min_cosine:g} "
+                   "(--int8-min-cosine)")
+    if not fig["recall_drop_points"] <= thr.int8_max_recall_drop_points:
+        out.append(f"{prefix}Recall@1 drops {fig['recall_drop_points']:.2f} points "
+                   f"({100 * fig['recall@1_fp32']:.2f} -> {100 * fig['recall@1']:.2f} on {fig['queries']} "
+                   f"queries) > {thr.int8_max_recall_drop_points:g} (--int8-max-recall-drop)")
+    return out
+
+
 def check_int8(fig: dict, thr: GateThresholds, what: str) -> None:
     """Raise GateError unless ``what`` (int8 graph / int8 codes) keeps cosine and Recall@1 within the limits."""
-    if not fig["finite"]:
-        raise GateError(f"{what} produced NaN/inf on real inputs")
-    if not fig["mean_cosine"] >= thr.int8_min_cosine:
-        raise GateError(f"{what}: mean cosine to fp32 is {fig['mean_cosine']:.4f} < {thr.int8_min_cosine:g} "
-                        "(--int8-min-cosine)")
-    if not fig["recall_drop_points"] <= thr.int8_max_recall_drop_points:
-        raise GateError(f"{what}: Recall@1 drops {fig['recall_drop_points']:.2f} points "
-                        f"({100 * fig['recall@1_fp32']:.2f} -> {100 * fig['recall@1']:.2f} on {fig['queries']} "
-                        f"queries) > {thr.int8_max_recall_drop_points:g} (--int8-max-recall-drop)")
+    failures = int8_failures(fig, thr, what)
+    if failures:
+        raise GateError(failures[0])
+
+
+@dataclass
+class Similarity:
+    """Scored sentence pairs (text: STS-B dev): the Spearman of cosine against the gold scores is reported."""
+
+    first: list[Batch]
+    second: list[Batch]
+    scores: np.ndarray
+    source: str
+
+    def spearman(self, fn: EmbedFn) -> float:
+        """Return the Spearman correlation of cosine(fn(first), fn(second)) with the gold scores."""
+        from ..metrics import cosine_scores, spearman
+
+        return float(spearman(cosine_scores(embed_batches(fn, self.first), embed_batches(fn, self.second)),
+                              self.scores))
+
+
+def spearman_figures(fp32: float, test: float, sim: Similarity) -> dict:
+    """Return {spearman_fp32, spearman, spearman_drop_points (x100), spearman_pairs, spearman_source}."""
+    return {"spearman_fp32": fp32, "spearman": test, "spearman_drop_points": 100.0 * (fp32 - test),
+            "spearman_pairs": int(len(sim.scores)), "spearman_source": sim.source}
 
 
 def measure_and_check(fp32: EmbedFn, parity_batches: Sequence[Batch], retrieval: Retrieval, scales: np.ndarray,
-                      thr: GateThresholds, reference: EmbedFn | None = None, int8: EmbedFn | None = None) -> dict:
+                      thr: GateThresholds, reference: EmbedFn | None = None, int8: EmbedFn | None = None,
+                      fp32_retrieval: tuple[np.ndarray, np.ndarray] | None = None) -> dict:
     """Return the gate figures {fp32_parity?, int8_codes, int8_model?}; raise GateError at the first miss.
 
     ``reference`` (the PyTorch folded module) enables the parity gate; ``int8`` the int8-graph gate. The
-    int8 codes gate always runs, with ``scales``.
+    int8 codes gate always runs, with ``scales``. ``fp32_retrieval``: the fp32 graph's (query, gallery)
+    embeddings when the caller already has them.
     """
     figures: dict = {}
     if reference is not None:
@@ -123,7 +167,7 @@ def measure_and_check(fp32: EmbedFn, parity_batches: Sequence[Batch], retrieval:
         parity = parity_figures(embed_batches(reference, parity_batches), embed_batches(fp32, parity_batches), size)
         figures["fp32_parity"] = parity
         check_parity(parity, thr)
-    fp32_ret = retrieval.embed(fp32)
+    fp32_ret = fp32_retrieval if fp32_retrieval is not None else retrieval.embed(fp32)
     figures["int8_codes"] = code_figures(fp32_ret, scales, retrieval)
     check_int8(figures["int8_codes"], thr, "int8 embedding codes")
     if int8 is not None:

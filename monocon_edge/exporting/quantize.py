@@ -1,7 +1,13 @@
-"""int8 graphs with onnxruntime's quantization tools: static QDQ for CNNs, dynamic for transformers.
+"""int8 (and 4-bit) graphs with onnxruntime's quantization tools, as candidates for measurement.
 
-The folded tail (head, normalisation, PCA projection) stays fp32 in both: it is a tiny share of the compute,
-and the final normalise(P·(z − μ)) is exactly where 8-bit activations would cost accuracy.
+Schemes (``SCHEMES``): static QDQ for CNNs; for transformers dynamic per-channel QOperator int8, MatMulNBits
+8-bit with int8 compute (``accuracy_level=4``), and a mixed dynamic scheme that keeps named MatMuls fp32 (the
+most sensitive ones, chosen by ``int8_select`` from a measurement); ``int4`` is MatMulNBits 4-bit + 4-bit
+Gather. Every transformer scheme also stores the large constant Gather tables (the word embeddings: half of
+MiniLM's bytes) in int8 or 4 bits.
+
+The folded tail (head, normalisation, PCA projection) stays fp32 in all of them: it is a tiny share of the
+compute, and the final normalise(P·(z − μ)) is exactly where 8-bit activations would cost accuracy.
 """
 from __future__ import annotations
 
@@ -10,7 +16,7 @@ import io
 import logging
 import tempfile
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -18,6 +24,16 @@ from ..device.errors import MonoconError
 from .fold import HEAD_PREFIX, PROJECTION_PREFIX
 
 TAIL_PREFIX = "tail."
+# A constant Gather table with at least this many elements is stored quantized (MiniLM: the 30522 x 384 word
+# embeddings and the 512 x 384 position embeddings; the 2 x 384 token types stay fp32).
+LARGE_GATHER_ELEMENTS = 1 << 16
+# MatMulNBits block (input channels per scale) and the int8-compute kernel level (4 = int8 activations).
+NBITS_BLOCK = 32
+NBITS_ACCURACY_LEVEL = 4
+SCHEMES = ("static", "dynamic", "nbits8", "mixed")
+
+GATHER_INT8 = "int8 per row (symmetric, one fp32 scale per table row): Gather(int8) · Gather(scale)"
+GATHER_INT4 = f"4-bit blocks of {NBITS_BLOCK} (GatherBlockQuantized)"
 STATIC_SCHEME = {
     "method": "static", "format": "QDQ", "activations": "uint8 (per-tensor, MinMax calibration)",
     "weights": "int8 per-channel", "op_types": ["Conv", "MatMul", "Gemm"], "fp32": "head + normalise + PCA tail",
@@ -25,7 +41,19 @@ STATIC_SCHEME = {
 DYNAMIC_SCHEME = {
     "method": "dynamic", "format": "QOperator (MatMulInteger / DynamicQuantizeLinear)",
     "activations": "uint8, scales computed per batch at run time", "weights": "int8 per-channel",
-    "op_types": ["MatMul", "Gemm"], "fp32": "head + normalise + PCA tail",
+    "op_types": ["MatMul", "Gemm", "Gather"], "gather": GATHER_INT8, "fp32": "head + normalise + PCA tail",
+}
+NBITS8_SCHEME = {
+    "method": "weight-only", "format": f"MatMulNBits (8 bits, accuracy_level={NBITS_ACCURACY_LEVEL}: int8 compute)",
+    "activations": "int8 inside MatMulNBits (accuracy level 4), float32 between nodes",
+    "weights": f"int8, symmetric, one scale per block of {NBITS_BLOCK} input channels",
+    "op_types": ["MatMul", "Gather"], "gather": GATHER_INT8, "fp32": "head + normalise + PCA tail",
+}
+INT4_SCHEME = {
+    "method": "weight-only", "format": f"MatMulNBits (4 bits, accuracy_level={NBITS_ACCURACY_LEVEL})",
+    "activations": "int8 inside MatMulNBits (accuracy level 4), float32 between nodes",
+    "weights": f"4-bit, symmetric, one scale per block of {NBITS_BLOCK} input channels",
+    "op_types": ["MatMul", "Gather"], "gather": GATHER_INT4, "fp32": "head + normalise + PCA tail",
 }
 
 
@@ -42,18 +70,22 @@ class _Batches:
         pass
 
 
-WEIGHT_ONLY_SCHEME = {
-    "method": "weight-only", "format": "MatMulNBits (8 bits)",
-    "activations": "float32", "weights": "int8, symmetric, one scale per block of input channels",
-    "op_types": ["MatMul"], "fp32": "head + normalise + PCA tail, activations",
-}
-
-
 def tail_nodes(model) -> list[str]:
     """Return the names of the nodes that read a folded-tail initializer (head or PCA projection weights)."""
     tail = {i.name for i in model.graph.initializer
             if i.name.startswith(TAIL_PREFIX) and (HEAD_PREFIX in i.name or PROJECTION_PREFIX in i.name)}
     return [n.name for n in model.graph.node if n.name and tail.intersection(n.input)]
+
+
+def weight_matmuls(model) -> list[str]:
+    """Return the names of the MatMul nodes with a constant 2-D float B (what int8 schemes quantize), tail excluded,
+    in graph order."""
+    from onnx import TensorProto
+
+    consts = {i.name for i in model.graph.initializer if i.data_type == TensorProto.FLOAT and len(i.dims) == 2}
+    tail = set(tail_nodes(model))
+    return [n.name for n in model.graph.node
+            if n.op_type == "MatMul" and n.name and n.input[1] in consts and n.name not in tail]
 
 
 @contextlib.contextmanager
@@ -109,29 +141,157 @@ def quantize_static_qdq(fp32: Path, out: Path, calibration: list[dict[str, np.nd
             "calibration_examples": int(sum(next(iter(b.values())).shape[0] for b in calibration))}
 
 
-def quantize_dynamic_int8(fp32: Path, out: Path) -> dict:
-    """Write a dynamically quantized int8 graph of ``fp32`` to ``out``; return the scheme."""
+def quantize_dynamic_int8(fp32: Path, out: Path, keep_fp32: Sequence[str] = ()) -> dict:
+    """Write a dynamically quantized int8 graph of ``fp32`` to ``out`` (per-channel int8 MatMul weights, uint8
+    activations quantized at run time, large Gather tables int8 per row); ``keep_fp32``: MatMul nodes left fp32
+    (the mixed scheme). Return the scheme."""
+    import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    with _preprocessed(fp32, out) as (pre, exclude):
-        quantize_dynamic(str(pre), str(out), op_types_to_quantize=list(DYNAMIC_SCHEME["op_types"]),
-                         per_channel=True, weight_type=QuantType.QInt8, nodes_to_exclude=exclude)
-    return dict(DYNAMIC_SCHEME)
+    with _preprocessed(fp32, out) as (pre, tail):
+        # quantize_dynamic first rewrites every Gemm as <name>_MatMul (+ <name>_Add): exclude both names.
+        exclude = [f"{n}{suffix}" for n in tail + list(keep_fp32) for suffix in ("", "_MatMul")]
+        quantize_dynamic(str(pre), str(out), op_types_to_quantize=["MatMul", "Gemm"], per_channel=True,
+                         weight_type=QuantType.QInt8, nodes_to_exclude=exclude)
+    model = onnx.load(str(out))
+    gathers = quantize_gathers_int8(model)
+    onnx.save_model(model, str(out))
+    scheme = dict(DYNAMIC_SCHEME, gather_tables=gathers)
+    if keep_fp32:
+        scheme.update(method="mixed", fp32=f"{len(keep_fp32)} most sensitive MatMuls + head + normalise + PCA tail",
+                      kept_fp32=list(keep_fp32))
+    return scheme
 
 
-def quantize_weights_int8(fp32: Path, out: Path, block_size: int = 32) -> dict:
-    """Write a graph of ``fp32`` whose constant MatMul weights are int8 (block-wise symmetric scales,
-    MatMulNBits with 8 bits) and whose activations stay float32 to ``out``; return the scheme."""
+def quantize_nbits(fp32: Path, out: Path, bits: int = 8, block_size: int = NBITS_BLOCK,
+                   accuracy_level: int | None = NBITS_ACCURACY_LEVEL) -> dict:
+    """Write a graph of ``fp32`` with MatMulNBits weights of ``bits`` (8 or 4; block-wise symmetric scales) to
+    ``out``: 8 bits stores the large Gather tables int8 per row, 4 bits as GatherBlockQuantized 4-bit blocks.
+    ``accuracy_level=4`` runs the MatMuls on int8 kernels (None: onnxruntime's default, fp32 compute). Return
+    the scheme."""
     import onnx
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
-    with _quiet():
+    if bits not in (4, 8):
+        raise MonoconError(f"MatMulNBits schemes here are 8 or 4 bits, got {bits}")
+    with _quiet(), np.errstate(divide="ignore", invalid="ignore"):  # all-zero blocks: onnxruntime divides by 0
         model = onnx.load(str(fp32))
-        quantizer = MatMulNBitsQuantizer(model, bits=8, block_size=block_size, is_symmetric=True,
-                                         nodes_to_exclude=tail_nodes(model))
+        exclude = tail_nodes(model)
+        if bits == 4:
+            exclude += [n.name for n in model.graph.node if n.op_type == "Gather" and not _large_table(model, n)]
+        quantizer = MatMulNBitsQuantizer(model, bits=bits, block_size=block_size, is_symmetric=True,
+                                         accuracy_level=accuracy_level, nodes_to_exclude=exclude,
+                                         op_types_to_quantize=("MatMul", "Gather") if bits == 4 else ("MatMul",),
+                                         quant_axes=(("MatMul", 0), ("Gather", 1)))
         quantizer.process()
-        onnx.save_model(quantizer.model.model, str(out))
-    return dict(WEIGHT_ONLY_SCHEME, block_size=block_size)
+        model = quantizer.model.model
+    scheme = dict(NBITS8_SCHEME if bits == 8 else INT4_SCHEME, block_size=block_size, accuracy_level=accuracy_level)
+    if bits == 8:
+        scheme["gather_tables"] = quantize_gathers_int8(model)
+    else:
+        scheme["gather_tables"] = [n.input[0].removesuffix("_Q4") for n in model.graph.node
+                                   if n.op_type == "GatherBlockQuantized"]
+    onnx.save_model(model, str(out))
+    return scheme
+
+
+def _large_table(model, node, min_elements: int = LARGE_GATHER_ELEMENTS) -> bool:
+    """Return True when ``node`` gathers from a constant float table of at least ``min_elements`` (axis 0)."""
+    from onnx import TensorProto
+
+    if node.op_type != "Gather" or any(a.name == "axis" and a.i != 0 for a in node.attribute):
+        return False
+    init = next((i for i in model.graph.initializer if i.name == node.input[0]), None)
+    return (init is not None and init.data_type == TensorProto.FLOAT and len(init.dims) == 2
+            and int(np.prod(init.dims)) >= min_elements)
+
+
+def quantize_gathers_int8(model, min_elements: int = LARGE_GATHER_ELEMENTS) -> list[str]:
+    """Store every large constant Gather table of ``model`` (in place) as int8 rows with one fp32 scale per row.
+
+    ``Gather(table, ids)`` becomes ``Cast(Gather(table_int8, ids)) · Gather(row_scales, ids)``: standard ONNX
+    ops, 4× fewer bytes, and a per-row scale (a token's own range) rather than one range for the whole table.
+    Returns the names of the tables it replaced (their int8 copies are named ``<table>.int8``).
+    """
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = model.graph
+    readers: dict[str, int] = {}
+    for n in graph.node:
+        for i in n.input:
+            readers[i] = readers.get(i, 0) + 1
+    inits = {i.name: i for i in graph.initializer}
+    done: list[str] = []
+    new_nodes = []
+    for node in graph.node:
+        if not _large_table(model, node, min_elements) or readers.get(node.input[0], 0) != 1:
+            new_nodes.append(node)
+            continue
+        name, ids, out = node.input[0], node.input[1], node.output[0]
+        table = numpy_helper.to_array(inits[name]).astype(np.float32)
+        scale = np.abs(table).max(axis=1, keepdims=True) / np.float32(127.0)
+        scale[scale == 0] = 1.0
+        q = np.clip(np.rint(table / scale), -127, 127).astype(np.int8)
+        graph.initializer.remove(inits[name])
+        graph.initializer.extend([numpy_helper.from_array(q, f"{name}.int8"),
+                                  numpy_helper.from_array(scale.astype(np.float32), f"{name}.row_scale")])
+        base = node.name or out
+        new_nodes += [
+            helper.make_node("Gather", [f"{name}.int8", ids], [f"{out}.int8"], name=f"{base}.int8", axis=0),
+            helper.make_node("Cast", [f"{out}.int8"], [f"{out}.float"], name=f"{base}.cast", to=TensorProto.FLOAT),
+            helper.make_node("Gather", [f"{name}.row_scale", ids], [f"{out}.scale"], name=f"{base}.scale", axis=0),
+            helper.make_node("Mul", [f"{out}.float", f"{out}.scale"], [out], name=f"{base}.dequantize"),
+        ]
+        done.append(name)
+    del graph.node[:]
+    graph.node.extend(new_nodes)
+    return done
+
+
+def fake_quant_switches(model, nodes: Sequence[str]) -> tuple[object, dict[str, str]]:
+    """Return (a copy of ``model`` in which each MatMul of ``nodes`` can be switched to simulated dynamic int8,
+    {node: the name of its bool switch input}).
+
+    A switched-on node multiplies DequantizeLinear(DynamicQuantizeLinear(x)) — the uint8 per-tensor activation
+    of onnxruntime's dynamic scheme, computed at run time — by its weight rounded to int8 per output channel
+    (symmetric), in fp32: what the dynamic int8 kernel computes, without its integer arithmetic. Switched off,
+    it is the fp32 MatMul. One session then measures every node's effect on the output (``int8_select``).
+    """
+    import copy
+
+    from onnx import TensorProto, helper, numpy_helper
+
+    model = copy.deepcopy(model)
+    graph = model.graph
+    inits = {i.name: i for i in graph.initializer}
+    wanted = set(nodes)
+    switches: dict[str, str] = {}
+    new_nodes = []
+    for node in graph.node:
+        if node.name not in wanted:
+            new_nodes.append(node)
+            continue
+        x, w_name = node.input[0], node.input[1]
+        w = numpy_helper.to_array(inits[w_name]).astype(np.float32)
+        scale = np.abs(w).max(axis=0, keepdims=True) / np.float32(127.0)
+        scale[scale == 0] = 1.0
+        w_q = (np.clip(np.rint(w / scale), -127, 127) * scale).astype(np.float32)
+        key = node.name
+        switch = f"{key}.int8_switch"
+        switches[node.name] = switch
+        graph.input.append(helper.make_tensor_value_info(switch, TensorProto.BOOL, []))
+        graph.initializer.append(numpy_helper.from_array(w_q, f"{w_name}.fake_int8"))
+        new_nodes += [
+            helper.make_node("DynamicQuantizeLinear", [x], [f"{key}.xq", f"{key}.xs", f"{key}.xz"], name=f"{key}.dql"),
+            helper.make_node("DequantizeLinear", [f"{key}.xq", f"{key}.xs", f"{key}.xz"], [f"{key}.xdq"],
+                             name=f"{key}.dq"),
+            helper.make_node("Where", [switch, f"{key}.xdq", x], [f"{key}.x"], name=f"{key}.x_switch"),
+            helper.make_node("Where", [switch, f"{w_name}.fake_int8", w_name], [f"{key}.w"], name=f"{key}.w_switch"),
+            helper.make_node("MatMul", [f"{key}.x", f"{key}.w"], list(node.output), name=node.name),
+        ]
+    del graph.node[:]
+    graph.node.extend(new_nodes)
+    return model, switches
 
 
 def stamp_metadata(path: Path, metadata: dict[str, str]) -> None:

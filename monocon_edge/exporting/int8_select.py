@@ -1,0 +1,385 @@
+"""Choose the int8 graph by measurement: build each candidate scheme, time it against the fp32 graph (batch 1,
+one thread, all graphs interleaved in one process), measure its gate figures, keep the fastest that passes
+every gate (Intel Neural Compressor's accuracy-aware tuning, reduced to a handful of schemes).
+
+Candidates: static QDQ for CNNs; for transformers dynamic per-channel int8, MatMulNBits 8-bit with int8
+compute, and ``mixed`` — dynamic int8 with the MatMuls whose quantization costs the most left fp32. "Costs
+the most" is measured, not guessed from node names: one session of the fp32 graph with a switch per MatMul
+(``quantize.fake_quant_switches``) gives the output's mean cosine loss on calibration data when that node
+alone is quantized; then the fewest top-ranked nodes that, kept fp32, leave at most half of the loss of
+quantizing them all (simulated on the same data) stay fp32.
+
+Pure and silent: progress goes through ``emit``; the CLI renders the table from the returned record.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from ..device.errors import GateError, MonoconError
+from .gates import GateThresholds, int8_failures
+
+Batch = dict[str, np.ndarray]
+EmbedFn = Callable[[Batch], np.ndarray]
+EventFn = Callable[[str, dict[str, Any]], None]
+
+TEXT_CANDIDATES = ("dynamic", "nbits8", "mixed")
+VISION_CANDIDATES = ("static",)
+# Counts of top-ranked MatMuls the mixed scheme may keep fp32, tried in order; the first that recovers enough wins.
+MIXED_LADDER = (1, 2, 3, 4, 6, 8, 12, 16)
+MIXED_LOSS_FRACTION = 0.5
+SENSITIVITY_EXAMPLES = 64
+# A graph counts as faster only when its p50 is at least this much lower (interleaved timings still jitter).
+FASTER_MARGIN = 0.05
+# What "fastest" compares: the median CPU time per batch-1 call at one thread (see interleaved_latency). On a
+# shared machine wall time mostly measures the wait for a CPU; both are recorded.
+SPEED_KEY = "cpu_p50_ms"
+
+
+def candidates_for(modality: str) -> tuple[str, ...]:
+    """Return the int8 schemes ``export --int8`` tries for ``modality``."""
+    return VISION_CANDIDATES if modality == "vision" else TEXT_CANDIDATES
+
+
+def check_scheme(name: str, modality: str) -> None:
+    """Raise MonoconError unless ``name`` is "auto" or a scheme that fits ``modality``."""
+    from .quantize import SCHEMES
+
+    if name == "auto":
+        return
+    if name not in SCHEMES:
+        raise MonoconError(f"unknown int8 scheme {name!r}: choose auto, {', '.join(SCHEMES)}")
+    if name == "static" and modality != "vision":
+        raise MonoconError("static int8 calibration is for image models: use --int8-scheme dynamic, nbits8 or mixed")
+    if name == "mixed" and modality == "vision":
+        raise MonoconError("the mixed scheme is for transformers (dynamic int8 MatMuls): use static or dynamic")
+
+
+def session(path: Path | bytes, threads: int | None = None) -> Any:
+    """Return a CPU onnxruntime session of ``path`` (a file or serialized model); ``threads`` caps intra-op threads."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    if threads is not None:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    src = path if isinstance(path, bytes) else str(path)
+    return ort.InferenceSession(src, options, providers=["CPUExecutionProvider"])
+
+
+def load_ms(path: Path, repeats: int = 3) -> float:
+    """Return the median wall time (ms) of creating a one-thread session of ``path`` (graph optimisation included)."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        session(path, threads=1)
+        times.append(time.perf_counter() - start)
+    return float(np.median(times) * 1e3)
+
+
+def interleaved_latency(paths: dict[str, Path], feeds: Sequence[Batch], rounds: int, warmup: int = 5,
+                        threads: int = 1, seed: int = 0) -> dict[str, dict[str, float]]:
+    """Return {name: {p50_ms, p90_ms, cpu_p50_ms}} of batch-1 calls of each graph, timed interleaved in one process.
+
+    Each round runs every graph once on the same input, in a fresh random order, so load from other processes
+    falls on all graphs alike; ``warmup`` untimed calls per graph and input first. ``cpu_p50_ms`` is the CPU
+    time of the calling thread per call: with one intra-op thread onnxruntime computes on that thread, so it is
+    the call's compute time without the waits for a CPU that wall time includes on a shared machine.
+    """
+    if not feeds or rounds < 1:
+        raise MonoconError("latency needs at least one input and one round")
+    sessions = {name: session(p, threads) for name, p in paths.items()}
+    for s in sessions.values():
+        for feed in list(feeds)[:max(warmup, 1)]:
+            s.run(None, feed)
+    wall: dict[str, list[float]] = {name: [] for name in sessions}
+    cpu: dict[str, list[float]] = {name: [] for name in sessions}
+    rng = np.random.default_rng(seed)
+    names = list(sessions)
+    for r in range(rounds):
+        feed = feeds[r % len(feeds)]
+        for i in rng.permutation(len(names)):
+            name = names[i]
+            start, start_cpu = time.perf_counter(), time.thread_time()
+            sessions[name].run(None, feed)
+            cpu[name].append(time.thread_time() - start_cpu)
+            wall[name].append(time.perf_counter() - start)
+    out = {}
+    for name in names:
+        ms = np.asarray(wall[name]) * 1e3
+        out[name] = {"p50_ms": float(np.percentile(ms, 50)), "p90_ms": float(np.percentile(ms, 90)),
+                     "cpu_p50_ms": float(np.median(cpu[name]) * 1e3)}
+    return out
+
+
+def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    from ..metrics import l2_normalize
+
+    return np.sum(l2_normalize(a.astype(np.float64)) * l2_normalize(b.astype(np.float64)), axis=1)
+
+
+def matmul_sensitivity(fp32: Path, calibration: Sequence[Batch], examples: int = SENSITIVITY_EXAMPLES) -> dict:
+    """Measure each weight MatMul's quantization cost on ``calibration`` and pick the nodes ``mixed`` keeps fp32.
+
+    Returns {"nodes": [{node, loss}] sorted most costly first (loss = 1 − mean cosine of the output with only
+    that node quantized, simulated), "all_quantized_loss", "ladder": [{kept_fp32, loss}], "keep": [...],
+    "rule", "examples"}.
+    """
+    import onnx
+
+    from .quantize import _preprocess, fake_quant_switches, weight_matmuls
+
+    batches, n = [], 0
+    for b in calibration:
+        if n >= examples:
+            break
+        take = min(examples - n, next(iter(b.values())).shape[0])
+        batches.append({k: v[:take] for k, v in b.items()})
+        n += take
+    if not batches:
+        raise MonoconError("the mixed int8 scheme needs calibration inputs, got none")
+    import tempfile
+
+    with tempfile.TemporaryDirectory(dir=fp32.parent) as tmp:
+        pre = Path(tmp) / "pre.onnx"
+        _preprocess(fp32, pre)
+        model = onnx.load(str(pre))
+    nodes = weight_matmuls(model)
+    if not nodes:
+        raise MonoconError("the graph has no weight MatMul to keep fp32")
+    switched, switches = fake_quant_switches(model, nodes)
+    sess = session(switched.SerializeToString())
+    output = sess.get_outputs()[0].name
+
+    def run(quantized: set[str]) -> np.ndarray:
+        outs = []
+        for b in batches:
+            feed = dict(b)
+            feed.update({switches[m]: np.array(m in quantized) for m in nodes})
+            outs.append(sess.run([output], feed)[0])
+        return np.concatenate(outs)
+
+    ref = run(set())
+
+    def loss(quantized: set[str]) -> float:
+        return float(1.0 - _cosines(ref, run(quantized)).mean())
+
+    costs = {m: loss({m}) for m in nodes}
+    order = sorted(nodes, key=lambda m: -costs[m])
+    all_loss = loss(set(nodes))
+    ladder, keep = [], order[:min(MIXED_LADDER[-1], len(order))]
+    for k in (k for k in MIXED_LADDER if k < len(order)):
+        value = loss(set(order[k:]))
+        ladder.append({"kept_fp32": k, "loss": value})
+        if value <= MIXED_LOSS_FRACTION * all_loss:
+            keep = order[:k]
+            break
+    return {"nodes": [{"node": m, "loss": costs[m]} for m in order], "all_quantized_loss": all_loss,
+            "ladder": ladder, "keep": keep, "examples": n,
+            "rule": f"keep fp32 the fewest top-ranked MatMuls (tried {', '.join(map(str, MIXED_LADDER))}) whose "
+                    f"simulated loss is <= {MIXED_LOSS_FRACTION:g} x the loss with every MatMul quantized"}
+
+
+def build(name: str, fp32: Path, out: Path, calibration: Sequence[Batch]) -> dict:
+    """Write candidate ``name`` of ``fp32`` to ``out``; return its scheme (for the manifest)."""
+    from . import quantize as Q
+
+    if name == "static":
+        return Q.quantize_static_qdq(fp32, out, list(calibration))
+    if name == "dynamic":
+        return Q.quantize_dynamic_int8(fp32, out)
+    if name == "nbits8":
+        return Q.quantize_nbits(fp32, out, bits=8)
+    if name == "int4":
+        return Q.quantize_nbits(fp32, out, bits=4)
+    if name == "mixed":
+        sens = matmul_sensitivity(fp32, calibration)
+        scheme = Q.quantize_dynamic_int8(fp32, out, keep_fp32=sens["keep"])
+        top = sens["nodes"][:max(len(sens["keep"]), 8)]
+        scheme["sensitivity"] = {**{k: v for k, v in sens.items() if k not in ("nodes", "keep")}, "top_nodes": top}
+        return scheme
+    raise MonoconError(f"unknown quantization scheme {name!r}")
+
+
+@dataclass
+class Selection:
+    """The chosen graph (``path`` inside the work folder), its scheme, and the record of every candidate."""
+
+    name: str | None
+    path: Path | None
+    scheme: dict | None
+    figures: dict | None
+    record: dict[str, Any]
+    extra: dict[str, dict[str, Any]] = field(default_factory=dict)  # e.g. int4: {path, scheme, figures}
+
+
+def select(fp32: Path, work: Path, modality: str, calibration: Sequence[Batch], timing_feeds: Sequence[Batch],
+           evaluate: Callable[[Path], dict], thresholds: GateThresholds, forced: str = "auto",
+           int4: bool = False, only_int4: bool = False, rounds: int = 200,
+           emit: EventFn | None = None) -> Selection:
+    """Build, time and gate the int8 candidates of ``fp32`` in ``work``; return the fastest that passes.
+
+    ``evaluate(path)`` returns a candidate's gate figures against fp32 (mean/min cosine, Recall@1 drop, and
+    for text the Spearman drop). ``forced`` (a scheme name) builds and gates only that one. ``int4`` also
+    builds the 4-bit graph (returned in ``extra``; it must pass the same gates), ``only_int4`` nothing else.
+    Raises GateError when the forced scheme, every candidate, or the int4 graph misses a gate.
+    """
+    emit = emit or (lambda kind, info: None)
+    check_scheme(forced, modality)
+    names = list(candidates_for(modality)) if forced == "auto" else [forced]
+    if only_int4:
+        names = []
+    if int4 or only_int4:
+        names.append("int4")
+    rows: dict[str, dict[str, Any]] = {}
+    paths: dict[str, Path] = {}
+    schemes: dict[str, dict] = {}
+    figures: dict[str, dict] = {}
+    for name in names:
+        emit("stage", {"name": f"int8 candidate {name}: quantize"})
+        out = work / f"{name}.onnx"
+        row: dict[str, Any] = {"name": name, "eligible": name != "int4"}
+        rows[name] = row
+        try:
+            schemes[name] = build(name, fp32, out, calibration)
+        except MonoconError:
+            raise
+        except Exception as exc:  # a scheme the graph or this onnxruntime cannot take: recorded, skipped
+            row.update(passed=False, failures=[f"quantization failed: {type(exc).__name__}: {_first_line(exc)}"])
+            continue
+        paths[name] = out
+        row.update(format=schemes[name]["format"], bytes=out.stat().st_size)
+        if "kept_fp32" in schemes[name]:
+            row["kept_fp32"] = len(schemes[name]["kept_fp32"])
+        emit("stage", {"name": f"int8 candidate {name}: gate figures"})
+        figures[name] = evaluate(out)
+        fails = int8_failures(figures[name], thresholds)
+        row.update({k: figures[name].get(k) for k in ("mean_cosine", "min_cosine", "recall_drop_points",
+                                                        "spearman_drop_points")})
+        row.update(passed=not fails, failures=fails)
+    emit("stage", {"name": f"timing {len(paths)} candidates against fp32 (batch 1, 1 thread, interleaved)"})
+    timed = interleaved_latency({"fp32": fp32, **paths}, timing_feeds, rounds) if paths else {}
+    fp32_row = {"name": "fp32", "bytes": fp32.stat().st_size, "load_ms": load_ms(fp32), **timed.get("fp32", {})}
+    for name, path in paths.items():
+        rows[name].update(timed[name], load_ms=load_ms(path),
+                          speedup_vs_fp32=fp32_row["cpu_p50_ms"] / timed[name]["cpu_p50_ms"],
+                          wall_speedup_vs_fp32=fp32_row["p50_ms"] / timed[name]["p50_ms"],
+                          size_vs_fp32=fp32_row["bytes"] / rows[name]["bytes"])
+    eligible = [rows[n] for n in names if rows[n]["eligible"] and rows[n].get("passed")]
+    winner = min(eligible, key=lambda r: r[SPEED_KEY]) if eligible else None
+    record = {
+        "candidates": [rows[n] for n in names], "fp32": fp32_row, "winner": winner["name"] if winner else None,
+        "forced": forced != "auto", "thresholds": thresholds.to_dict(),
+        "timing": {"batch": 1, "threads": 1, "rounds": rounds, "inputs": len(timing_feeds),
+                   "how": "every graph once per round on the same real input, random order per round, "
+                          "after warm-up; p50 over rounds of wall time (p50_ms) and of the calling thread's CPU "
+                          "time (cpu_p50_ms, what the winner is chosen by; speedup_vs_fp32 is its ratio, "
+                          "wall_speedup_vs_fp32 the wall-time one); load_ms = median of 3 session creations"},
+    }
+    if winner is not None:
+        record["reason"] = _reason(winner, [rows[n] for n in names if rows[n]["eligible"]], forced != "auto")
+    extra: dict[str, dict[str, Any]] = {}
+    if "int4" in paths:
+        extra["int4"] = {"path": paths["int4"], "scheme": schemes["int4"], "figures": figures["int4"],
+                         "row": rows["int4"]}
+    if winner is None and not only_int4:
+        raise GateError("no int8 candidate passes the gates: " + "; ".join(
+            f"{n}: {', '.join(rows[n].get('failures') or ['?'])}" for n in names if rows[n]["eligible"]))
+    if "int4" in rows and not rows["int4"].get("passed"):
+        raise GateError("int4 model: " + "; ".join(rows["int4"].get("failures") or ["?"]))
+    if winner is None:
+        return Selection(None, None, None, None, record, extra)
+    w = winner["name"]
+    return Selection(w, paths[w], schemes[w], figures[w], record, extra)
+
+
+def try_transformer_fusion(fp32: Path, parity: Sequence[Batch], feeds: Sequence[Batch], rounds: int,
+                           atol: float, quantized: bool) -> dict[str, Any]:
+    """Run onnxruntime's transformer optimizer (BERT fusions) on the fp32 graph at ``fp32``; keep the fused graph
+    (replacing the file) only where it measurably helps: p50 at least FASTER_MARGIN lower at batch 1 / 1 thread
+    for fp32 or — when ``quantized`` — for its dynamic int8 graph, the other not slower, and outputs within
+    ``atol`` / 4 of the unfused graph. The fusions are then saved in the shipped graph (a device does not redo
+    them). Returns the record for the manifest (fusions, timings, load times, decision).
+    """
+    import collections
+    import os
+    import tempfile
+
+    import onnx
+
+    from .quantize import _quiet, quantize_dynamic_int8
+
+    before = collections.Counter(n.op_type for n in onnx.load(str(fp32), load_external_data=False).graph.node)
+    record: dict[str, Any] = {"tool": "onnxruntime.transformers.optimizer.optimize_model(model_type='bert', "
+                                      "opt_level=0)", "kept": False}
+    with tempfile.TemporaryDirectory(dir=fp32.parent) as tmp:
+        fused = Path(tmp) / "fused.onnx"
+        try:
+            from onnxruntime.transformers.optimizer import optimize_model
+
+            with _quiet():
+                opt = optimize_model(str(fp32), model_type="bert", num_heads=0, hidden_size=0, opt_level=0)
+                opt.save_model_to_file(str(fused))
+        except Exception as exc:  # an encoder the optimizer does not know: recorded, unfused graph kept
+            record["reason"] = f"optimizer failed: {type(exc).__name__}: {_first_line(exc)}"
+            return record
+        after = collections.Counter(n.op_type for n in onnx.load(str(fused), load_external_data=False).graph.node)
+        record["fused_ops"] = {k: v - before.get(k, 0) for k, v in after.items() if v > before.get(k, 0)}
+        if not record["fused_ops"]:
+            record["reason"] = "no fusion applied to this graph"
+            return record
+        a, b = session(fp32), session(fused)
+        diff = max(float(np.abs(a.run(None, f)[0] - b.run(None, f)[0]).max()) for f in parity)
+        record["max_abs_diff_to_unfused"] = diff
+        paths = {"fp32": fp32, "fp32_fused": fused}
+        if quantized:
+            for name, src in (("dynamic", fp32), ("dynamic_fused", fused)):
+                paths[name] = Path(tmp) / f"{name}.onnx"
+                quantize_dynamic_int8(src, paths[name])
+        timed = interleaved_latency(paths, feeds, rounds)
+        record["p50_ms"] = {k: v["p50_ms"] for k, v in timed.items()}
+        record["cpu_p50_ms"] = {k: v[SPEED_KEY] for k, v in timed.items()}
+        record["load_ms"] = {k: load_ms(v) for k, v in paths.items()}
+        pairs = [("fp32", "fp32_fused")] + ([("dynamic", "dynamic_fused")] if quantized else [])
+        ratios = {f: timed[f][SPEED_KEY] / timed[u][SPEED_KEY] for u, f in pairs}
+        record["fused_over_unfused_p50"] = ratios
+        faster = any(r <= 1 - FASTER_MARGIN for r in ratios.values())
+        slower = any(r > 1 + FASTER_MARGIN for r in ratios.values())
+        if diff > atol / 4:
+            record["reason"] = f"fused outputs differ by {diff:.2g} from the unfused graph (> {atol / 4:g})"
+        elif not faster or slower:
+            record["reason"] = ("no measurable gain: fused/unfused p50 " +
+                                ", ".join(f"{k} {v:.2f}" for k, v in ratios.items()) +
+                                f" (needs <= {1 - FASTER_MARGIN:.2f} on one, <= {1 + FASTER_MARGIN:.2f} on all)")
+        else:
+            record["kept"] = True
+            record["reason"] = "fused p50 / unfused " + ", ".join(f"{k} {v:.2f}" for k, v in ratios.items())
+            del a, b
+            os.replace(fused, fp32)
+    return record
+
+
+def _reason(winner: dict, rows: list[dict], forced: bool) -> str:
+    if forced:
+        return f"{winner['name']} was forced (--int8-scheme) and passes every gate"
+    failed = [f"{r['name']} ({'; '.join(r.get('failures') or [])})" for r in rows if not r.get("passed")]
+    slower = [f"{r['name']} {r[SPEED_KEY]:.2f} ms" for r in rows if r.get("passed") and r is not winner]
+    text = (f"{winner['name']} is the fastest candidate that passes every gate: CPU time p50 "
+            f"{winner[SPEED_KEY]:.2f} ms per batch-1 call at 1 thread, {winner['speedup_vs_fp32']:.2f}x fp32 "
+            f"(wall p50 {winner['p50_ms']:.2f} ms, {winner['wall_speedup_vs_fp32']:.2f}x)")
+    if slower:
+        text += f"; slower passing: {', '.join(slower)}"
+    if failed:
+        text += f"; failed a gate: {', '.join(failed)}"
+    return text
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else ""

@@ -1,0 +1,219 @@
+"""int8 candidate selection on a tiny BERT folded like a real text run: Gather tables quantized, tail fp32, a
+forced scheme honoured, a candidate that fails a gate skipped and named, the fastest passing one kept."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import TensorProto, numpy_helper
+
+from monocon_edge.exporting import int8_select
+from monocon_edge.device.errors import GateError, MonoconError
+from monocon_edge.exporting.fold import FoldedHead, FoldedTail, FoldedTextModel
+from monocon_edge.exporting.gates import GateThresholds, Retrieval, compare_figures
+from monocon_edge.exporting.onnx_export import example_inputs, export_onnx
+from monocon_edge.exporting.quantize import (LARGE_GATHER_ELEMENTS, quantize_dynamic_int8, quantize_gathers_int8,
+                                   quantize_nbits, tail_nodes, weight_matmuls)
+
+VOCAB, HIDDEN = 8192, 32
+WORD_TABLE = "transformer.embeddings.word_embeddings.weight"
+LOOSE = GateThresholds(int8_min_cosine=-1.0, int8_max_recall_drop_points=100.0)
+
+
+@pytest.fixture(scope="module")
+def tiny_text(tmp_path_factory) -> Path:
+    """Return the fp32 ONNX graph of a 2-layer BERT (vocab 8192, hidden 32) + monotonic-style head + PCA tail."""
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=VOCAB, hidden_size=HIDDEN, num_hidden_layers=2, num_attention_heads=2,
+                     intermediate_size=64, max_position_embeddings=64)
+    bert = BertModel(cfg, add_pooling_layer=False).eval()
+    rng = np.random.default_rng(0)
+    head = FoldedHead([torch.rand(HIDDEN, HIDDEN) * 0.1], [torch.zeros(HIDDEN)], 0.01)
+    components = np.linalg.qr(rng.standard_normal((HIDDEN, 8)))[0].T.astype(np.float32)
+    tail = FoldedTail(head, components, rng.standard_normal(HIDDEN).astype(np.float32) * 0.01)
+    path = tmp_path_factory.mktemp("tiny-text") / "model.onnx"
+    export_onnx(FoldedTextModel(bert, tail).eval(), "text", example_inputs("text"), path, {})
+    return path
+
+
+def _batches(seed: int, n: int = 4, batch: int = 8, length: int = 12) -> list[dict[str, np.ndarray]]:
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        ids = rng.integers(1000, VOCAB, (batch, length)).astype(np.int64)
+        ids[:, 0] = 101
+        mask = np.ones_like(ids)
+        mask[: batch // 2, length // 2:] = 0
+        out.append({"input_ids": ids * mask, "attention_mask": mask})
+    return out
+
+
+def _evaluate(fp32: Path):
+    """Return evaluate(path) -> gate figures vs ``fp32`` on random token batches (query = gallery sentences)."""
+    batches = _batches(1)
+    labels = np.arange(sum(b["input_ids"].shape[0] for b in batches))
+    retrieval = Retrieval(batches, batches, labels, labels, "tiny: each sentence finds itself")
+    ref = retrieval.embed(lambda f: int8_select.session(fp32).run(None, f)[0])
+
+    def evaluate(path: Path) -> dict:
+        s = int8_select.session(path)
+        return compare_figures(ref, retrieval.embed(lambda f: s.run(None, f)[0]), retrieval)
+
+    return evaluate
+
+
+def _timing() -> list[dict[str, np.ndarray]]:
+    return [{k: v[:1] for k, v in b.items()} for b in _batches(2, n=2)]
+
+
+def _select(fp32: Path, work: Path, thresholds: GateThresholds = LOOSE, **kw) -> int8_select.Selection:
+    work.mkdir(exist_ok=True)
+    return int8_select.select(fp32, work, "text", _batches(3), _timing(), _evaluate(fp32), thresholds,
+                              rounds=10, **kw)
+
+
+def _initializers(path: Path) -> dict[str, onnx.TensorProto]:
+    return {i.name: i for i in onnx.load(str(path)).graph.initializer}
+
+
+@pytest.mark.parametrize("scheme", ["dynamic", "nbits8", "mixed", "int4"])
+def test_gather_table_is_quantized_and_the_tail_stays_fp32(tiny_text, tmp_path, scheme) -> None:
+    out = tmp_path / f"{scheme}.onnx"
+    fp32_model = onnx.load(str(tiny_text))
+    tail = {i for n in fp32_model.graph.node if n.name in tail_nodes(fp32_model) for i in n.input
+            if i.startswith("tail.")}
+    assert len(tail) >= 2  # head weight, projection
+    if scheme == "dynamic":
+        info = quantize_dynamic_int8(tiny_text, out)
+    elif scheme == "mixed":
+        keep = weight_matmuls(fp32_model)[:2]
+        info = quantize_dynamic_int8(tiny_text, out, keep_fp32=keep)
+        assert info["method"] == "mixed" and info["kept_fp32"] == keep
+    else:
+        info = quantize_nbits(tiny_text, out, bits=4 if scheme == "int4" else 8)
+    assert WORD_TABLE in info["gather_tables"]
+    model = onnx.load(str(out))
+    inits = {i.name: i for i in model.graph.initializer}
+    # The 8192 x 32 word-embedding table is no longer stored in fp32 ...
+    assert WORD_TABLE not in inits
+    if scheme == "int4":
+        assert any(n.op_type == "GatherBlockQuantized" for n in model.graph.node)
+    else:
+        assert inits[f"{WORD_TABLE}.int8"].data_type == TensorProto.INT8
+    assert all(not (i.data_type == TensorProto.FLOAT and int(np.prod(i.dims)) >= LARGE_GATHER_ELEMENTS)
+               for i in inits.values()), "a large fp32 table is left"
+    # ... while the folded tail's weights are still fp32, read by plain fp32 MatMul / Gemm nodes.
+    for name in tail:  # (dynamic quantization stores a Gemm's weight transposed, as <name>_Transposed)
+        copies = [i for i in inits if i.startswith(name)]
+        assert copies and all(inits[c].data_type == TensorProto.FLOAT for c in copies), (name, copies)
+        readers = {n.op_type for n in model.graph.node for c in copies if c in n.input}
+        assert readers and readers <= {"MatMul", "Gemm"}, (name, readers)
+    nodes = {n.name: n for n in model.graph.node}
+    if scheme == "mixed":  # the MatMuls it keeps are untouched fp32 MatMuls
+        assert all(nodes[k].op_type == "MatMul" for k in keep)
+    assert int8_select.session(out).run(None, _batches(0, n=1)[0])[0].shape == (8, 8)
+
+
+def test_gather_int8_rows_round_trip() -> None:
+    table = np.random.default_rng(0).standard_normal((300, 256)).astype(np.float32)
+    table[7] *= 100  # one row far larger than the others keeps its own scale
+    from onnx import helper
+
+    graph = helper.make_graph([helper.make_node("Gather", ["table", "ids"], ["out"], name="g")], "g",
+                              [helper.make_tensor_value_info("ids", TensorProto.INT64, [None])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, [None, 256])],
+                              [numpy_helper.from_array(table, "table")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)])
+    assert quantize_gathers_int8(model) == ["table"]
+    ids = np.array([0, 7, 299, 7])
+    got = int8_select.session(model.SerializeToString()).run(None, {"ids": ids})[0]
+    want = table[ids]
+    assert np.abs(got - want).max(axis=1).tolist() <= (np.abs(want).max(axis=1) / 127 * 0.51).tolist()
+
+
+def test_forced_scheme_is_the_only_candidate_and_wins(tiny_text, tmp_path) -> None:
+    chosen = _select(tiny_text, tmp_path / "w", forced="nbits8")
+    assert chosen.name == "nbits8" and [r["name"] for r in chosen.record["candidates"]] == ["nbits8"]
+    assert chosen.record["forced"] and "forced" in chosen.record["reason"]
+    assert any(n.op_type == "MatMulNBits" for n in onnx.load(str(chosen.path)).graph.node)
+    assert chosen.scheme["accuracy_level"] == 4
+
+
+def test_unknown_or_unfit_scheme_is_refused(tiny_text, tmp_path) -> None:
+    with pytest.raises(MonoconError, match="unknown int8 scheme"):
+        _select(tiny_text, tmp_path / "w", forced="weights4")
+    with pytest.raises(MonoconError, match="static int8 calibration is for image models"):
+        _select(tiny_text, tmp_path / "w", forced="static")
+
+
+def test_candidate_failing_a_gate_is_skipped_and_named(tiny_text, tmp_path) -> None:
+    first = _select(tiny_text, tmp_path / "a")
+    rows = {r["name"]: r for r in first.record["candidates"]}
+    assert set(rows) == {"dynamic", "nbits8", "mixed"} and all(r["passed"] for r in rows.values())
+    # the fastest of those passing (CPU time per batch-1 call at one thread)
+    assert first.name == min(rows.values(), key=lambda r: r["cpu_p50_ms"])["name"]
+    for r in rows.values():
+        assert r["bytes"] > 0 and r["p50_ms"] > 0 and r["cpu_p50_ms"] > 0 and r["min_cosine"] <= r["mean_cosine"]
+        assert r["speedup_vs_fp32"] == first.record["fp32"]["cpu_p50_ms"] / r["cpu_p50_ms"]
+    assert "sensitivity" in first.scheme or first.name != "mixed"
+    # A cosine gate between the least and the most accurate candidate: the least accurate is skipped, named.
+    worst = min(rows.values(), key=lambda r: r["mean_cosine"])
+    best = max(rows.values(), key=lambda r: r["mean_cosine"])
+    assert worst["mean_cosine"] < best["mean_cosine"]
+    gate = GateThresholds(int8_min_cosine=(worst["mean_cosine"] + best["mean_cosine"]) / 2,
+                          int8_max_recall_drop_points=100.0)
+    second = _select(tiny_text, tmp_path / "b", thresholds=gate)
+    rows2 = {r["name"]: r for r in second.record["candidates"]}
+    assert not rows2[worst["name"]]["passed"] and "mean cosine" in rows2[worst["name"]]["failures"][0]
+    assert second.name != worst["name"] and rows2[second.name]["passed"]
+    assert f"failed a gate: {worst['name']}" in second.record["reason"]
+    # Nothing passes: the export fails and names every candidate.
+    with pytest.raises(GateError, match="no int8 candidate passes the gates: dynamic: .*nbits8: .*mixed: "):
+        _select(tiny_text, tmp_path / "c", thresholds=GateThresholds(int8_min_cosine=1.0))
+
+
+def test_mixed_keeps_the_measured_most_sensitive_matmuls(tiny_text, tmp_path) -> None:
+    sens = int8_select.matmul_sensitivity(tiny_text, _batches(3))
+    losses = [n["loss"] for n in sens["nodes"]]
+    assert losses == sorted(losses, reverse=True) and len(losses) == len(weight_matmuls(onnx.load(str(tiny_text))))
+    assert sens["keep"] == [n["node"] for n in sens["nodes"][:len(sens["keep"])]]
+    assert 1 <= len(sens["keep"]) < len(losses)
+    # The simulated node really is the node's quantization: quantizing the costliest node alone with onnxruntime
+    # moves the output about as much as the simulation said.
+    top = sens["nodes"][0]["node"]
+    others = [n["node"] for n in sens["nodes"][1:]]
+    quantize_dynamic_int8(tiny_text, tmp_path / "top.onnx", keep_fp32=others)
+    feeds = _batches(3)[0]
+    a = int8_select.session(tiny_text).run(None, feeds)[0]
+    b = int8_select.session(tmp_path / "top.onnx").run(None, feeds)[0]
+    assert np.abs(a - b).max() > 0  # the node was quantized (and the Gather table)
+
+
+@pytest.mark.parametrize("fused_ms, kept", [(0.5, True), (0.99, False), (1.5, False)])
+def test_transformer_fusion_is_kept_only_where_it_measurably_helps(tiny_text, tmp_path, monkeypatch, fused_ms,
+                                                                   kept) -> None:
+    import shutil
+
+    from monocon_edge.device.artifact import sha256_file
+
+    graph = tmp_path / "model.onnx"
+    shutil.copyfile(tiny_text, graph)
+    before = sha256_file(graph)
+    # The timing is the decision's input: fix it (fp32 1 ms, fused fused_ms) to test the decision itself.
+    fixed = {"fp32": 1.0, "fp32_fused": fused_ms}
+    monkeypatch.setattr(int8_select, "interleaved_latency",
+                        lambda paths, *a, **k: {n: {"p50_ms": fixed[n], "p90_ms": fixed[n], "cpu_p50_ms": fixed[n]}
+                                                for n in paths})
+    record = int8_select.try_transformer_fusion(graph, _batches(0, n=1), _timing(), rounds=10, atol=1e-5,
+                                                quantized=False)
+    assert record["fused_ops"], "the BERT optimizer fuses something in this graph (BiasGelu)"
+    assert record["max_abs_diff_to_unfused"] <= 1e-5 / 4 and record["load_ms"]["fp32_fused"] > 0
+    assert record["kept"] is kept
+    assert (sha256_file(graph) != before) is kept  # the fused graph replaces the file only when kept
+    if kept:
+        assert int8_select.session(graph).run(None, _batches(0, n=1)[0])[0].shape == (8, 8)
