@@ -11,15 +11,7 @@ runs=${1:-runs/select}
 what=${2:-all}
 here=$(cd "$(dirname "$0")" && pwd)
 mkdir -p "$runs"
-log() { printf '%s %s\n' "$(date -u +%H:%M:%S)" "$*" | tee -a "$runs/timings.txt"; }
-train() {  # name, then train options
-  local name=$1; shift
-  if [ -f "$runs/$name/summary.json" ]; then log "skip $name (done)"; return; fi
-  local t0=$SECONDS
-  rm -rf "${runs:?}/$name"
-  monocon-edge train "$@" --out "$runs/$name"
-  log "$name $((SECONDS - t0)) s"
-}
+source "$(dirname "$0")/train_lib.sh"
 if [ "$what" = text ] || [ "$what" = all ]; then
   train nli-none --preset nli-pairs --head none
   # Step 1, MonoCon alone: the paper's head, with the monotone standardisation, with similarity distillation

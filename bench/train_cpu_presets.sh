@@ -12,15 +12,7 @@
 set -euo pipefail
 runs=${1:-runs/cpu-presets}
 mkdir -p "$runs"
-log() { printf '%s %s\n' "$(date -u +%H:%M:%S)" "$*" | tee -a "$runs/timings.txt"; }
-train() {  # name, then train options
-  local name=$1; shift
-  if [ -f "$runs/$name/summary.json" ]; then log "skip $name (done)"; return; fi
-  local t0=$SECONDS
-  if [ -f "$runs/$name/last.pt" ]; then monocon-edge train --resume "$runs/$name"
-  else rm -rf "${runs:?}/$name"; monocon-edge train "$@" --out "$runs/$name"; fi
-  log "$name $((SECONDS - t0)) s"
-}
+source "$(dirname "$0")/train_lib.sh"
 for head in none monotonic mlp; do
   train "nli-pairs-$head" --preset nli-pairs --head "$head"
 done

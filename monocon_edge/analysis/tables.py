@@ -38,6 +38,16 @@ class Table:
         return [bool(self.rows) and all(is_number(row[i]) for row in self.rows) for i in range(len(self.columns))]
 
 
+def _size_rows(runs: list[RunAnalysis], figures, names: list[str]) -> list[list[str]]:
+    """Return one row per run and size (full, then each truncation) of ``figures(run)[size][name]`` cells."""
+    rows = []
+    for r in runs:
+        for size, values in figures(r).items():
+            dims = f"{r.d_enc} (full)" if size == "full" else f"{size} ({r.truncation})"
+            rows.append([r.name, r.method, dims] + [cell(values.get(m)) for m in names])
+    return rows
+
+
 def comparison_tables(runs: list[RunAnalysis]) -> list[Table]:
     """Return the tables comparing ``runs``: compression, retrieval full and truncated, Recall@k."""
     compression = Table(
@@ -47,30 +57,21 @@ def comparison_tables(runs: list[RunAnalysis]) -> list[Table]:
         "d_eff and the reconstruction RMSE use a PCA of the normalised train embeddings (RMSE on held-out data).",
     )
     metrics = list(next(iter(runs[0].retrieval.values()))) if runs else []
-    rows = []
-    for r in runs:
-        for size, values in r.retrieval.items():
-            dims = f"{r.d_enc} (full)" if size == "full" else f"{size} ({r.truncation})"
-            rows.append([r.name, r.method, dims] + [cell(values[m]) for m in metrics])
     modality = runs[0].modality if runs else "vision"
     retrieval = Table(
         "Retrieval, full and truncated (selection / paper protocol)",
-        ["run", "method", "dims"] + [METRIC_HEADERS.get(m, m) for m in metrics], rows,
+        ["run", "method", "dims"] + [METRIC_HEADERS.get(m, m) for m in metrics],
+        _size_rows(runs, lambda r: r.retrieval, metrics),
         "Truncation: pca = projection on the train PCA, prefix = first d coordinates (Matryoshka); both "
         f"re-normalised. Sizes >= d_enc are left out. Data: {SPLIT_NOTES[modality][0]}.",
     )
     tables = [compression, retrieval]
     if any(r.report for r in runs):
         names = list(next(r.report for r in runs if r.report)["full"])
-        report_rows = []
-        for r in runs:
-            for size, values in r.report.items():
-                dims = f"{r.d_enc} (full)" if size == "full" else f"{size} ({r.truncation})"
-                report_rows.append([r.name, r.method, dims] + [cell(values.get(m)) for m in names])
         tables.append(Table(
             "Retrieval on the REPORT split, full and truncated",
             ["run", "method", "dims"] + [METRIC_HEADERS.get(m.removeprefix("report_"), m) for m in names],
-            report_rows, f"Data: {SPLIT_NOTES[modality][1]}."))
+            _size_rows(runs, lambda r: r.report, names), f"Data: {SPLIT_NOTES[modality][1]}."))
     # One column per run: ten k columns would not fit a terminal.
     recall = Table(
         "Recall@k",
