@@ -75,3 +75,33 @@ def test_text_export_runtime_and_sentence_transformers(shared_data: Path, tmp_pa
 
     st = SentenceTransformer(str(out / "sentence-transformers"), device="cpu")
     np.testing.assert_allclose(st.encode(texts, convert_to_numpy=True), want, atol=1e-5, rtol=0)
+
+    # The device script on the text artifact in a process where torch cannot be imported: same embeddings;
+    # a file that is not UTF-8 is one line on stderr.
+    import subprocess
+    import sys
+    import textwrap
+
+    root = Path(__file__).resolve().parents[1]
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "sitecustomize.py").write_text(textwrap.dedent("""
+        import sys
+        class _NoTorch:
+            def find_spec(self, name, path=None, target=None):
+                if name == "torch" or name.startswith("torch."):
+                    raise ImportError("torch is blocked in this test")
+        sys.meta_path.insert(0, _NoTorch())
+    """))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path / "site"), str(root)])}
+    (tmp_path / "texts.txt").write_text("\n".join(texts[:3]) + "\n", encoding="utf-8")
+    script = [sys.executable, str(root / "export" / "monocon_device.py")]
+    done = subprocess.run(script + ["embed", str(out), "--texts", "texts.txt", "--out", "emb.npy", "--precision",
+                                    "fp32"], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    assert done.returncode == 0, done.stderr
+    np.testing.assert_allclose(np.load(tmp_path / "emb.npy"), want[:3], atol=1e-5, rtol=0)
+    (tmp_path / "latin1.txt").write_bytes("un caf\xe9\n".encode("latin-1"))
+    bad = subprocess.run(script + ["embed", str(out), "--texts", "latin1.txt", "--out", "bad.npy"],
+                         capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    assert bad.returncode == 1 and len(bad.stderr.strip().splitlines()) == 1 and "Traceback" not in bad.stderr
+    assert bad.stderr.startswith("error: UnicodeDecodeError")
+    assert not (tmp_path / "bad.npy").exists()

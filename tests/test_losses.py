@@ -63,13 +63,44 @@ def test_stable_at_tiny_temperature() -> None:
     assert torch.isfinite(loss) and torch.isfinite(z.grad).all()
 
 
+def _loop_supcon_with_refs(z, labels, ref, ref_labels, tau):
+    """SupCon where the anchors are z and the candidates are z (minus the anchor itself) and ref, by a loop."""
+    z = torch.nn.functional.normalize(z, dim=1)
+    ref = torch.nn.functional.normalize(ref, dim=1)
+    cands = [(z[a], labels[a], a) for a in range(len(z))] + [(r, lab, None) for r, lab in zip(ref, ref_labels)]
+    terms = []
+    for i in range(len(z)):
+        others = [(c, lab) for c, lab, own in cands if own != i]
+        positives = [c for c, lab in others if lab == labels[i]]
+        if not positives:
+            continue
+        denom = torch.logsumexp(torch.stack([z[i] @ c / tau for c, _ in others]), 0)
+        terms.append(-torch.stack([z[i] @ p / tau - denom for p in positives]).mean())
+    return torch.stack(terms).mean()
+
+
 def test_reference_embeddings_add_candidates() -> None:
     torch.manual_seed(0)
     z, ref = torch.randn(4, 3), torch.randn(4, 3)
     labels, ref_labels = torch.tensor([0, 1, 2, 3]), torch.tensor([0, 1, 2, 3])
     # Without references no anchor has a positive; with them each anchor has exactly one.
     assert SupConLoss(0.5)(z, labels).item() == 0.0
-    assert SupConLoss(0.5)(z, labels, ref, ref_labels).item() > 0.0
+    assert SupConLoss(0.5)(z, labels, ref, ref_labels).item() == pytest.approx(
+        _loop_supcon_with_refs(z, labels, ref, ref_labels, 0.5).item(), rel=1e-5)
+
+
+def test_reference_embeddings_match_a_direct_loop() -> None:
+    # Positives both among the anchors and among the references, references with labels no anchor has,
+    # an anchor with no positive anywhere (label 7).
+    torch.manual_seed(4)
+    z, ref = torch.randn(8, 5, dtype=torch.float64), torch.randn(6, 5, dtype=torch.float64)
+    labels = torch.tensor([0, 1, 0, 2, 1, 3, 7, 2])
+    ref_labels = torch.tensor([0, 2, 4, 3, 4, 1])
+    got = SupConLoss(0.3)(z, labels, ref, ref_labels)
+    assert got.item() == pytest.approx(_loop_supcon_with_refs(z.float(), labels, ref.float(), ref_labels, 0.3).item(),
+                                       rel=1e-5)
+    # The references change the loss: they are candidates, not ignored.
+    assert got.item() != pytest.approx(SupConLoss(0.3)(z, labels).item(), rel=1e-3)
 
 
 def test_pair_labels() -> None:

@@ -22,7 +22,9 @@ def test_d_eff_of_points_on_a_circle_in_a_plane_is_two() -> None:
     assert M.effective_dim(pca.explained_variance_ratio) == 2
     # Two components rebuild a planar set exactly; one does not.
     assert M.pca_reconstruction_rmse(x, pca, 2) < 1e-6
-    assert M.pca_reconstruction_rmse(x, pca, 1) > 0.1
+    # One axis of the plane keeps one coordinate; the other, whose mean square over equally spaced angles is
+    # exactly 1/2, is lost: over 10 coordinates per point the RMS error is sqrt(0.5 / 10).
+    assert M.pca_reconstruction_rmse(x, pca, 1) == pytest.approx(np.sqrt(0.5 / 10), abs=1e-6)
 
 
 def test_pca_is_fitted_on_normalised_vectors() -> None:
@@ -33,11 +35,20 @@ def test_pca_is_fitted_on_normalised_vectors() -> None:
 
 def test_pca_project_renormalises() -> None:
     rng = np.random.default_rng(0)
-    x = rng.normal(size=(50, 8))
+    x = rng.normal(size=(50, 8)) * np.array([5, 4, 3, 2, 1, 0.5, 0.2, 0.1])  # distinct variances: unique axes
     pca = M.fit_pca(x)
     z = M.pca_project(x, pca, 3)
     assert z.shape == (50, 3)
     assert np.allclose(np.linalg.norm(z, axis=1), 1.0, atol=1e-5)
+    # The same projection computed here: SVD of the centred unit vectors, first 3 right singular vectors.
+    unit = x / np.linalg.norm(x, axis=1, keepdims=True)
+    centred = unit - unit.mean(axis=0)
+    vt = np.linalg.svd(centred, full_matrices=False)[2][:3]
+    raw = centred @ vt.T
+    signs = np.sign(np.sum(raw * M.pca_project(x, pca, 3, renormalize=False), axis=0))  # an axis' sign is free
+    np.testing.assert_allclose(M.pca_project(x, pca, 3, renormalize=False), raw * signs, atol=1e-5)
+    np.testing.assert_allclose(z, raw * signs / np.linalg.norm(raw, axis=1, keepdims=True), atol=1e-5)
+    np.testing.assert_allclose(pca.mean, unit.mean(axis=0), atol=1e-6)
     with pytest.raises(ValueError):
         M.pca_project(x, pca, 0)
 

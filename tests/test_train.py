@@ -37,11 +37,6 @@ def test_tiny_run_writes_everything(tmp_path) -> None:
     assert {"model", "optimizer", "scheduler", "epoch", "rng", "early_stop"} <= set(last)
 
 
-def test_best_checkpoint_comes_from_training_not_the_initial_model(tmp_path) -> None:
-    result = train(tiny_digits("mlp"), tmp_path / "run")
-    assert result.best_epoch >= 1
-
-
 def test_training_improves_on_the_initial_model(tmp_path) -> None:
     cfg = override(tiny_digits("none"), "optim", epochs=4)
     result = train(cfg, tmp_path / "run")

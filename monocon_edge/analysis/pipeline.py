@@ -14,7 +14,10 @@ from __future__ import annotations
 
 import html
 import json
+import os
 import re
+import shutil
+import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -78,10 +81,14 @@ def check_runs(paths: list[str | Path]) -> list[FinishedRun]:
     return runs
 
 
-def prepare_out_dir(out: str | Path | None) -> Path:
+def prepare_out_dir(out: str | Path | None, check_only: bool = False) -> Path:
     """Return the output directory (created); a non-empty one must hold an earlier analysis, whose figures
-    are removed (so that none of another set of runs lingers)."""
+    are removed (so that none of another set of runs lingers). ``check_only``: raise on a bad one, change nothing."""
     path = Path(out) if out is not None else Path(f"analysis-{time.strftime('%Y%m%d-%H%M%S')}")
+    if check_only:
+        if path.exists() and (not path.is_dir() or (any(path.iterdir()) and not (path / "analysis.json").is_file())):
+            prepare_out_dir(path)  # raises the error that says why
+        return path
     if path.exists():
         if not path.is_dir():
             raise MonoconError(f"{path} exists and is not a directory")
@@ -121,7 +128,27 @@ def analyze(paths: list[str | Path], out: str | Path | None = None, *, tsne: boo
 
     emit = on_event or ignore_events
     runs = check_runs(paths)
-    out_dir = prepare_out_dir(out)
+    out_dir = prepare_out_dir(out, check_only=True)
+    # Everything is written into a staging folder next to OUT and moved in at the end: a run that fails
+    # half-way (a corrupt checkpoint, Ctrl-C) leaves neither a half-written OUT nor an earlier analysis changed.
+    anchor = next(p for p in out_dir.absolute().parents if p.exists())
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=anchor))
+    try:
+        result = _analyze(runs, staging, tsne, device, emit)
+        final = prepare_out_dir(out_dir)
+        for f in sorted(staging.iterdir()):
+            os.replace(f, final / f.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    result.out_dir = final
+    result.figures = [FigureFile(final / f.path.name, f.caption) for f in result.figures]
+    return result
+
+
+def _analyze(runs: list[FinishedRun], out_dir: Path, tsne: bool, device: str, emit: EventFn) -> AnalysisResult:
+    """Write every analysis file into ``out_dir`` and return the AnalysisResult."""
+    from . import plots
+
     result = AnalysisResult(out_dir, [], [])
     for i, (finished, label) in enumerate(zip(runs, _labels(runs))):
         emit("run", {"index": i + 1, "total": len(runs), "run": str(finished.run.path), "label": label})

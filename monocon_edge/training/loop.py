@@ -11,6 +11,7 @@ import dataclasses
 import math
 import os
 import random
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -125,7 +126,10 @@ def resolve_init_from(cfg: RunConfig) -> tuple[RunConfig, dict[str, torch.Tensor
     return dataclasses.replace(cfg, model=model_cfg), state
 
 
-def _new_run_dir(path: str | Path | None, cfg: RunConfig, runs_root: str | Path) -> RunDir:
+def _new_run_dir(path: str | Path | None, cfg: RunConfig, runs_root: str | Path,
+                 made: dict[str, Any] | None = None) -> RunDir:
+    """Create and return the new (empty) run directory; note in ``made`` its path and the highest folder
+    created for it (None where --out was an existing empty folder), so that a failed start can undo it."""
     if path is None:
         stamp = time.strftime("%Y%m%d-%H%M%S")
         path = Path(runs_root) / f"{cfg.name}-{stamp}"
@@ -136,6 +140,8 @@ def _new_run_dir(path: str | Path | None, cfg: RunConfig, runs_root: str | Path)
     path = Path(path)
     if path.exists() and (not path.is_dir() or any(path.iterdir())):
         raise MonoconError(f"{path} already exists and is not empty: choose another --out, or --resume it")
+    if made is not None:
+        made.update(path=path, created=_first_missing(path))
     path.mkdir(parents=True, exist_ok=True)
     return RunDir(path)
 
@@ -483,6 +489,7 @@ def train(cfg: RunConfig | None = None, out: str | Path | None = None, *, resume
         state = run.load_checkpoint(run.last_path)
     elif cfg is None:
         raise MonoconError("train needs a config or a run to resume")
+    check_numbers(cfg)
     cfg = cfg.validate()
     dist, device = setup_distributed(distributed, cfg.optim.device)
     try:
@@ -492,6 +499,27 @@ def train(cfg: RunConfig | None = None, out: str | Path | None = None, *, resume
         raise
     teardown_distributed(dist)
     return result
+
+
+def check_numbers(cfg: RunConfig) -> None:
+    """Raise MonoconError unless every number of ``cfg`` is finite and the counts are in range.
+
+    Runs before anything is created: a NaN learning rate must not leave a run directory behind.
+    """
+    for section in (cfg.data, cfg.model, cfg.optim):
+        for f in dataclasses.fields(section):
+            value = getattr(section, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise MonoconError(f"--{f.name.replace('_', '-')} must be a finite number, got {value}")
+    o = cfg.optim
+    if o.eval_every < 1 or o.patience < 1:
+        raise MonoconError("--eval-every and --patience must be >= 1")
+    if o.grad_clip <= 0 or o.weight_decay < 0:
+        raise MonoconError("the grad clip must be > 0 and weight decay >= 0")
+    if cfg.data.max_train is not None and cfg.data.max_train < 4:
+        raise MonoconError("--max-train must be >= 4")
+    if cfg.data.max_seq_len < 1:
+        raise MonoconError("--max-seq-len must be >= 1")
 
 
 def _train(cfg: RunConfig, dist: DistContext, device: torch.device, out: str | Path | None,
@@ -516,7 +544,48 @@ def _train(cfg: RunConfig, dist: DistContext, device: torch.device, out: str | P
     if init_state is not None:
         load_encoder_state(model, init_state, str(cfg.init_from))
     task = build_task(cfg, model)
-    run = resumed if resumed is not None else _create_run_dir_on_main(out, cfg, runs_root, task, dist)
+    if plan_phases(cfg) and task.steps_per_epoch(cfg.optim.batch_size * dist.world_size) < 1:
+        raise MonoconError(f"not one full batch of {cfg.optim.batch_size * dist.world_size} in {task.num_train} "
+                           "training examples: lower --batch-size")
+    if resumed is not None:
+        return _fit(cfg, resumed, model, task, device, on_event, dist, state, stop_after_epoch)
+    made: dict[str, Any] = {}
+    try:
+        run = _create_run_dir_on_main(out, cfg, runs_root, task, dist, made)
+        return _fit(cfg, run, model, task, device, on_event, dist, state, stop_after_epoch)
+    except BaseException:
+        # Failed (or interrupted) before its first checkpoint: nothing to resume, so remove what it created.
+        if made and not (made["path"] / "last.pt").is_file():
+            _remove_created(made["path"], made["created"])
+        raise
+
+
+def _first_missing(path: Path) -> Path | None:
+    """Return the highest of ``path`` and its ancestors that does not exist yet (None if ``path`` exists)."""
+    if path.exists():
+        return None
+    missing = path
+    for parent in path.parents:
+        if parent.exists():
+            break
+        missing = parent
+    return missing
+
+
+def _remove_created(run_path: Path, created: Path | None) -> None:
+    """Remove the folders a failed new run created (``created``), or empty ``run_path`` if it existed before."""
+    if created is not None:
+        shutil.rmtree(created, ignore_errors=True)
+        return
+    for child in run_path.iterdir() if run_path.is_dir() else []:
+        if child.is_dir():
+            shutil.rmtree(child, ignore_errors=True)
+        else:
+            child.unlink(missing_ok=True)
+
+
+def _fit(cfg: RunConfig, run: RunDir, model: MonoConModel, task, device: torch.device, on_event: EventFn | None,
+         dist: DistContext, state: dict[str, Any] | None, stop_after_epoch: int | None) -> TrainResult:
     model.to(device)
     trainer = Trainer(cfg, run, model, task, device, on_event, dist)
     if state is not None:
@@ -525,7 +594,7 @@ def _train(cfg: RunConfig, dist: DistContext, device: torch.device, out: str | P
 
 
 def _create_run_dir_on_main(out: str | Path | None, cfg: RunConfig, runs_root: str | Path, task,
-                            dist: DistContext) -> RunDir:
+                            dist: DistContext, made: dict[str, Any] | None = None) -> RunDir:
     """Return the new run directory, created (with config and splits) by rank 0 and shared with the others.
 
     A failure on rank 0 is sent to the other ranks too, so that none of them waits for it forever.
@@ -533,7 +602,7 @@ def _create_run_dir_on_main(out: str | Path | None, cfg: RunConfig, runs_root: s
     error, path = None, None
     if dist.is_main:
         try:
-            run = _new_run_dir(out, cfg, runs_root)
+            run = _new_run_dir(out, cfg, runs_root, made)
             run.write_config(cfg)
             run.save_splits(task.splits.to_arrays())
             path = str(run.path)

@@ -1,0 +1,113 @@
+"""Faults from outside, through the real command line: kill -9 of training mid-run then --resume gives the
+uninterrupted run's best.pt and metrics; kill -9 during export leaves no artifact directory; Ctrl-C (SIGINT)
+exits 130 with one line. No timing is asserted: the tests wait for files to appear, then strike."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+CLI = [sys.executable, "-m", "monocon_edge.cli"]
+# Tiny digits, 4 epochs (warm-up 1), small batches so that an epoch lasts long enough to be killed in.
+TRAIN = ["train", "--max-train", "400", "--width", "4", "--epochs", "5", "--warmup-epochs", "1",
+         "--batch-size", "16"]
+TIMING = ("examples_per_s", "epoch_s")
+
+
+def _env() -> dict[str, str]:
+    # Same threads for every process: the runs compared below must do the same floating-point work.
+    return {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
+            "COLUMNS": "200"}
+
+
+def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    done = subprocess.run(CLI + args, capture_output=True, text=True, env=_env(), cwd=cwd, timeout=600)
+    assert done.returncode == 0, done.stderr
+    return done
+
+
+def _start(args: list[str], cwd: Path) -> subprocess.Popen:
+    return subprocess.Popen(CLI + args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(),
+                            cwd=cwd)
+
+
+def _wait_for(proc: subprocess.Popen, ready, what: str) -> None:
+    """Poll until ``ready()`` (no deadline assertion: the process ending first is the failure)."""
+    while not ready():
+        if proc.poll() is not None:
+            raise AssertionError(f"the process ended (rc {proc.returncode}) before {what}: {proc.stderr.read()}")
+        time.sleep(0.01)
+
+
+def _checkpoint_epoch(path: Path) -> int:
+    """Return the epoch of the checkpoint at ``path`` (0 while there is none; it is replaced atomically)."""
+    if not path.is_file():
+        return 0
+    try:
+        return int(torch.load(path, weights_only=True)["epoch"])
+    except Exception:  # replaced between the check and the read
+        return 0
+
+
+def _rows(run: Path) -> list[dict]:
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    return [{k: v for k, v in r.items() if k not in TIMING} for r in rows]
+
+
+def test_kill_9_mid_training_then_resume_equals_an_uninterrupted_run(tmp_path) -> None:
+    _run(TRAIN + ["--out", str(tmp_path / "whole")], tmp_path)
+    killed = tmp_path / "killed"
+    proc = _start(TRAIN + ["--out", str(killed)], tmp_path)
+    # Killed inside the main phase (epoch >= 2), so that AdamW moments and the cosine position must come back.
+    _wait_for(proc, lambda: _checkpoint_epoch(killed / "last.pt") >= 2, "its epoch-2 checkpoint")
+    proc.send_signal(signal.SIGKILL)  # no handler, no clean-up: as a power cut or the OOM killer would
+    proc.wait()
+    proc.stdout.close(), proc.stderr.close()
+    assert proc.returncode == -signal.SIGKILL
+    stopped_at = torch.load(killed / "last.pt", weights_only=True)["epoch"]
+    assert 2 <= stopped_at < 5  # killed before the end: there is something to resume
+    _run(["train", "--resume", str(killed)], tmp_path)
+    whole = tmp_path / "whole"
+    assert _rows(killed) == _rows(whole)
+    a = torch.load(whole / "best.pt", weights_only=True)
+    b = torch.load(killed / "best.pt", weights_only=True)
+    assert a["epoch"] == b["epoch"] and a["metric"] == b["metric"]
+    assert a["model"].keys() == b["model"].keys() and all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    sa, sb = (json.loads((r / "summary.json").read_text()) for r in (whole, killed))
+    assert sa["final"] == sb["final"] and sa["best_epoch"] == sb["best_epoch"]
+    assert not [p.name for p in killed.iterdir() if p.name.endswith(".tmp")]  # no temporary file survived
+
+
+def test_kill_9_during_export_leaves_no_artifact_directory(tiny_runs, tmp_path) -> None:
+    out = tmp_path / "art"
+    proc = _start(["export", str(tiny_runs["none"]), "--dims", "16", "--int8", "--int8-max-recall-drop", "100",
+                   "--out", str(out)], tmp_path)
+    _wait_for(proc, lambda: any(p.name.startswith(".art.") for p in tmp_path.iterdir()), "its staging folder")
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    proc.stdout.close(), proc.stderr.close()
+    assert proc.returncode == -signal.SIGKILL
+    assert not out.exists()  # only the hidden staging folder is left: never a half-written artifact
+    assert [p.name for p in tmp_path.iterdir() if not p.name.startswith(".art.")] == []
+    # The leftover does not get in the way of the next export to the same place.
+    _run(["export", str(tiny_runs["none"]), "--dims", "16", "--out", str(out)], tmp_path)
+    assert (out / "manifest.json").is_file()
+
+
+def test_ctrl_c_exits_130_with_one_line(tmp_path) -> None:
+    run = tmp_path / "run"
+    proc = _start(TRAIN + ["--out", str(run)], tmp_path)
+    _wait_for(proc, lambda: (run / "config.json").is_file(), "its run directory")
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130, err
+    assert err.strip() == "interrupted" and "Traceback" not in out
+    # Interrupted before its first checkpoint, the run removed what it created; after it, it stays resumable.
+    assert not run.exists() or (run / "last.pt").is_file()
