@@ -58,7 +58,8 @@ def measure_run(finished: FinishedRun, emb: RunEmbeddings, label: str, slug: str
     names = RETRIEVAL_METRICS[cfg.modality]
     full, pca = task.evaluate(e, full=False)
     retrieval = {"full": {k: float(full[k]) for k in names}}
-    report = {"full": task.report_metrics(e)} if task.report_metrics(e) else {}
+    full_report = task.report_metrics(e)
+    report = {"full": full_report} if full_report else {}
     d_enc = e["train"].shape[1]
     for d in truncation_dims(d_enc):
         small_emb = truncate(e, cfg.truncation, d, pca)

@@ -162,19 +162,19 @@ class RunConfig:
         if self.data.augment not in AUGMENTS:
             raise MonoconError(f"unknown augmentation {self.data.augment!r}: choose one of {', '.join(AUGMENTS)}")
         o = self.optim
-        numbers = {"learning rates": (o.lr_encoder, o.lr_head, o.lr_warmup), "weight decay": (o.weight_decay,),
-                   "grad clip": (o.grad_clip,), "temperature": (o.temperature,), "distill": (o.distill,),
-                   "min delta": (o.min_delta,),
-                   "split fractions": (self.data.val_fraction, self.data.query_fraction, self.data.report_fraction)}
-        for what, values in numbers.items():
-            if not all(math.isfinite(v) for v in values):
-                raise MonoconError(f"{what} must be finite numbers, got {', '.join(map(str, values))}")
+        for section in (self.data, self.model, self.optim):
+            for f in dataclasses.fields(section):
+                value = getattr(section, f.name)
+                if isinstance(value, float) and not math.isfinite(value):
+                    raise MonoconError(f"--{f.name.replace('_', '-')} must be a finite number, got {value}")
         if o.distill < 0 or o.weight_decay < 0 or o.grad_clip <= 0:
             raise MonoconError("distill and weight decay must be >= 0 and the grad clip > 0")
         if not 0 <= self.data.report_fraction < 1:
             raise MonoconError("--report-fraction must lie in [0, 1)")
         if self.data.max_train is not None and self.data.max_train < 4:
             raise MonoconError("--max-train must be >= 4")
+        if self.data.max_seq_len < 1:
+            raise MonoconError("--max-seq-len must be >= 1")
         if o.eval_every < 1 or o.patience < 1:
             raise MonoconError("--eval-every and --patience must be >= 1")
         if o.epochs < 0 or o.warmup_epochs < 0 or o.batch_size < 2:
