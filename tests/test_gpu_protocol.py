@@ -1,0 +1,62 @@
+"""The GPU vision protocol script and its data transport, run as a user would (subprocesses), on the CPU."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+TIN = "tiny_imagenet32_jpg"
+
+
+def _script(name: str, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(REPO / "bench" / name), *args], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})}, timeout=600)
+
+
+def test_jpeg_mosaic_round_trip_keeps_labels_and_images(shared_data, tmp_path):
+    src = shared_data / TIN / "tiny_imagenet32_jpg_train.npz"
+    with np.load(src) as npz:
+        images, labels, names = npz["images"][:4200], npz["labels"][:4200], npz["class_names"]
+    small = tmp_path / "small.npz"
+    np.savez(small, images=images, labels=labels, class_names=names)
+    packed, restored = tmp_path / "packed.npz", tmp_path / "restored.npz"
+    assert _script("jpeg_mosaic.py", "pack", str(small), str(packed)).returncode == 0
+    done = _script("jpeg_mosaic.py", "unpack", str(packed), str(restored))
+    assert done.returncode == 0, done.stderr
+    assert packed.stat().st_size < small.stat().st_size / 3
+    with np.load(restored) as npz:
+        back = npz["images"]
+        np.testing.assert_array_equal(npz["labels"], labels)
+        assert list(npz["class_names"]) == list(names)
+    assert back.shape == images.shape  # 4200 images: a second, partly filled mosaic
+    mse = ((back.astype(np.float64) - images) ** 2).mean()
+    assert 10 * np.log10(255 ** 2 / mse) > 40  # q95 4:4:4: each image coded on its own, no bleeding
+
+
+def test_jpeg_mosaic_missing_input_is_one_line(tmp_path):
+    done = _script("jpeg_mosaic.py", "pack", str(tmp_path / "absent.npz"), str(tmp_path / "out.npz"))
+    assert done.returncode != 0 and done.stderr.strip().splitlines() == [f"error: {tmp_path / 'absent.npz'} not found"]
+
+
+def test_protocol_runs_pretrain_then_four_heads_from_it(shared_data, tmp_path):
+    runs, results = tmp_path / "runs", tmp_path / "results" / "gpu"
+    done = _script("gpu_vision_protocol.py", "--runs", str(runs), "--results", str(results), "--device", "cpu",
+                   "--encoder", "smallcnn", "--workers", "0", "--parallel", "4", "--pretrain-epochs", "1",
+                   "--finetune-epochs", "1", "--warmup-epochs", "1", "--max-train", "800",
+                   env={"OMP_NUM_THREADS": "1", "MONOCON_DATA_ROOT": str(shared_data)})
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    record = json.loads(results.with_suffix(".json").read_text())
+    assert list(record["runs"]) == ["pretrain", "tin-none", "tin-monotonic", "tin-mlp", "tin-matryoshka"]
+    pretrained = str(runs / "pretrain")
+    for name, run in record["runs"].items():
+        assert run["rc"] == 0 and run["examples_per_s"] > 0 and "report_recall@1" in run["final"] or name == "pretrain"
+        config = json.loads((runs / name / "config.json").read_text())
+        if name != "pretrain":
+            assert config["preset"] == "tiny-imagenet-100" and config["init_from"] == pretrained
+    table = results.with_suffix(".md").read_text()
+    assert "| tin-monotonic |" in table and "report R@1 @16" in table
