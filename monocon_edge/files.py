@@ -3,8 +3,10 @@ the JSON-lines reader. Checksums are the artifact format's: ``device.artifact.sh
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
@@ -30,6 +32,31 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
+
+
+def staging_dir(target: str | os.PathLike, parent: str | os.PathLike | None = None) -> Path:
+    """Return a new hidden staging folder for ``target`` (``.NAME.PID.XXXX.tmp`` in ``parent``, default its parent).
+
+    Staging folders of the same target left by processes that no longer run (kill -9, a power cut: no clean-up
+    ran) are removed first, so they do not pile up; those of running processes are left alone.
+    """
+    target = Path(target)
+    parent = Path(parent) if parent is not None else target.parent
+    for old in parent.glob(f".{glob.escape(target.name)}.*.*.tmp"):
+        pid = old.name[len(target.name) + 2:].split(".", 1)[0]
+        if old.is_dir() and pid.isdigit() and not _process_runs(int(pid)):
+            shutil.rmtree(old, ignore_errors=True)
+    return Path(tempfile.mkdtemp(prefix=f".{target.name}.{os.getpid()}.", suffix=".tmp", dir=parent))
+
+
+def _process_runs(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:

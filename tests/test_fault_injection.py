@@ -1,5 +1,5 @@
 """Faults from outside, through the real command line: kill -9 of training mid-run then --resume gives the
-uninterrupted run's best.pt and metrics; kill -9 during export leaves no artifact directory; Ctrl-C (SIGINT)
+uninterrupted run's best.pt and metrics; kill -9 during export leaves no artifact directory (and the next export clears its staging folder); Ctrl-C (SIGINT)
 exits 130 with one line. No timing is asserted: the tests wait for files to appear, then strike."""
 from __future__ import annotations
 
@@ -96,9 +96,11 @@ def test_kill_9_during_export_leaves_no_artifact_directory(tiny_runs, tmp_path) 
     assert proc.returncode == -signal.SIGKILL
     assert not out.exists()  # only the hidden staging folder is left: never a half-written artifact
     assert [p.name for p in tmp_path.iterdir() if not p.name.startswith(".art.")] == []
-    # The leftover does not get in the way of the next export to the same place.
+    # The leftover does not get in the way of the next export to the same place, which removes it (its process
+    # is gone).
     _run(["export", str(tiny_runs["none"]), "--dims", "16", "--out", str(out)], tmp_path)
     assert (out / "manifest.json").is_file()
+    assert [p.name for p in tmp_path.iterdir()] == ["art"]
 
 
 def test_ctrl_c_exits_130_with_one_line(tmp_path) -> None:

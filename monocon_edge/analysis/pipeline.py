@@ -17,14 +17,13 @@ import json
 import os
 import re
 import shutil
-import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..device.errors import MonoconError
-from ..files import write_json_atomic, write_text_atomic
+from ..files import staging_dir, write_json_atomic, write_text_atomic
 from .compute import held_out_points, method_label, tsne_2d
 from .run_metrics import CLUSTER_SAMPLE, RunAnalysis, measure_run
 from ..runs import FinishedRun, embed_run, load_run, open_finished_run
@@ -132,7 +131,7 @@ def analyze(paths: list[str | Path], out: str | Path | None = None, *, tsne: boo
     # Everything is written into a staging folder next to OUT and moved in at the end: a run that fails
     # half-way (a corrupt checkpoint, Ctrl-C) leaves neither a half-written OUT nor an earlier analysis changed.
     anchor = next(p for p in out_dir.absolute().parents if p.exists())
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=anchor))
+    staging = staging_dir(out_dir, anchor)
     try:
         result = _analyze(runs, staging, tsne, device, emit)
         final = prepare_out_dir(out_dir)

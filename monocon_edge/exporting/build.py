@@ -22,7 +22,7 @@ from ..device.artifact import (FORMAT_NAME, FORMAT_VERSION, FP32_FILE, INT4_FILE
                                file_checksums)
 from ..device.errors import MonoconError
 from .gates import GateThresholds, embed_batches, measure_and_check
-from ..files import write_json_atomic
+from ..files import staging_dir, write_json_atomic
 from ..events import EventFn, ignore_events
 
 FORMATS = ("onnx", "sentence-transformers")
@@ -118,7 +118,7 @@ def export_run(run_dir: str | Path, opts: ExportOptions, on_event: EventFn | Non
     dims = check_dims(resolve_dims(opts.dims, loaded.d_eff), loaded.pca, loaded.model.d_enc)
     out = Path(opts.out) if opts.out is not None else _default_out(loaded.run.path, dims, opts.int8)
     _check_out(out)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    tmp = staging_dir(out)
     try:
         manifest = _build(loaded, dims, opts, tmp, emit)
         if out.exists():
