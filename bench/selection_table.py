@@ -17,7 +17,7 @@ VISION = ("val_knn5", "val_recall@1", "val_recall@1_pca16", "val_recall@1_pca64"
 OPTIONS = (("model", "head"), ("optim", "loss"), ("model", "head_init"), ("model", "head_standardize"),
            ("optim", "distill"), ("optim", "temperature"),
            ("optim", "batch_size"), ("optim", "lr_head"), ("optim", "lr_warmup"), ("optim", "lr_encoder"),
-           ("optim", "epochs"), ("optim", "warmup_epochs"))
+           ("optim", "epochs"), ("optim", "warmup_epochs"), ("optim", "seed"))
 
 
 def _row(run: Path) -> dict:
