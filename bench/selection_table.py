@@ -14,9 +14,10 @@ from pathlib import Path
 
 TEXT = ("spearman", "spearman_pca16", "recall@1", "recall@1_pca16")
 VISION = ("val_knn5", "val_recall@1", "val_recall@1_pca16", "val_recall@1_pca64")
-OPTIONS = (("model", "head"), ("optim", "loss"), ("model", "head_standardize"), ("optim", "distill"),
+OPTIONS = (("model", "head"), ("optim", "loss"), ("model", "head_init"), ("model", "head_standardize"),
+           ("optim", "distill"), ("optim", "temperature"),
            ("optim", "batch_size"), ("optim", "lr_head"), ("optim", "lr_warmup"), ("optim", "lr_encoder"),
-           ("optim", "epochs"), ("optim", "warmup_epochs"))
+           ("optim", "epochs"), ("optim", "warmup_epochs"), ("optim", "seed"))
 
 
 def _row(run: Path) -> dict:
@@ -52,7 +53,7 @@ def main() -> None:
              "after truncation to 16 dims (prefix for Matryoshka).", "",
              "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
-        lines.append("| " + " | ".join(f"{r[c]:.4f}" if isinstance(r[c], float) and c not in ("distill",) and
+        lines.append("| " + " | ".join(f"{r[c]:.4f}" if isinstance(r[c], float) and c not in ("distill", "temperature") and
                                        not c.startswith("lr") else str(r[c]) for c in cols) + " |")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
