@@ -4,7 +4,8 @@ from __future__ import annotations
 from typing import Any
 
 HEAD_LABELS = {"monotonic": "MonoCon", "none": "baseline", "mlp": "std-MLP"}
-COLUMNS = (("recall_at_1", "R@1", ".4f"), ("recall_at_5", "R@5", ".4f"), ("knn5_accuracy", "5-NN", ".4f"),
+# After each modality's Recall@k columns (bench.output.recall_columns):
+COLUMNS = (("knn5_accuracy", "5-NN", ".4f"),
            ("sts_spearman", "STS ρ", ".4f"), ("latency_ms_p50", "p50 ms", ".3f"), ("model_kb", "model kB", ".0f"),
            ("index_bytes_per_vector", "B/vec", "d"))
 
@@ -22,6 +23,7 @@ def print_side_by_side(console: Any, result: Any) -> None:
     """Print one table with every model at the dims they share; nothing when only one model was benched."""
     from rich.table import Table
 
+    from ..bench.output import recall_columns
     from ..formatting import cell
 
     rows = side_by_side_rows(result.rows)
@@ -31,7 +33,8 @@ def print_side_by_side(console: Any, result: Any) -> None:
     names = dict.fromkeys(f"{HEAD_LABELS.get(r['head'], r['head'])} = {r['model']}" for r in rows)
     table = Table(title="side by side (float32 index; the tables above have the int8 codes)", title_justify="left",
                   caption=", ".join(names), caption_justify="left")
-    shown = [c for c in COLUMNS if any(r.get(c[0]) is not None for r in rows)]
+    columns = recall_columns(r["modality"] for r in rows) + COLUMNS
+    shown = [c for c in columns if any(r.get(c[0]) is not None for r in rows)]
     for label in ("dims", "model", "graph"):
         table.add_column(label, no_wrap=True)
     for _, label, _ in shown:
