@@ -1,8 +1,17 @@
-"""Numbers as table cells, one way for the console (cli.render), bench's Markdown and analysis's tables."""
+"""Table text, one way for the console (cli.render), bench's Markdown and analysis's tables: numbers as cells,
+heads by the names the tables give them."""
 from __future__ import annotations
 
 import numbers
 from typing import Any
+
+# What each head is called in tables (the paper's names).
+HEAD_LABELS = {"monotonic": "MonoCon", "none": "baseline", "mlp": "std-MLP"}
+
+
+def head_label(head: Any) -> Any:
+    """Return the table name of ``head`` (MonoCon, baseline, std-MLP); an unknown head as given."""
+    return HEAD_LABELS.get(head, head)
 
 
 def cell(value: Any, spec: str | None = None) -> str:

@@ -42,7 +42,7 @@ class LoadedRun(FinishedRun):
     model: Any  # models.monocon.MonoConModel
     pca: PCAStats
     d_eff: int
-    task: Any  # training.tasks.VisionTask | TextTask
+    task: Any  # training.vision_task.VisionTask | training.text_task.TextTask
     checkpoint_sha256: str
     # "pca" (project on the train PCA) or "prefix" (Matryoshka runs: keep the first d coordinates).
     truncation: str = "pca"

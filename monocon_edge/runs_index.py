@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from .device.errors import ArtifactError, MonoconError
+from .formatting import head_label
 
 DEFAULT_ROOT = Path("runs")
 RUN_FILES = ("config.json", "summary.json", "best.pt", "pca.npz")
@@ -50,7 +51,7 @@ class RunInfo:
         """Return what the run is: MonoCon, baseline, std-MLP or Matryoshka."""
         if self.loss == "matryoshka":
             return "Matryoshka"
-        return {"monotonic": "MonoCon", "none": "baseline", "mlp": "std-MLP"}.get(self.head, self.head)
+        return head_label(self.head)
 
     def data_key(self) -> str:
         """Return a key equal for runs evaluated on the same examples (data settings + seed)."""
@@ -79,7 +80,10 @@ def _is_finished_run(path: Path) -> bool:
 
 
 def _walk(root: Path, depth: int = 0):
-    """Yield folders under ``root`` (root included), not descending into runs' or artifacts' inner folders."""
+    """Yield folders under ``root`` (root included; nothing when it is not a folder), not descending into runs'
+    or artifacts' inner folders."""
+    if not root.is_dir():
+        return
     yield root
     if depth >= _MAX_DEPTH:
         return
@@ -104,11 +108,8 @@ def _read_json(path: Path) -> dict[str, Any] | None:
 
 def finished_runs(root: str | Path = DEFAULT_ROOT) -> list[RunInfo]:
     """Return the finished runs under ``root`` (config, summary, best.pt and pca.npz present), newest first."""
-    root = Path(root)
-    if not root.is_dir():
-        return []
     out = []
-    for folder in _walk(root):
+    for folder in _walk(Path(root)):
         if _is_finished_run(folder):
             config, summary = _read_json(folder / "config.json"), _read_json(folder / "summary.json")
             if config is not None and summary is not None:
@@ -120,11 +121,8 @@ def artifacts(root: str | Path = DEFAULT_ROOT) -> list[ArtifactInfo]:
     """Return the artifact directories under ``root`` (readable or not, with the reason), newest first."""
     from .device.artifact import read_manifest
 
-    root = Path(root)
-    if not root.is_dir():
-        return []
     out = []
-    for folder in _walk(root):
+    for folder in _walk(Path(root)):
         if (folder / "manifest.json").is_file():
             info = ArtifactInfo(folder, created=(folder / "manifest.json").stat().st_mtime)
             try:

@@ -203,7 +203,7 @@ def test_numbers_equal_an_independent_computation(analysis, tiny_runs) -> None:
 
     from monocon_edge.data.vision import to_float_batch
     from monocon_edge.models.monocon import build_model
-    from monocon_edge.training.tasks import VisionTask
+    from monocon_edge.training.vision_task import VisionTask
 
     _, data = analysis
     exact = 0

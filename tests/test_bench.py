@@ -15,8 +15,8 @@ from helpers import tree_state
 
 from monocon_edge.bench.accuracy import Embedded, quality
 from monocon_edge.bench.evaldata import text_eval_set
-from monocon_edge.bench.output import result_stem, write_json, write_markdown, write_plot
-from monocon_edge.bench.runner import BenchOptions, run_bench
+from monocon_edge.bench.output import markdown, result_stem, write_json, write_markdown, write_plot
+from monocon_edge.bench.runner import BenchOptions, BenchResult, _accuracy_fields, run_bench
 from monocon_edge.bench.targets import bench_dims, parse_dims, run_cache_dir
 from monocon_edge.bench.timing import measure_latency, measure_throughput
 from monocon_edge.cli import app
@@ -111,6 +111,7 @@ def test_outputs_json_markdown_plot(bench_result, tmp_path) -> None:
     stem = result_stem(result)
     assert stem.startswith("bench-fp32-int8-") and stem.endswith("-2-1t")
     assert "| p50 ms 1t |" in md
+    assert "| codes | R@1 | R@5 | 5-NN |" in md and "pair+STS" not in md  # vision: training's Recall@k name
 
 
 def test_cli_bench_artifact_writes_results(digits_artifact, tmp_path) -> None:
@@ -199,3 +200,24 @@ def test_text_protocol_pairs_and_sts() -> None:
     assert q.recall_at_1 == 1.0 and q.knn5_accuracy is None
     # cosines (1, 0, 1) against scores (4.5, 1.0, 4.0): ranks agree up to the tie -> Spearman 0.866
     assert q.sts_spearman == pytest.approx(np.sqrt(3) / 2)
+
+
+def test_text_recall_is_named_pair_sts_in_rows_and_tables() -> None:
+    # Bench's text Recall@k pools held-out pairs with STS pairs and shares repeated partners: not training's (and
+    # the gates') pair Recall@k, so rows and tables name it pair+STS; vision keeps training's name.
+    data = text_eval_set(SimpleNamespace(val_pairs=[("a", "b"), ("c", "d")], sts=SimpleNamespace(
+        first=["s1", "s2"], second=["t1", "t2"], scores=np.array([4.5, 1.0]))))
+    vec = {"a": [1, 0], "b": [1, 0], "c": [0, 1], "d": [0, 1], "s1": [1, 1], "t1": [1, 1], "s2": [1, 0], "t2": [0, 1]}
+    emb = lambda texts: np.asarray([vec[t] for t in texts], dtype=np.float32)  # noqa: E731
+    e = Embedded(emb(data.query), emb(data.gallery), emb(["s1", "s2"]), emb(["t1", "t2"]))
+    fields = _accuracy_fields(e, data, "float32", np.full(2, 1 / 127, dtype=np.float32), BenchOptions(**FAST), "text")
+    assert "recall_at_1" not in fields and 0 < fields["pair_sts_recall_at_1"] <= fields["pair_sts_recall_at_5"] <= 1
+    assert _accuracy_fields(None, None, "float32", None, BenchOptions(**FAST), "vision")["recall_at_1"] is None
+    header = {"suite": "t", "cpu": "cpu", "cpu_count": 1, "threads": 1, "device": "cpu", "providers": ["CPU"],
+              "versions": {}, "date": "d", "latency": "l", "options": {}}
+    text_row = dict(fields, model="m", modality="text", dims=2, precision="fp32", index_codes="float32")
+    md = markdown(BenchResult(header, [text_row]))
+    assert "| codes | pair+STS R@1 | pair+STS R@5 | 5-NN |" in md and "| R@1 |" not in md
+    vision_row = dict(model="v", modality="vision", dims=2, precision="fp32", index_codes="float32", recall_at_1=0.5)
+    md = markdown(BenchResult(header, [vision_row, text_row]))
+    assert "| codes | R@1 | R@5 | pair+STS R@1 | pair+STS R@5 | 5-NN |" in md

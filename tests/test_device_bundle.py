@@ -11,8 +11,27 @@ from monocon_edge.exporting import device_bundle
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_the_launcher_in_the_repository_is_the_one_export_writes() -> None:
-    assert (ROOT / "export" / "monocon_device.py").read_text() == device_bundle.LAUNCHER
+LAUNCHER = ROOT / "monocon_edge" / "exporting" / "launcher" / "monocon_device.py"
+
+
+def test_the_launcher_in_the_repository_is_the_one_export_writes(digits_artifact) -> None:
+    # One copy: the package data file is what export copies into the artifact, byte for byte ...
+    assert device_bundle.launcher_path().resolve() == LAUNCHER
+    assert (digits_artifact / "monocon_device.py").read_bytes() == LAUNCHER.read_bytes()
+    # ... and what export/monocon_device.py runs in a checkout.
+    probe = "import runpy, sys; print(runpy.run_path(sys.argv[1], run_name='probe')['SOURCE'])"
+    done = subprocess.run([sys.executable, "-c", probe, str(ROOT / "export" / "monocon_device.py")],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [str(LAUNCHER)]
+
+
+def test_installed_packages_carry_the_launcher() -> None:
+    import tomllib
+
+    data = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["setuptools"]
+    patterns = data["package-data"]["monocon_edge.exporting"]
+    assert any(LAUNCHER.match(f"monocon_edge/exporting/{pattern}") for pattern in patterns)
 
 
 def test_export_bundles_runtime_script_and_requirements_listed_in_the_manifest(digits_artifact) -> None:

@@ -39,7 +39,7 @@ def test_tiny_imagenet_export_parity_and_int8(shared_data: Path, tmp_path: Path)
 
 def test_text_export_runtime_and_sentence_transformers(shared_data: Path, tmp_path: Path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)  # quantization tools must not drop files into the working directory
-    cfg = override(preset("nli-pairs", "none"), "data", path=str(shared_data / NLI_PAIRS[2]), max_train=90,  # >= 128 unique train sentences: tasks.py asks the PCA for 128 dims
+    cfg = override(preset("nli-pairs", "none"), "data", path=str(shared_data / NLI_PAIRS[2]), max_train=90,  # >= 128 unique train sentences: dimension_metrics.PCA_DIMS asks the PCA for 128 dims
                    val_path=small_sts(shared_data, tmp_path, rows=20))
     run = train(cfg, tmp_path / "run").run_dir
     out = tmp_path / "art"

@@ -1,9 +1,11 @@
 """The run's real evaluation data, as raw inputs the runtime embeds (uint8 images or sentences).
 
 Vision: query → gallery of the run's train split, labels = classes (the protocol of training's Recall@k and
-5-NN). Text: each held-out entailment pair and each STS-B dev pair scored ≥ ``STS_PAIR_MIN_SCORE`` is a
-(anchor, partner) pair; an anchor must find its partner among all distinct partners; STS-B dev Spearman of
-cosine over every dev pair.
+5-NN), so its figures are called Recall@k as in training. Text: each held-out entailment pair and each STS-B
+pair scored ≥ ``STS_PAIR_MIN_SCORE`` is a (anchor, partner) pair; an anchor must find its partner among all
+distinct partners. That is not training's and the gates' pair Recall@k (held-out pairs only, one gallery item
+per pair), so it has its own name: pair+STS Recall@k (``pair_sts_recall_at_k``). STS Spearman of cosine over
+every pair of the STS file.
 """
 from __future__ import annotations
 
@@ -16,6 +18,14 @@ from ..data.splits import seeded_subset
 from ..data.text import StsSet
 
 STS_PAIR_MIN_SCORE = 4.0
+# What each modality's bench Recall@k is called in result rows (``<name>_at_1`` / ``<name>_at_5``).
+RECALL_NAMES = {"vision": "recall", "text": "pair_sts_recall"}
+
+
+def recall_keys(modality: str) -> tuple[str, str]:
+    """Return the row keys of a ``modality``'s bench Recall@1 and Recall@5 (see RECALL_NAMES)."""
+    name = RECALL_NAMES[modality]
+    return f"{name}_at_1", f"{name}_at_5"
 
 
 @dataclass

@@ -3,21 +3,51 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Iterable
 
 from ..files import atomic_path, write_json_atomic, write_text_atomic
 from ..formatting import cell
+from .evaldata import recall_keys
 from .runner import BenchResult
 
-# (row key, Markdown / table heading, format)
-COLUMNS: tuple[tuple[str, str, str], ...] = (
+# (row key, Markdown / table heading, format): the columns before and after the Recall@k ones.
+LEADING_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("model", "model", "s"), ("head", "head", "s"), ("dims_label", "dims", "s"), ("dims", "d", "d"),
-    ("precision", "graph", "s"), ("index_codes", "codes", "s"), ("recall_at_1", "R@1", ".4f"),
-    ("recall_at_5", "R@5", ".4f"), ("knn5_accuracy", "5-NN", ".4f"), ("sts_spearman", "STS ρ", ".4f"),
+    ("precision", "graph", "s"), ("index_codes", "codes", "s"),
+)
+TRAILING_COLUMNS: tuple[tuple[str, str, str], ...] = (
+    ("knn5_accuracy", "5-NN", ".4f"), ("sts_spearman", "STS ρ", ".4f"),
     ("latency_ms_p50", "p50 ms", ".3f"), ("latency_ms_p95", "p95 ms", ".3f"), ("latency_ms_p99", "p99 ms", ".3f"),
     ("throughput_per_s", "thr/s", ".1f"), ("speedup_latency_p50", "× eager p50", ".2f"),
     ("speedup_throughput", "× eager thr", ".2f"), ("peak_rss_mb", "RSS MiB", ".1f"), ("model_bytes", "model B", ","),
     ("index_bytes_per_vector", "B/vec", "d"), ("index_bytes", "index B", ","), ("search_ms_p50", "search ms", ".3f"),
 )
+# What goes before "R@k" / "Recall@k" in each modality's headings (its row keys: evaldata.recall_keys); text's
+# figure is the pair+STS protocol, not training's pair Recall@k.
+RECALL_PREFIXES = {"vision": "", "text": "pair+STS "}
+
+
+def recall_columns(modalities: Iterable[str]) -> tuple[tuple[str, str, str], ...]:
+    """Return the Recall@1 and Recall@5 columns of each of ``modalities`` present (vision first)."""
+    present = set(modalities)
+    out: tuple[tuple[str, str, str], ...] = ()
+    for modality, prefix in RECALL_PREFIXES.items():
+        if modality in present:
+            at1, at5 = recall_keys(modality)
+            out += ((at1, f"{prefix}R@1", ".4f"), (at5, f"{prefix}R@5", ".4f"))
+    return out
+
+
+def row_recall_at_1(row: dict) -> float | None:
+    """Return a result row's Recall@1 under its modality's key (None when it was not measured)."""
+    return row.get(recall_keys(row["modality"])[0])
+
+
+def table_columns(result: BenchResult) -> tuple[tuple[str, str, str], ...]:
+    """Return the Markdown columns of ``result``: the Recall@k ones of the modalities it has, and the
+    ``--also-threads`` timings."""
+    modalities = [r["modality"] for r in result.rows]
+    return LEADING_COLUMNS + recall_columns(modalities) + TRAILING_COLUMNS + extra_thread_columns(result)
 
 
 def extra_thread_columns(result: BenchResult) -> tuple[tuple[str, str, str], ...]:
@@ -62,7 +92,7 @@ def markdown(result: BenchResult) -> str:
              "- versions: " + ", ".join(f"{k} {v}" for k, v in h["versions"].items()),
              f"- date: {h['date']}", f"- timing: {h['latency']}", ""]
     lines += [f"- note: {n}" for n in result.notes]
-    columns = COLUMNS + extra_thread_columns(result)
+    columns = table_columns(result)
     lines += ["", "| " + " | ".join(c[1] for c in columns) + " |", "|" + "---|" * len(columns)]
     for row in result.rows:
         lines.append("| " + " | ".join(cell(row.get(k), spec) for k, _, spec in columns) + " |")
@@ -75,8 +105,8 @@ def write_markdown(path: str | Path, result: BenchResult) -> None:
 
 
 def write_plot(path: str | Path, result: BenchResult) -> None:
-    """Write a PNG of Recall@1 against dims, one line per model (solid: fp32 graph + float32 codes; dashed:
-    int8 graph + int8 codes)."""
+    """Write a PNG of Recall@1 (each modality's: ``row_recall_at_1``) against dims, one line per model (solid:
+    fp32 graph + float32 codes; dashed: int8 graph + int8 codes)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -87,8 +117,9 @@ def write_plot(path: str | Path, result: BenchResult) -> None:
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for i, name in enumerate(models):
         for precision, codes, style in (("fp32", "float32", "-"), ("int8", "int8", "--")):
-            pts = sorted((r["dims"], r["recall_at_1"]) for r in result.rows if r["model"] == name
-                         and r["precision"] == precision and r["index_codes"] == codes and r["recall_at_1"] is not None)
+            pts = sorted((r["dims"], row_recall_at_1(r)) for r in result.rows if r["model"] == name
+                         and r["precision"] == precision and r["index_codes"] == codes
+                         and row_recall_at_1(r) is not None)
             if pts:
                 ax.plot([p[0] for p in pts], [p[1] for p in pts], style, marker="o", color=colours[i % len(colours)],
                         label=f"{name} ({precision}, {codes} codes)")
@@ -100,9 +131,11 @@ def write_plot(path: str | Path, result: BenchResult) -> None:
         ax.set_xticks(ticks, [str(t) for t in ticks])
         ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("embedding dims (log scale)")
-    ax.set_ylabel("Recall@1")
+    modalities = {r["modality"] for r in result.rows}
+    ylabel = " / ".join(f"{prefix}Recall@1" for m, prefix in RECALL_PREFIXES.items() if m in modalities) or "Recall@1"
+    ax.set_ylabel(ylabel)
     h = result.header
-    ax.set_title(f"Recall@1 vs dims{' — ' + h['suite'] if h['suite'] else ''} ({h['cpu']}, {h['threads']} threads)",
+    ax.set_title(f"{ylabel} vs dims{' — ' + h['suite'] if h['suite'] else ''} ({h['cpu']}, {h['threads']} threads)",
                  fontsize=9)
     if ax.lines:
         ax.legend(fontsize=7)

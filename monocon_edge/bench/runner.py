@@ -11,6 +11,7 @@ from typing import Any, Callable, Sequence
 from ..device.errors import MonoconError
 from ..exporting.gates import GateThresholds
 from .accuracy import CODE_KINDS, embed_eval_set, index_cost, quality
+from .evaldata import recall_keys
 from .targets import Target, artifact_target, classify, parse_dims, run_target
 from .timing import measure_latency, measure_throughput
 from ..events import EventFn, ignore_events
@@ -246,7 +247,7 @@ class _Bench:
                 base.update(_thread_fields(by_threads, extra_reference))
                 for codes in CODE_KINDS:
                     row = dict(base, index_codes=codes)
-                    row.update(_accuracy_fields(emb, data, codes, model.code_scales, opts))
+                    row.update(_accuracy_fields(emb, data, codes, model.code_scales, opts, target.modality))
                     self.result.rows.append(row)
 
 
@@ -304,17 +305,20 @@ def _base_row(target: Target, dims: int, label: str, precision: str, folder: Pat
     }
 
 
-def _accuracy_fields(emb: Any, data: Any, codes: str, scales: Any, opts: BenchOptions) -> dict[str, Any]:
-    """Return the quality and index fields of one (graph, codes) pair (None where there is no data)."""
+def _accuracy_fields(emb: Any, data: Any, codes: str, scales: Any, opts: BenchOptions,
+                     modality: str) -> dict[str, Any]:
+    """Return the quality and index fields of one (graph, codes) pair (None where there is no data); the
+    Recall@1/@5 keys are the modality's (``evaldata.recall_keys``)."""
     import numpy as np
 
+    r1, r5 = recall_keys(modality)
     if emb is None:
-        return {"recall_at_1": None, "recall_at_5": None, "knn5_accuracy": None, "sts_spearman": None,
+        return {r1: None, r5: None, "knn5_accuracy": None, "sts_spearman": None,
                 "queries": None, "gallery_size": None, "index_bytes_per_vector": None, "index_bytes": None,
                 "search_ms_p50": None, "search_ms_p95": None, "protocol": None}
     qual = quality(emb, data, codes, scales)
     cost = index_cost(emb.gallery, emb.query, codes, np.asarray(scales), min(opts.warmup, 5), opts.search_iterations)
-    return {"recall_at_1": qual.recall_at_1, "recall_at_5": qual.recall_at_5, "knn5_accuracy": qual.knn5_accuracy,
+    return {r1: qual.recall_at_1, r5: qual.recall_at_5, "knn5_accuracy": qual.knn5_accuracy,
             "sts_spearman": qual.sts_spearman, "queries": data.num_queries, "gallery_size": data.num_gallery,
             "index_bytes_per_vector": cost.bytes_per_vector, "index_bytes": cost.total_bytes,
             "search_ms_p50": cost.search_ms_p50, "search_ms_p95": cost.search_ms_p95, "protocol": data.protocol}

@@ -59,6 +59,38 @@ def _say(message: str) -> None:
     err_console.print(message, highlight=False, markup=False, soft_wrap=True)
 
 
+def _check_output_folders(*paths: Optional[Path]) -> None:
+    """Return None when the folder of every given path (None: not asked for) exists; raise MonoconError naming
+    the first path whose folder does not."""
+    from ..device.errors import MonoconError
+
+    for p in paths:
+        if p is not None and not p.parent.is_dir():
+            raise MonoconError(f"the folder for {p} does not exist")
+
+
+def _output_paths(json_path: Optional[Path], md: Optional[Path], plot: Optional[Path], results_dir: Optional[Path],
+                  stem: str) -> dict[str, Optional[Path]]:
+    """Return {"json", "md", "png": path or None}: the paths given, and with ``results_dir`` (created here)
+    ``results_dir/<stem>.<kind>`` for each one not given."""
+    outputs = {"json": json_path, "md": md, "png": plot}
+    if results_dir is None:
+        return outputs
+    results_dir.mkdir(parents=True, exist_ok=True)
+    return {k: v or results_dir / f"{stem}.{k}" for k, v in outputs.items()}
+
+
+def _write_outputs(result: Any, outputs: dict[str, Optional[Path]], writers: dict[str, Callable[[Path, Any], None]]
+                   ) -> list[str]:
+    """Write ``result`` with the writer of each kind whose path is given; return the paths written."""
+    written = []
+    for kind, path in outputs.items():
+        if path is not None:
+            writers[kind](path, result)
+            written.append(str(path))
+    return written
+
+
 @app.callback()
 def _root() -> None:
     """Train MonoCon embeddings, export them as one static ONNX graph, benchmark, ship."""
@@ -324,9 +356,7 @@ def bench(
             raise MonoconError(f"--also-threads takes comma-separated integers, got {also_threads!r}") from None
         targets, chosen_dims = list(paths or []), dims
         if not targets:
-            for p in (json_path, md, plot):  # checked before anything is trained
-                if p is not None and not p.parent.is_dir():
-                    raise MonoconError(f"the folder for {p} does not exist")
+            _check_output_folders(json_path, md, plot)  # before anything is trained
             targets, art = default_bench_paths(runs_dir, _say)
             chosen_dims = dims or str(art.manifest["output"]["dims"])
         opts = BenchOptions(dims=chosen_dims or "128,64,16,deff", int8=int8, device=device, threads=threads,
@@ -335,22 +365,11 @@ def bench(
                             search_iterations=search_iterations, max_queries=max_queries, memory_probe=memory,
                             torch_reference=reference, parity_atol=parity_atol, suite=suite)
         opts.check()
-        for p in (json_path, md, plot):
-            if p is not None and not p.parent.is_dir():
-                raise MonoconError(f"the folder for {p} does not exist")
+        _check_output_folders(json_path, md, plot)
         with console.status("benchmarking") as status:
             result = run_bench(targets, opts, on_event=lambda kind, info: status.update(info.get("name", kind)))
-        outputs = {"json": json_path, "md": md, "png": plot}
-        if results_dir is not None:
-            results_dir.mkdir(parents=True, exist_ok=True)
-            stem = result_stem(result)
-            outputs = {k: v or results_dir / f"{stem}.{k}" for k, v in outputs.items()}
-        writers = {"json": write_json, "md": write_markdown, "png": write_plot}
-        written = []
-        for kind, path in outputs.items():
-            if path is not None:
-                writers[kind](path, result)
-                written.append(str(path))
+        outputs = _output_paths(json_path, md, plot, results_dir, result_stem(result))
+        written = _write_outputs(result, outputs, {"json": write_json, "md": write_markdown, "png": write_plot})
         print_bench(console, result, written)
         from .compare import print_side_by_side
 
@@ -417,7 +436,6 @@ def bench_index(
 
         from ..bench.scale import ScaleOptions, run_scale_bench
         from ..bench.scale_output import result_stem, write_json, write_markdown, write_plot
-        from ..device.errors import MonoconError
 
         opts = ScaleOptions(sizes=sizes, dims=dims, codes=codes, indexes=indexes, threads=threads, queries=queries,
                             warmup=warmup, iterations=iterations, batch=batch, batch_iterations=batch_iterations,
@@ -425,22 +443,16 @@ def bench_index(
                             ef_construction=ef_construction, ef_search=ef_search, hnsw_max_n=hnsw_max_n, flat_exact=flat_exact,
                             gmm_components=gmm_components, seed=seed, suite=suite)
         opts.check()
-        for p in (json_path, md, plot):
-            if p is not None and not p.parent.is_dir():
-                raise MonoconError(f"the folder for {p} does not exist")
+        _check_output_folders(json_path, md, plot)
         writers = {"json": write_json, "md": write_markdown, "png": write_plot}
 
         def write(result, final: bool) -> None:
-            outputs = {"json": json_path, "md": md, "png": plot}
-            if results_dir is not None:
-                results_dir.mkdir(parents=True, exist_ok=True)
-                stem = result_stem(result)
-                outputs = {k: v or results_dir / f"{stem}.{k}" for k, v in outputs.items()}
-            for kind, path in outputs.items():
-                if path is not None and result.rows:
-                    writers[kind](path, result)
-                    if final:
-                        console.print(f"wrote {path}", highlight=False)
+            if not result.rows:
+                return
+            outputs = _output_paths(json_path, md, plot, results_dir, result_stem(result))
+            for path in _write_outputs(result, outputs, writers):
+                if final:
+                    console.print(f"wrote {path}", highlight=False)
 
         if from_json is not None:
             from ..bench.scale import evaluate_targets

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from typing import Any
 
-HEAD_LABELS = {"monotonic": "MonoCon", "none": "baseline", "mlp": "std-MLP"}
-COLUMNS = (("recall_at_1", "R@1", ".4f"), ("recall_at_5", "R@5", ".4f"), ("knn5_accuracy", "5-NN", ".4f"),
+# After each modality's Recall@k columns (bench.output.recall_columns):
+COLUMNS = (("knn5_accuracy", "5-NN", ".4f"),
            ("sts_spearman", "STS ρ", ".4f"), ("latency_ms_p50", "p50 ms", ".3f"), ("model_kb", "model kB", ".0f"),
            ("index_bytes_per_vector", "B/vec", "d"))
 
@@ -22,20 +22,22 @@ def print_side_by_side(console: Any, result: Any) -> None:
     """Print one table with every model at the dims they share; nothing when only one model was benched."""
     from rich.table import Table
 
-    from ..formatting import cell
+    from ..bench.output import recall_columns
+    from ..formatting import cell, head_label
 
     rows = side_by_side_rows(result.rows)
     if not rows:
         return
     rows = [dict(r, model_kb=r["model_bytes"] / 1000 if r.get("model_bytes") is not None else None) for r in rows]
-    names = dict.fromkeys(f"{HEAD_LABELS.get(r['head'], r['head'])} = {r['model']}" for r in rows)
+    names = dict.fromkeys(f"{head_label(r['head'])} = {r['model']}" for r in rows)
     table = Table(title="side by side (float32 index; the tables above have the int8 codes)", title_justify="left",
                   caption=", ".join(names), caption_justify="left")
-    shown = [c for c in COLUMNS if any(r.get(c[0]) is not None for r in rows)]
+    columns = recall_columns(r["modality"] for r in rows) + COLUMNS
+    shown = [c for c in columns if any(r.get(c[0]) is not None for r in rows)]
     for label in ("dims", "model", "graph"):
         table.add_column(label, no_wrap=True)
     for _, label, _ in shown:
         table.add_column(label, justify="right")
     for r in rows:
-        table.add_row(str(r["dims"]), HEAD_LABELS.get(r["head"], r["head"]), r["precision"], *(cell(r.get(k), spec) for k, _, spec in shown))
+        table.add_row(str(r["dims"]), head_label(r["head"]), r["precision"], *(cell(r.get(k), spec) for k, _, spec in shown))
     console.print(table)

@@ -96,33 +96,40 @@ def _metric(summary: dict[str, Any]) -> str:
     return "-"
 
 
+def _print_listing(console: Any, title: str, when: str, where: str, rows: list[tuple[str, str, str]]) -> None:
+    """Print one rich table of ``rows``: (``when``, ``where``, what), titled ``title``."""
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left")
+    table.add_column(when, no_wrap=True)
+    table.add_column(where, no_wrap=True)
+    table.add_column("what")
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
+
+
 def print_runs(console: Any, runs_dir: Path) -> None:
     """Print the finished runs and the artifacts under ``runs_dir``, newest first (rich tables)."""
-    from rich.table import Table
+    from ..formatting import head_label
 
     runs = finished_runs(runs_dir)
     arts = artifacts(runs_dir)
     if not runs and not arts:
         raise MonoconError(f"no finished run or artifact under {runs_dir}/: run `monocon-edge train` first")
-    table = Table(title=f"finished runs under {runs_dir}/, newest first", title_justify="left")
-    table.add_column("finished", no_wrap=True)
-    table.add_column("run", no_wrap=True)
-    table.add_column("what")
+    rows = []
     for r in runs:
         d_eff = r.summary.get("final", {}).get("d_eff", r.summary.get("d_eff"))
-        table.add_row(_when(r.finished), str(r.path), f"{r.label}, d_eff {'-' if d_eff is None else d_eff}, "
-                      f"{_metric(r.summary)}")
-    console.print(table)
-    table = Table(title=f"artifacts under {runs_dir}/, newest first", title_justify="left")
-    table.add_column("exported", no_wrap=True)
-    table.add_column("artifact", no_wrap=True)
-    table.add_column("what")
+        rows.append((_when(r.finished), str(r.path), f"{r.label}, d_eff {'-' if d_eff is None else d_eff}, "
+                     f"{_metric(r.summary)}"))
+    _print_listing(console, f"finished runs under {runs_dir}/, newest first", "finished", "run", rows)
+    rows = []
     for a in arts:
         if a.problem is not None:
-            table.add_row(_when(a.created), str(a.path), f"unreadable: {a.problem}")
+            rows.append((_when(a.created), str(a.path), f"unreadable: {a.problem}"))
             continue
         m = a.manifest
-        head = {"monotonic": "MonoCon", "none": "baseline", "mlp": "std-MLP"}.get(m.get("head"), m.get("head"))
-        table.add_row(_when(a.created), str(a.path),
-                      f"{head} {m['output']['dims']}d {'+'.join(sorted(m.get('models', {})))}")
-    console.print(table)
+        head = head_label(m.get("head"))
+        rows.append((_when(a.created), str(a.path),
+                     f"{head} {m['output']['dims']}d {'+'.join(sorted(m.get('models', {})))}"))
+    _print_listing(console, f"artifacts under {runs_dir}/, newest first", "exported", "artifact", rows)

@@ -189,9 +189,12 @@ def print_verify(console: Console, report: Any) -> None:
 
 
 # Terminal bench table: (row key, heading, format); the model's name, head and sizes go in the title.
-BENCH_COLUMNS = (
+# The Recall@k columns go between the two (bench.output.recall_columns: each modality's own).
+BENCH_LEADING_COLUMNS = (
     ("dims_label", "dims", "s"), ("dims", "d", "d"), ("precision", "graph", "s"), ("index_codes", "codes", "s"),
-    ("recall_at_1", "R@1", ".4f"), ("recall_at_5", "R@5", ".4f"), ("knn5_accuracy", "5-NN", ".4f"),
+)
+BENCH_TRAILING_COLUMNS = (
+    ("knn5_accuracy", "5-NN", ".4f"),
     ("sts_spearman", "STS ρ", ".4f"), ("latency_ms_p50", "p50 ms", ".3f"), ("latency_ms_p95", "p95 ms", ".3f"),
     ("throughput_per_s", "/s", ".0f"), ("speedup_latency_p50", "×eager", ".1f"), ("peak_rss_mb", "RSS MiB", ".0f"),
     ("model_bytes", "model B", ","), ("index_bytes_per_vector", "B/vec", "d"), ("search_ms_p50", "search ms", ".3f"),
@@ -200,7 +203,7 @@ BENCH_COLUMNS = (
 
 def print_bench(console: Console, result: Any, written: list[str]) -> None:
     """Print a bench result: one table per model, then the header facts, notes and the files written."""
-    from ..bench.output import extra_thread_columns
+    from ..bench.output import extra_thread_columns, recall_columns
 
     h = result.header
     for name in dict.fromkeys(r["model"] for r in result.rows):
@@ -208,7 +211,8 @@ def print_bench(console: Console, result: Any, written: list[str]) -> None:
         first = rows[0]
         table = Table(title=f"{name}: head {first['head']}, {first['truncation']} truncation, d_enc {first['d_enc']}, "
                             f"d_eff {first['d_eff']}", title_justify="left")
-        columns = BENCH_COLUMNS + tuple(c for c in extra_thread_columns(result) if "throughput_" not in c[0])
+        columns = (BENCH_LEADING_COLUMNS + recall_columns(r["modality"] for r in rows) + BENCH_TRAILING_COLUMNS
+                   + tuple(c for c in extra_thread_columns(result) if "throughput_" not in c[0]))
         shown = [c for c in columns if any(r.get(c[0]) is not None for r in rows)]
         for key, label, _ in shown:
             table.add_column(label, justify="left" if key in ("dims_label", "precision", "index_codes") else "right")

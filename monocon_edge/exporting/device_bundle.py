@@ -4,7 +4,8 @@
 
     monocon_runtime/      the torch-free device package (monocon_edge/device, copied as it is: it only uses
                           relative imports, so it imports under any name)
-    monocon_device.py     the device CLI (check, embed, index, query), which imports monocon_runtime next to it
+    monocon_device.py     the device CLI (check, embed, index, query), which imports monocon_runtime next to it:
+                          a copy of launcher/monocon_device.py (package data)
     requirements.txt      numpy, onnxruntime (+ tokenizers for text, + Pillow for image files)
 
 The manifest lists all of them with their sha256 (build.py checksums the whole folder afterwards).
@@ -31,41 +32,11 @@ def device_package_dir() -> Path:
     return Path(str(resources.files("monocon_edge.device")))
 
 
-# The launcher written as ARTIFACT/monocon_device.py; export/monocon_device.py in the repository is the same text
-# (a test keeps them identical). The CLI itself is monocon_edge/device/cli.py, shipped as monocon_runtime/cli.py.
-LAUNCHER = '''#!/usr/bin/env python3
-"""monocon-edge on a device: check an artifact, embed images or sentences, build an index, answer queries.
-
-Every artifact folder holds this script next to ``monocon_runtime/`` (the torch-free runtime) and
-``requirements.txt``. On a device, in the artifact folder:
-
-    pip install -r requirements.txt           # numpy, onnxruntime (+ tokenizers, + Pillow); no torch
-    python monocon_device.py check            # manifest sealed, every sha256 matches, every graph loads
-    python monocon_device.py index --images photos/ --out gallery.npz
-    python monocon_device.py query --index gallery.npz --images queries/ --top-k 5
-    python monocon_device.py --help
-
-The artifact defaults to this script's folder; pass another folder as the second argument.
-"""
-import sys
-from pathlib import Path
-
-HERE = Path(__file__).resolve().parent
-sys.dont_write_bytecode = True  # leave the artifact folder as it was exported
-try:
-    if (HERE / "monocon_runtime" / "__init__.py").is_file():
-        sys.path.insert(0, str(HERE))
-        from monocon_runtime.cli import main
-    else:  # a source checkout (export/monocon_device.py) with monocon-edge installed
-        from monocon_edge.device.cli import main
-except ImportError as exc:
-    HINT = f": install what it needs first: pip install -r {HERE / 'requirements.txt'}"
-    NEEDED = ("numpy", "onnxruntime", "tokenizers", "PIL")
-    sys.exit(f"error: cannot start the device runtime: {exc}{HINT if exc.name in NEEDED else ''}")
-
-if __name__ == "__main__":
-    sys.exit(main(home=HERE))
-'''
+def launcher_path() -> Path:
+    """Return the device launcher that becomes ARTIFACT/monocon_device.py: the package data file
+    launcher/monocon_device.py (export/monocon_device.py in a checkout runs the same file). The CLI itself is
+    monocon_edge/device/cli.py, shipped as monocon_runtime/cli.py."""
+    return Path(str(resources.files("monocon_edge.exporting"))) / "launcher" / DEVICE_SCRIPT
 
 
 def requirements(modality: str, versions: dict[str, str] | None = None) -> str:
@@ -87,7 +58,8 @@ def write_device_bundle(folder: Path, modality: str, versions: dict[str, str] | 
     """Copy the runtime and the device script into ``folder``, write requirements.txt; return the paths written."""
     src = device_package_dir()
     modules = sorted(p for p in src.glob("*.py"))
-    if not (src / "__init__.py").is_file() or not (src / "cli.py").is_file():
+    launcher = launcher_path()
+    if not (src / "__init__.py").is_file() or not (src / "cli.py").is_file() or not launcher.is_file():
         raise MonoconError(f"the device runtime is incomplete in {src.parent}: reinstall monocon-edge")
     dest = folder / RUNTIME_DIR
     dest.mkdir()
@@ -95,6 +67,6 @@ def write_device_bundle(folder: Path, modality: str, versions: dict[str, str] | 
     for module in modules:  # the .py files only: no __pycache__
         shutil.copyfile(module, dest / module.name)
         written.append(f"{RUNTIME_DIR}/{module.name}")
-    (folder / DEVICE_SCRIPT).write_text(LAUNCHER, encoding="utf-8")
+    shutil.copyfile(launcher, folder / DEVICE_SCRIPT)
     (folder / REQUIREMENTS).write_text(requirements(modality, versions), encoding="utf-8")
     return written + [DEVICE_SCRIPT, REQUIREMENTS]

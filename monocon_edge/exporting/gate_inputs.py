@@ -70,7 +70,7 @@ def text_gate_inputs(task: Any, seed: int, tokenize: Callable[[Sequence[str]], B
                               + task.sentences))
     parity = [pool[i] for i in seeded_subset(len(pool), parity_samples, seed)]
     anchors, partners = [a for a, _ in task.val_pairs], [b for _, b in task.val_pairs]
-    labels = np.arange(len(anchors))
+    labels = np.arange(len(anchors))  # pair i's label is i: metrics.pair_recall_at_k, training's recall@1
     retrieval = Retrieval(text_batches(anchors, tokenize), text_batches(partners, tokenize), labels, labels,
                           "held-out selection pairs: anchor -> its partner among all partners, Recall@1")
     codes = [task.sentences[i] for i in seeded_subset(len(task.sentences), code_samples, seed + 2)]

@@ -30,7 +30,8 @@ from ..device.errors import MonoconError
 from ..losses import build_loss, similarity_distillation
 from ..models.monocon import MonoConModel, build_model, head_outputs, load_encoder_state
 from .run_dir import RunDir
-from .tasks import build_task, effective_dims_of, encode_eval_sets
+from .dimension_metrics import effective_dims_of
+from .tasks import build_task, encode_eval_sets
 from ..events import EventFn, ignore_events
 
 # Per-epoch seeds of rank r are offset by r * this, so ranks draw different augmentations (rank 0 = 1 process).
