@@ -83,15 +83,20 @@ def write_json(path: str | Path, result: BenchResult) -> None:
     write_json_atomic(path, {"header": result.header, "notes": result.notes, "rows": result.rows})
 
 
+def markdown_head(title: str, header: dict, threads: str, facts: list[str], notes: list[str]) -> list[str]:
+    """Return the Markdown lines a result file opens with: ``# title``, then the CPU (with ``threads``),
+    versions and date from ``header``, the other ``facts`` lines, and one line per note."""
+    return [f"# {title}", "", f"- CPU: {header['cpu']} ({header['cpu_count']} CPUs), {threads}",
+            "- versions: " + ", ".join(f"{k} {v}" for k, v in header["versions"].items()),
+            f"- date: {header['date']}", *facts, "", *(f"- note: {n}" for n in notes)]
+
+
 def markdown(result: BenchResult) -> str:
     """Return the result as Markdown: the header facts, then one table row per result row."""
     h = result.header
-    lines = [f"# monocon-edge bench{': ' + h['suite'] if h['suite'] else ''}", "",
-             f"- CPU: {h['cpu']} ({h['cpu_count']} CPUs), threads: {h['threads']}, device: {h['device']} "
-             f"({', '.join(h['providers'])})",
-             "- versions: " + ", ".join(f"{k} {v}" for k, v in h["versions"].items()),
-             f"- date: {h['date']}", f"- timing: {h['latency']}", ""]
-    lines += [f"- note: {n}" for n in result.notes]
+    lines = markdown_head(f"monocon-edge bench{': ' + h['suite'] if h['suite'] else ''}", h,
+                          f"threads: {h['threads']}, device: {h['device']} ({', '.join(h['providers'])})",
+                          [f"- timing: {h['latency']}"], result.notes)
     columns = table_columns(result)
     lines += ["", "| " + " | ".join(c[1] for c in columns) + " |", "|" + "---|" * len(columns)]
     for row in result.rows:

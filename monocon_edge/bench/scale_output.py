@@ -6,7 +6,7 @@ from typing import Any
 
 from ..files import atomic_path, write_json_atomic, write_text_atomic
 from ..formatting import cell
-from .output import slug
+from .output import markdown_head, slug
 from .scale import ScaleResult
 
 # (row key, heading, format)
@@ -49,13 +49,11 @@ def _params(row: dict[str, Any]) -> str:
 def markdown(result: ScaleResult) -> str:
     """Return the result as Markdown: header facts, notes, targets, then one table row per result row."""
     h = result.header
-    lines = [f"# monocon-edge bench-index: {h['suite']}", "",
-             f"- CPU: {h['cpu']} ({h['cpu_count']} CPUs), threads timed: {', '.join(map(str, h['threads']))}; "
-             f"1-min load average at start: {h['load_average_1min_at_start']}",
-             "- versions: " + ", ".join(f"{k} {v}" for k, v in h["versions"].items()),
-             f"- date: {h['date']}", f"- timing: {h['timing']}", f"- recall: {h['recall']}",
-             f"- memory: {h['memory']}; budget {h['options']['memory_budget_mb']:,} MiB", ""]
-    lines += [f"- note: {n}" for n in result.notes]
+    lines = markdown_head(f"monocon-edge bench-index: {h['suite']}", h,
+                          f"threads timed: {', '.join(map(str, h['threads']))}; 1-min load average at start: "
+                          f"{h['load_average_1min_at_start']}",
+                          [f"- timing: {h['timing']}", f"- recall: {h['recall']}",
+                           f"- memory: {h['memory']}; budget {h['options']['memory_budget_mb']:,} MiB"], result.notes)
     if result.targets:
         lines += ["", "## Targets (16 dims, int8, largest size)", "", "| target | measured | met |", "|---|---|---|"]
         lines += [f"| {t['target']} | {t['measured']} | {'yes' if t['met'] else '**no**'} |" for t in result.targets]

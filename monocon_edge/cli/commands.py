@@ -91,6 +91,11 @@ def _write_outputs(result: Any, outputs: dict[str, Optional[Path]], writers: dic
     return written
 
 
+# Output options that bench and bench-index share.
+JSON_OPTION = typer.Option(None, "--json", help="write the rows + header as JSON")
+MARKDOWN_OPTION = typer.Option(None, "--md", help="write the table(s) as Markdown")
+
+
 @app.callback()
 def _root() -> None:
     """Train MonoCon embeddings, export them as one static ONNX graph, benchmark, ship."""
@@ -314,8 +319,8 @@ def bench(
     also_threads: str = typer.Option("", help="more thread counts to time every graph and PyTorch eager at, "
                                                "comma-separated (e.g. 1)"),
     int8: bool = typer.Option(True, "--int8/--no-int8", help="also bench the int8 graph (exported with --int8)"),
-    json_path: Optional[Path] = typer.Option(None, "--json", help="write the rows + header as JSON"),
-    md: Optional[Path] = typer.Option(None, "--md", help="write the table as Markdown"),
+    json_path: Optional[Path] = JSON_OPTION,
+    md: Optional[Path] = MARKDOWN_OPTION,
     plot: Optional[Path] = typer.Option(None, "--plot", help="write a PNG of Recall@1 against dims"),
     results_dir: Optional[Path] = typer.Option(None, help="write JSON, Markdown and PNG here, named "
                                                           "<suite>-<precisions>-<cpu>-<threads>t"),
@@ -420,8 +425,8 @@ def bench_index(
                                                "(rescans), 0 = one scan, rescored (one row each)"),
     gmm_components: int = typer.Option(16, help="Gaussian-mixture components of the synthetic vectors"),
     seed: int = typer.Option(0, help="seed of the query subset, the mixture and its samples"),
-    json_path: Optional[Path] = typer.Option(None, "--json", help="write the rows + header as JSON"),
-    md: Optional[Path] = typer.Option(None, "--md", help="write the tables as Markdown"),
+    json_path: Optional[Path] = JSON_OPTION,
+    md: Optional[Path] = MARKDOWN_OPTION,
     plot: Optional[Path] = typer.Option(None, "--plot", help="write a log-log PNG of bytes and latency against N"),
     results_dir: Optional[Path] = typer.Option(None, help="write JSON, Markdown and PNG here, named "
                                                           "scale-<models>-<cpu>"),
