@@ -105,7 +105,8 @@ def test_kill_9_during_export_leaves_no_artifact_directory(tiny_runs, tmp_path) 
 
 def test_ctrl_c_exits_130_with_one_line(tmp_path) -> None:
     run = tmp_path / "run"
-    proc = _start(TRAIN + ["--out", str(run)], tmp_path)
+    # Far more epochs than the signal needs: on a loaded machine the 5-epoch run could end before SIGINT landed.
+    proc = _start(TRAIN + ["--epochs", "400", "--patience", "400", "--out", str(run)], tmp_path)
     _wait_for(proc, lambda: (run / "config.json").is_file(), "its run directory")
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=300)
