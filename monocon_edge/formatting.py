@@ -14,6 +14,17 @@ def head_label(head: Any) -> Any:
     return HEAD_LABELS.get(head, head)
 
 
+def method_label(head: Any, loss: Any = None, truncation: Any = None) -> Any:
+    """Return the method's name as the paper's tables use it (MonoCon, baseline, std-MLP, Matryoshka).
+
+    A Matryoshka run is known by its ``loss``, or, where only an artifact or a bench row is at hand, by its
+    ``truncation`` (``prefix``: only Matryoshka runs are truncated by prefix).
+    """
+    if loss == "matryoshka" or (loss is None and truncation == "prefix"):
+        return "Matryoshka" if head == "mlp" else f"Matryoshka ({head} head)"
+    return head_label(head)
+
+
 def cell(value: Any, spec: str | None = None) -> str:
     """Return ``value`` as a table cell: "-" when missing; with ``spec`` formatted by it (``str`` where it does
     not apply); without, real non-integers with 4 decimals and anything else as ``str``."""

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from .device.errors import ArtifactError, MonoconError
-from .formatting import head_label
+from .formatting import method_label
 
 DEFAULT_ROOT = Path("runs")
 RUN_FILES = ("config.json", "summary.json", "best.pt", "pca.npz")
@@ -49,9 +49,7 @@ class RunInfo:
     @property
     def label(self) -> str:
         """Return what the run is: MonoCon, baseline, std-MLP or Matryoshka."""
-        if self.loss == "matryoshka":
-            return "Matryoshka"
-        return head_label(self.head)
+        return method_label(self.head, self.loss)
 
     def data_key(self) -> str:
         """Return a key equal for runs evaluated on the same examples (data settings + seed)."""

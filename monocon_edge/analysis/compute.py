@@ -9,20 +9,12 @@ import numpy as np
 
 from .. import metrics as M
 from ..data.splits import seeded_subset
-from ..formatting import head_label
 
 TRUNCATION_DIMS = (128, 64, 16)
 RECALL_KS = tuple(range(1, 11))
 DEFF_KEYS = ("d_eff_encoder", "d_eff_head_raw", "d_eff")
 # The metrics reported per truncation, by modality (keys of the task's ``evaluate`` output).
 RETRIEVAL_METRICS = {"vision": ("knn5", "recall@1", "recall@5"), "text": ("spearman", "recall@1", "recall@5")}
-
-
-def method_label(head: str, loss: str) -> str:
-    """Return the method's name as the paper's tables use it (MonoCon, baseline, std-MLP, Matryoshka)."""
-    if loss == "matryoshka":
-        return "Matryoshka" if head == "mlp" else f"Matryoshka ({head} head)"
-    return head_label(head)
 
 
 def truncate(emb: dict[str, np.ndarray], method: str, dims: int, pca: M.PCAStats | None = None

@@ -24,7 +24,8 @@ from pathlib import Path
 
 from ..device.errors import MonoconError
 from ..files import staging_dir, write_json_atomic, write_text_atomic
-from .compute import held_out_points, method_label, tsne_2d
+from ..formatting import method_label
+from .compute import held_out_points, tsne_2d
 from .run_metrics import CLUSTER_SAMPLE, RunAnalysis, measure_run
 from ..runs import FinishedRun, embed_run, load_run, open_finished_run
 from .tables import Table, comparison_tables, to_html, to_markdown

@@ -6,7 +6,8 @@ from typing import Any
 
 from .. import metrics as M
 from ..data.splits import seeded_subset
-from .compute import (RECALL_KS, RETRIEVAL_METRICS, CorrelationClustering, cluster_features, deff_history, method_label,
+from ..formatting import method_label
+from .compute import (RECALL_KS, RETRIEVAL_METRICS, CorrelationClustering, cluster_features, deff_history,
                       truncate, truncation_dims)
 from ..runs import FinishedRun, RunEmbeddings
 

@@ -23,13 +23,13 @@ def print_side_by_side(console: Any, result: Any) -> None:
     from rich.table import Table
 
     from ..bench.output import recall_columns
-    from ..formatting import cell, head_label
+    from ..formatting import cell, method_label
 
     rows = side_by_side_rows(result.rows)
     if not rows:
         return
     rows = [dict(r, model_kb=r["model_bytes"] / 1000 if r.get("model_bytes") is not None else None) for r in rows]
-    names = dict.fromkeys(f"{head_label(r['head'])} = {r['model']}" for r in rows)
+    names = dict.fromkeys(f"{method_label(r['head'], truncation=r.get('truncation'))} = {r['model']}" for r in rows)
     table = Table(title="side by side (float32 index; the tables above have the int8 codes)", title_justify="left",
                   caption=", ".join(names), caption_justify="left")
     columns = recall_columns(r["modality"] for r in rows) + COLUMNS
@@ -39,5 +39,5 @@ def print_side_by_side(console: Any, result: Any) -> None:
     for _, label, _ in shown:
         table.add_column(label, justify="right")
     for r in rows:
-        table.add_row(str(r["dims"]), head_label(r["head"]), r["precision"], *(cell(r.get(k), spec) for k, _, spec in shown))
+        table.add_row(str(r["dims"]), method_label(r["head"], truncation=r.get("truncation")), r["precision"], *(cell(r.get(k), spec) for k, _, spec in shown))
     console.print(table)

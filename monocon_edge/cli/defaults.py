@@ -111,7 +111,7 @@ def _print_listing(console: Any, title: str, when: str, where: str, rows: list[t
 
 def print_runs(console: Any, runs_dir: Path) -> None:
     """Print the finished runs and the artifacts under ``runs_dir``, newest first (rich tables)."""
-    from ..formatting import head_label
+    from ..formatting import method_label
 
     runs = finished_runs(runs_dir)
     arts = artifacts(runs_dir)
@@ -129,7 +129,7 @@ def print_runs(console: Any, runs_dir: Path) -> None:
             rows.append((_when(a.created), str(a.path), f"unreadable: {a.problem}"))
             continue
         m = a.manifest
-        head = head_label(m.get("head"))
+        head = method_label(m.get("head"), truncation=m.get("output", {}).get("truncation"))
         rows.append((_when(a.created), str(a.path),
                      f"{head} {m['output']['dims']}d {'+'.join(sorted(m.get('models', {})))}"))
     _print_listing(console, f"artifacts under {runs_dir}/, newest first", "exported", "artifact", rows)
