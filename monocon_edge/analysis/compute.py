@@ -10,7 +10,7 @@ import numpy as np
 from .. import metrics as M
 from ..data.splits import seeded_subset
 
-TRUNCATION_DIMS = (128, 64, 16)
+TRUNCATION_DIMS = M.TRUNCATION_DIMS
 RECALL_KS = tuple(range(1, 11))
 DEFF_KEYS = ("d_eff_encoder", "d_eff_head_raw", "d_eff")
 # The metrics reported per truncation, by modality (keys of the task's ``evaluate`` output).

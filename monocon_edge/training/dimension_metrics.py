@@ -6,7 +6,7 @@ import numpy as np
 
 from .. import metrics as M
 
-PCA_DIMS = (128, 64, 16)
+PCA_DIMS = M.TRUNCATION_DIMS
 
 
 def fit_pca_figures(train: np.ndarray, held: np.ndarray) -> tuple[M.PCAStats, dict[str, float]]:
