@@ -33,9 +33,12 @@ def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
     return done
 
 
-def _start(args: list[str], cwd: Path) -> subprocess.Popen:
+def _start(args: list[str], cwd: Path, default_sigint: bool = False) -> subprocess.Popen:
+    # A shell without job control starts background jobs (`pytest ... &`, nohup) with SIGINT ignored, and the
+    # children inherit that: Python then installs no KeyboardInterrupt handler. Ctrl-C tests restore the default.
+    reset = (lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)) if default_sigint else None
     return subprocess.Popen(CLI + args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(),
-                            cwd=cwd)
+                            cwd=cwd, preexec_fn=reset)
 
 
 def _wait_for(proc: subprocess.Popen, ready, what: str) -> None:
@@ -105,8 +108,8 @@ def test_kill_9_during_export_leaves_no_artifact_directory(tiny_runs, tmp_path) 
 
 def test_ctrl_c_exits_130_with_one_line(tmp_path) -> None:
     run = tmp_path / "run"
-    # Far more epochs than the signal needs: on a loaded machine the 5-epoch run could end before SIGINT landed.
-    proc = _start(TRAIN + ["--epochs", "400", "--patience", "400", "--out", str(run)], tmp_path)
+    # Far more epochs than the signal needs, so that only an ignored SIGINT can let the run finish (rc 0).
+    proc = _start(TRAIN + ["--epochs", "400", "--patience", "400", "--out", str(run)], tmp_path, default_sigint=True)
     _wait_for(proc, lambda: (run / "config.json").is_file(), "its run directory")
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=300)
