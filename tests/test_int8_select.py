@@ -313,6 +313,32 @@ def test_forced_smooth_scheme_records_its_equalisation(tiny_text, tmp_path) -> N
     sm = chosen.scheme["smoothing"]
     assert sm["fp32_max_abs_diff"] <= 1e-5 and len(sm["groups"]) == 4 and sm["alpha"] == chosen.record[
         "candidates"][0]["alpha"]
+    # each layer's Q, K and V projections became one MatMul + Split (exact: within the same fp32 parity check)
+    assert [len(m["merged"]) for m in sm["merged_matmuls"]] == [3, 3]
+    assert sum(n.op_type == "Split" for n in onnx.load(str(chosen.path)).graph.node) == 2
     assert any(n.op_type in ("MatMulInteger", "DynamicQuantizeMatMul") for n in onnx.load(str(chosen.path)).graph.node)
     with pytest.raises(MonoconError, match="dynamic-smooth scheme is for transformers"):
         int8_select.check_scheme("dynamic-smooth", "vision")
+
+
+def test_merged_qkv_matmuls_compute_the_same_outputs() -> None:
+    from onnx import helper
+
+    rng = np.random.default_rng(0)
+    inits, nodes, outs = [], [], []
+    for k, width in enumerate((6, 6, 4)):  # distinct weights and biases: an order mix-up shows
+        inits += [numpy_helper.from_array(rng.standard_normal((5, width)).astype(np.float32), f"w{k}"),
+                  numpy_helper.from_array(rng.standard_normal(width).astype(np.float32), f"b{k}")]
+        nodes += [helper.make_node("MatMul", ["x", f"w{k}"], [f"m{k}"], name=f"mm{k}"),
+                  helper.make_node("Add", [f"b{k}", f"m{k}"] if k == 1 else [f"m{k}", f"b{k}"], [f"y{k}"],
+                                   name=f"a{k}")]
+        outs.append(helper.make_tensor_value_info(f"y{k}", TensorProto.FLOAT, None))
+    graph = helper.make_graph(nodes, "qkv", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 5])],
+                              outs, inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)])
+    x = {"x": rng.standard_normal((3, 5)).astype(np.float32)}
+    want = int8_select.session(model.SerializeToString()).run(None, x)
+    assert Q.merge_parallel_matmuls(model) == [{"merged": ["mm0", "mm1", "mm2"], "into": "mm0.merged"}]
+    assert [n.op_type for n in model.graph.node] == ["MatMul", "Add", "Split"]
+    got = int8_select.session(model.SerializeToString()).run(None, x)
+    assert all(np.abs(g - w).max() <= 1e-6 for g, w in zip(got, want))

@@ -227,14 +227,17 @@ def simulated_dynamic_loss(model, batches: Sequence[Batch], reference: Sequence[
 
 
 def smooth_fp32(fp32: Path, out: Path, calibration: Sequence[Batch], atol: float,
-                alphas: Sequence[float] | None = None, examples: int = SENSITIVITY_EXAMPLES) -> dict:
+                alphas: Sequence[float] | None = None, examples: int = SENSITIVITY_EXAMPLES,
+                merge: bool = True) -> dict:
     """Write the SmoothQuant-equalised fp32 graph of ``fp32`` to ``out`` and return its record.
 
     Per-channel activation maxima of every LayerNorm output that feeds weight MatMuls come from the
     calibration (train) inputs; each alpha of ``alphas`` (default quantize.SMOOTH_ALPHAS) is scored by the
     simulated dynamic-int8 loss on ``examples`` of them (``simulated_dynamic_loss``), the least-loss alpha is
-    kept. The rewritten graph must reproduce fp32 within ``atol`` (max abs) on the calibration inputs, else
-    EquivalenceError: the equalisation is exact in real arithmetic, so a larger difference is a broken rewrite.
+    kept. ``merge``: then merge each layer's Q/K/V MatMuls into one (``quantize.merge_parallel_matmuls``: one
+    activation quantization and int8 GEMM instead of three). The rewritten graph must reproduce fp32 within
+    ``atol`` (max abs) on the calibration inputs, else EquivalenceError: both rewrites are exact in real
+    arithmetic, so a larger difference is a broken rewrite.
     """
     import copy
 
@@ -262,11 +265,13 @@ def smooth_fp32(fp32: Path, out: Path, calibration: Sequence[Batch], atol: float
         if best is None or loss < best[0]:
             best = (loss, float(alpha), candidate, groups_record)
     loss, alpha, smoothed, groups_record = best
+    merged = Q.merge_parallel_matmuls(smoothed) if merge else []
     onnx.save_model(smoothed, str(out))
     test = session(out)
     diff = max(float(np.abs(fp32_sess.run(None, b)[0] - test.run(None, b)[0]).max()) for b in calibration)
     record = {"alpha": alpha, "alphas_tried": ladder, "simulated_loss_unsmoothed": simulated_dynamic_loss(
-        model, batches, ref), "groups": groups_record, "fp32_max_abs_diff": diff, "parity_atol": atol,
+        model, batches, ref), "groups": groups_record, "merged_matmuls": merged, "fp32_max_abs_diff": diff,
+        "parity_atol": atol,
         "calibration_examples": int(sum(next(iter(b.values())).shape[0] for b in calibration)),
         "rule": "s_j = max|X_j|^alpha / max|W_j|^(1-alpha) per input channel of the MatMuls reading a LayerNorm; "
                 "gamma, beta / s, weight rows * s, residual reads Mul(., s); alpha = least simulated dynamic-int8 "
@@ -289,7 +294,7 @@ def build(name: str, fp32: Path, out: Path, calibration: Sequence[Batch], atol: 
             smoothed = Path(tmp) / "smoothed.onnx"
             record = smooth_fp32(fp32, smoothed, calibration, atol)
             scheme = Q.quantize_dynamic_int8(smoothed, out, table_bits=SMOOTH_SCHEMES[name])
-        scheme.update(method=name, smoothing=record,
+        scheme.update(method=name, smoothing=record, format=f"{scheme['format']}; Q/K/V MatMuls merged",
                       activations="uint8, scales computed per batch at run time, after SmoothQuant equalisation "
                                   f"(alpha {record['alpha']:g}) of the LayerNorm outputs")
         return scheme
