@@ -342,3 +342,29 @@ def test_merged_qkv_matmuls_compute_the_same_outputs() -> None:
     assert [n.op_type for n in model.graph.node] == ["MatMul", "Add", "Split"]
     got = int8_select.session(model.SerializeToString()).run(None, x)
     assert all(np.abs(g - w).max() <= 1e-6 for g, w in zip(got, want))
+
+
+def test_attention_fusion_is_exact_and_passes_the_checker(tiny_text, tmp_path) -> None:
+    from monocon_edge.exporting.attention_fusion import fuse_attention
+    from monocon_edge.exporting.onnx_export import check_graph
+
+    model = onnx.load(str(tiny_text))
+    before = len(model.graph.node)
+    fused = fuse_attention(model)
+    assert [f["num_heads"] for f in fused] == [2, 2]  # 2 layers, 2 heads of 16
+    assert all(abs(f["scale"] - 16 ** -0.5) < 1e-6 for f in fused)
+    ops = [n.op_type for n in model.graph.node]
+    assert ops.count("MultiHeadAttention") == 2 and "Softmax" not in ops and "IsNaN" not in ops
+    assert len(ops) < before - 2 * 15
+    path = tmp_path / "fused.onnx"
+    onnx.save_model(model, str(path))
+    check_graph(path)
+    for feeds in _batches(5):  # half of each batch padded: the additive mask is honoured
+        want = int8_select.session(tiny_text).run(None, feeds)[0]
+        assert np.abs(int8_select.session(path).run(None, feeds)[0] - want).max() <= 1e-6
+    # the int8 schemes build on the fused graph (MultiHeadAttention stays fp32)
+    quantize_dynamic_int8(path, tmp_path / "dyn.onnx")
+    assert int8_select.session(tmp_path / "dyn.onnx").run(None, _batches(0, n=1)[0])[0].shape == (8, 8)
+    # a graph without that pattern is left alone
+    again = onnx.load(str(path))
+    assert fuse_attention(again) == [] and len(again.graph.node) == len(model.graph.node)
