@@ -245,7 +245,9 @@ def export_cmd(
     calibration_samples: int = typer.Option(256, help="training inputs for int8 calibration (static ranges, "
                                                       "MatMul sensitivity)"),
     int8_scheme: str = typer.Option("auto", help="auto (measure the candidates: static QDQ for CNNs; dynamic, "
-                                                 "nbits8, mixed for transformers) | static | dynamic | nbits8 | mixed"),
+                                                 "nbits8, mixed, dynamic-smooth, dynamic-smooth-t4 for "
+                                                 "transformers) | static | dynamic | nbits8 | mixed | "
+                                                 "dynamic-smooth | dynamic-smooth-t4"),
     optimize: bool = typer.Option(True, "--optimize/--no-optimize", help="text: try onnxruntime's BERT fusions, "
                                                                         "kept where they measurably help"),
     timing_rounds: int = typer.Option(200, help="batch-1 timing rounds per int8 candidate (interleaved)"),

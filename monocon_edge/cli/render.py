@@ -130,7 +130,8 @@ def print_int8_selection(console: Console, record: dict[str, Any]) -> None:
     for row in record["candidates"]:
         mark = " ◀" if row["name"] == record.get("winner") else ""
         gates = "pass" if row.get("passed") else "FAIL: " + "; ".join(row.get("failures") or [])
-        name = row["name"] + (f" ({row['kept_fp32']} fp32)" if "kept_fp32" in row else "")
+        name = row["name"] + (f" ({row['kept_fp32']} fp32)" if "kept_fp32" in row else "") + (
+            f" (α {row['alpha']:g})" if "alpha" in row else "")
         table.add_row(name + mark, _fmt(row.get("bytes") and row["bytes"] / 1e6, ".1f"),
                       _fmt(row.get("cpu_p50_ms"), ".2f"), _fmt(row.get("speedup_vs_fp32"), ".2f"),
                       _fmt(row.get("p50_ms"), ".2f"), _fmt(row.get("load_ms"), ".0f"), _fmt(row.get("mean_cosine"), ".4f"),

@@ -1,13 +1,17 @@
 """Choose the int8 graph by measurement: build each candidate scheme, time it against the fp32 graph (batch 1,
 one thread, all graphs interleaved in one process), measure its gate figures, keep the fastest that passes
-every gate (Intel Neural Compressor's accuracy-aware tuning, reduced to a handful of schemes).
+every gate (Intel Neural Compressor's accuracy-aware tuning, reduced to a handful of schemes); candidates
+within FASTER_MARGIN of the fastest count as equally fast and the smallest file of them wins.
 
 Candidates: static QDQ for CNNs; for transformers dynamic per-channel int8, MatMulNBits 8-bit with int8
 compute, and ``mixed`` — dynamic int8 with the MatMuls whose quantization costs the most left fp32. "Costs
 the most" is measured, not guessed from node names: one session of the fp32 graph with a switch per MatMul
 (``quantize.fake_quant_switches``) gives the output's mean cosine loss on calibration data when that node
 alone is quantized; then the fewest top-ranked nodes that, kept fp32, leave at most half of the loss of
-quantizing them all (simulated on the same data) stay fp32.
+quantizing them all (simulated on the same data) stay fp32. ``dynamic-smooth`` is dynamic int8 after a
+SmoothQuant equalisation (Xiao et al. 2023) of every LayerNorm → MatMul pair (``smooth_fp32``): the
+per-channel activation outliers of the LayerNorm outputs move into the weights, exactly in fp32, before the
+per-tensor activation quantization; ``dynamic-smooth-t4`` also stores the word-embedding table in 4 bits.
 
 Pure and silent: progress goes through ``emit``; the CLI renders the table from the returned record.
 """
@@ -27,7 +31,9 @@ Batch = dict[str, np.ndarray]
 EmbedFn = Callable[[Batch], np.ndarray]
 EventFn = Callable[[str, dict[str, Any]], None]
 
-TEXT_CANDIDATES = ("dynamic", "nbits8", "mixed")
+TEXT_CANDIDATES = ("dynamic", "nbits8", "mixed", "dynamic-smooth", "dynamic-smooth-t4")
+# SmoothQuant-equalised dynamic int8 schemes -> the bits of their largest Gather table (word embeddings).
+SMOOTH_SCHEMES = {"dynamic-smooth": 8, "dynamic-smooth-t4": 4}
 VISION_CANDIDATES = ("static",)
 # Counts of top-ranked MatMuls the mixed scheme may keep fp32, tried in order; the first that recovers enough wins.
 MIXED_LADDER = (1, 2, 3, 4, 6, 8, 12, 16)
@@ -55,8 +61,9 @@ def check_scheme(name: str, modality: str) -> None:
         raise MonoconError(f"unknown int8 scheme {name!r}: choose auto, {', '.join(SCHEMES)}")
     if name == "static" and modality != "vision":
         raise MonoconError("static int8 calibration is for image models: use --int8-scheme dynamic, nbits8 or mixed")
-    if name == "mixed" and modality == "vision":
-        raise MonoconError("the mixed scheme is for transformers (dynamic int8 MatMuls): use static or dynamic")
+    if (name == "mixed" or name in SMOOTH_SCHEMES) and modality == "vision":
+        raise MonoconError(f"the {name} scheme is for transformers (dynamic int8 MatMuls after LayerNorms): "
+                           "use static or dynamic")
 
 
 def session(path: Path | bytes, threads: int | None = None) -> Any:
@@ -135,13 +142,8 @@ def matmul_sensitivity(fp32: Path, calibration: Sequence[Batch], examples: int =
 
     from .quantize import _preprocess, fake_quant_switches, weight_matmuls
 
-    batches, n = [], 0
-    for b in calibration:
-        if n >= examples:
-            break
-        take = min(examples - n, next(iter(b.values())).shape[0])
-        batches.append({k: v[:take] for k, v in b.items()})
-        n += take
+    batches = _calibration_subset(calibration, examples)
+    n = int(sum(next(iter(b.values())).shape[0] for b in batches))
     if not batches:
         raise MonoconError("the mixed int8 scheme needs calibration inputs, got none")
     import tempfile
@@ -186,9 +188,116 @@ def matmul_sensitivity(fp32: Path, calibration: Sequence[Batch], examples: int =
                     f"simulated loss is <= {MIXED_LOSS_FRACTION:g} x the loss with every MatMul quantized"}
 
 
-def build(name: str, fp32: Path, out: Path, calibration: Sequence[Batch]) -> dict:
-    """Write candidate ``name`` of ``fp32`` to ``out``; return its scheme (for the manifest)."""
+class EquivalenceError(Exception):
+    """An fp32 graph rewrite (the smoothing) changed the fp32 outputs beyond the parity tolerance."""
+
+
+def _calibration_subset(calibration: Sequence[Batch], examples: int) -> list[Batch]:
+    batches, n = [], 0
+    for b in calibration:
+        if n >= examples:
+            break
+        take = min(examples - n, next(iter(b.values())).shape[0])
+        batches.append({k: v[:take] for k, v in b.items()})
+        n += take
+    return batches
+
+
+def simulated_dynamic_loss(model, batches: Sequence[Batch], reference: Sequence[np.ndarray] | None = None) -> float:
+    """Return 1 − mean cosine between ``model``'s fp32 output and its output with every weight MatMul quantized
+    as the dynamic scheme does (``quantize.fake_quant_switches``: uint8 per-tensor activations at run time,
+    int8 per-channel weights), simulated in fp32 on ``batches``; ``reference``: the fp32 outputs, if known."""
+    from .quantize import fake_quant_switches, weight_matmuls
+
+    nodes = weight_matmuls(model)
+    switched, switches = fake_quant_switches(model, nodes)
+    sess = session(switched.SerializeToString())
+    output = sess.get_outputs()[0].name
+    outs = {True: [], False: []}
+    for on in ((True,) if reference is not None else (True, False)):
+        for b in batches:
+            feed = dict(b)
+            feed.update({switches[m]: np.array(on) for m in nodes})
+            outs[on].append(sess.run([output], feed)[0])
+    ref = np.concatenate(list(reference) if reference is not None else outs[False]).astype(np.float64)
+    test = np.concatenate(outs[True]).astype(np.float64)
+    unit = lambda x: x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)  # noqa: E731
+    # 1 − cos = |a − b|² / 2 for unit a, b: no cancellation when the loss is tiny
+    return float(0.5 * np.sum((unit(ref) - unit(test)) ** 2, axis=1).mean())
+
+
+def smooth_fp32(fp32: Path, out: Path, calibration: Sequence[Batch], atol: float,
+                alphas: Sequence[float] | None = None, examples: int = SENSITIVITY_EXAMPLES,
+                merge: bool = True) -> dict:
+    """Write the SmoothQuant-equalised fp32 graph of ``fp32`` to ``out`` and return its record.
+
+    Per-channel activation maxima of every LayerNorm output that feeds weight MatMuls come from the
+    calibration (train) inputs; each alpha of ``alphas`` (default quantize.SMOOTH_ALPHAS) is scored by the
+    simulated dynamic-int8 loss on ``examples`` of them (``simulated_dynamic_loss``), the least-loss alpha is
+    kept. ``merge``: then merge each layer's Q/K/V MatMuls into one (``quantize.merge_parallel_matmuls``: one
+    activation quantization and int8 GEMM instead of three). The rewritten graph must reproduce fp32 within
+    ``atol`` (max abs) on the calibration inputs, else EquivalenceError: both rewrites are exact in real
+    arithmetic, so a larger difference is a broken rewrite.
+    """
+    import copy
+
+    import onnx
+
     from . import quantize as Q
+
+    alphas = tuple(Q.SMOOTH_ALPHAS if alphas is None else alphas)
+    if not calibration:
+        raise MonoconError("the dynamic-smooth int8 scheme needs calibration inputs, got none")
+    model = onnx.load(str(fp32))
+    groups = Q.layernorm_matmul_groups(model)
+    if not groups:
+        raise MonoconError("no LayerNorm feeds a weight MatMul in this graph: nothing to smooth")
+    act = Q.activation_channel_max(model, [g["output"] for g in groups], calibration)
+    batches = _calibration_subset(calibration, examples)
+    fp32_sess = session(fp32)
+    ref = [fp32_sess.run(None, b)[0] for b in batches]
+    ladder, best = [], None
+    for alpha in alphas:
+        candidate = copy.deepcopy(model)
+        groups_record = Q.smooth_layernorm_matmuls(candidate, act, alpha)
+        loss = simulated_dynamic_loss(candidate, batches, ref)
+        ladder.append({"alpha": float(alpha), "simulated_loss": loss})
+        if best is None or loss < best[0]:
+            best = (loss, float(alpha), candidate, groups_record)
+    loss, alpha, smoothed, groups_record = best
+    merged = Q.merge_parallel_matmuls(smoothed) if merge else []
+    onnx.save_model(smoothed, str(out))
+    test = session(out)
+    diff = max(float(np.abs(fp32_sess.run(None, b)[0] - test.run(None, b)[0]).max()) for b in calibration)
+    record = {"alpha": alpha, "alphas_tried": ladder, "simulated_loss_unsmoothed": simulated_dynamic_loss(
+        model, batches, ref), "groups": groups_record, "merged_matmuls": merged, "fp32_max_abs_diff": diff,
+        "parity_atol": atol,
+        "calibration_examples": int(sum(next(iter(b.values())).shape[0] for b in calibration)),
+        "rule": "s_j = max|X_j|^alpha / max|W_j|^(1-alpha) per input channel of the MatMuls reading a LayerNorm; "
+                "gamma, beta / s, weight rows * s, residual reads Mul(., s); alpha = least simulated dynamic-int8 "
+                f"loss on {sum(next(iter(b.values())).shape[0] for b in batches)} calibration inputs"}
+    if not diff <= atol:
+        raise EquivalenceError(f"the smoothed fp32 graph differs from fp32 by {diff:.3g} (max abs over the "
+                               f"calibration inputs) > {atol:g}: the equalisation is not exact")
+    return record
+
+
+def build(name: str, fp32: Path, out: Path, calibration: Sequence[Batch], atol: float = 1e-5) -> dict:
+    """Write candidate ``name`` of ``fp32`` to ``out``; return its scheme (for the manifest). ``atol``: the fp32
+    parity tolerance an equalised (dynamic-smooth) fp32 graph must keep before it is quantized."""
+    import tempfile
+
+    from . import quantize as Q
+
+    if name in SMOOTH_SCHEMES:
+        with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
+            smoothed = Path(tmp) / "smoothed.onnx"
+            record = smooth_fp32(fp32, smoothed, calibration, atol)
+            scheme = Q.quantize_dynamic_int8(smoothed, out, table_bits=SMOOTH_SCHEMES[name])
+        scheme.update(method=name, smoothing=record, format=f"{scheme['format']}; Q/K/V MatMuls merged",
+                      activations="uint8, scales computed per batch at run time, after SmoothQuant equalisation "
+                                  f"(alpha {record['alpha']:g}) of the LayerNorm outputs")
+        return scheme
 
     if name == "static":
         return Q.quantize_static_qdq(fp32, out, list(calibration))
@@ -247,9 +356,12 @@ def select(fp32: Path, work: Path, modality: str, calibration: Sequence[Batch], 
         row: dict[str, Any] = {"name": name, "eligible": name != "int4"}
         rows[name] = row
         try:
-            schemes[name] = build(name, fp32, out, calibration)
+            schemes[name] = build(name, fp32, out, calibration, thresholds.parity_atol)
         except MonoconError:
             raise
+        except EquivalenceError as exc:  # recorded as the gate it misses, skipped
+            row.update(passed=False, failures=[str(exc)])
+            continue
         except Exception as exc:  # a scheme the graph or this onnxruntime cannot take: recorded, skipped
             row.update(passed=False, failures=[f"quantization failed: {type(exc).__name__}: {_first_line(exc)}"])
             continue
@@ -257,6 +369,8 @@ def select(fp32: Path, work: Path, modality: str, calibration: Sequence[Batch], 
         row.update(format=schemes[name]["format"], bytes=out.stat().st_size)
         if "kept_fp32" in schemes[name]:
             row["kept_fp32"] = len(schemes[name]["kept_fp32"])
+        if "smoothing" in schemes[name]:
+            row["alpha"] = schemes[name]["smoothing"]["alpha"]
         emit("stage", {"name": f"int8 candidate {name}: gate figures"})
         figures[name] = evaluate(out)
         fails = int8_failures(figures[name], thresholds)
@@ -272,7 +386,7 @@ def select(fp32: Path, work: Path, modality: str, calibration: Sequence[Batch], 
                           wall_speedup_vs_fp32=fp32_row["p50_ms"] / timed[name]["p50_ms"],
                           size_vs_fp32=fp32_row["bytes"] / rows[name]["bytes"])
     eligible = [rows[n] for n in names if rows[n]["eligible"] and rows[n].get("passed")]
-    winner = min(eligible, key=lambda r: r[SPEED_KEY]) if eligible else None
+    winner = _fastest_then_smallest(eligible)
     record = {
         "candidates": [rows[n] for n in names], "fp32": fp32_row, "winner": winner["name"] if winner else None,
         "forced": forced != "auto", "thresholds": thresholds.to_dict(),
@@ -301,7 +415,8 @@ def select(fp32: Path, work: Path, modality: str, calibration: Sequence[Batch], 
 
 def try_transformer_fusion(fp32: Path, parity: Sequence[Batch], feeds: Sequence[Batch], rounds: int,
                            atol: float, quantized: bool) -> dict[str, Any]:
-    """Run onnxruntime's transformer optimizer (BERT fusions) on the fp32 graph at ``fp32``; keep the fused graph
+    """Run onnxruntime's transformer optimizer (BERT fusions) on the fp32 graph at ``fp32`` — and where it fuses no
+    attention (it does not match this exporter's pattern), ``attention_fusion.fuse_attention``; keep the fused graph
     (replacing the file) only where it measurably helps: p50 at least FASTER_MARGIN lower at batch 1 / 1 thread
     for fp32 or — when ``quantized`` — for its dynamic int8 graph, the other not slower, and outputs within
     ``atol`` / 4 of the unfused graph. The fusions are then saved in the shipped graph (a device does not redo
@@ -317,7 +432,8 @@ def try_transformer_fusion(fp32: Path, parity: Sequence[Batch], feeds: Sequence[
 
     before = collections.Counter(n.op_type for n in onnx.load(str(fp32), load_external_data=False).graph.node)
     record: dict[str, Any] = {"tool": "onnxruntime.transformers.optimizer.optimize_model(model_type='bert', "
-                                      "opt_level=0)", "kept": False}
+                                      "opt_level=0), then attention_fusion.fuse_attention where it fused no "
+                                      "attention", "kept": False}
     with tempfile.TemporaryDirectory(dir=fp32.parent) as tmp:
         fused = Path(tmp) / "fused.onnx"
         try:
@@ -329,6 +445,14 @@ def try_transformer_fusion(fp32: Path, parity: Sequence[Batch], feeds: Sequence[
         except Exception as exc:  # an encoder the optimizer does not know: recorded, unfused graph kept
             record["reason"] = f"optimizer failed: {type(exc).__name__}: {_first_line(exc)}"
             return record
+        model = onnx.load(str(fused))
+        if not any(n.op_type in ("Attention", "MultiHeadAttention") for n in model.graph.node):
+            from .attention_fusion import fuse_attention
+
+            record["attention_fusion"] = fuse_attention(model)
+            if record["attention_fusion"]:
+                onnx.save_model(model, str(fused))
+        del model
         after = collections.Counter(n.op_type for n in onnx.load(str(fused), load_external_data=False).graph.node)
         record["fused_ops"] = {k: v - before.get(k, 0) for k, v in after.items() if v > before.get(k, 0)}
         if not record["fused_ops"]:
@@ -365,16 +489,32 @@ def try_transformer_fusion(fp32: Path, parity: Sequence[Batch], feeds: Sequence[
     return record
 
 
+def _fastest_then_smallest(rows: list[dict]) -> dict | None:
+    """Return the row with the least SPEED_KEY; of the rows within FASTER_MARGIN of it (as fast, at the
+    resolution of interleaved timing), the smallest file."""
+    if not rows:
+        return None
+    best = min(r[SPEED_KEY] for r in rows)
+    tied = [r for r in rows if r[SPEED_KEY] <= best * (1 + FASTER_MARGIN)]
+    return min(tied, key=lambda r: (r["bytes"], r[SPEED_KEY]))
+
+
 def _reason(winner: dict, rows: list[dict], forced: bool) -> str:
     if forced:
         return f"{winner['name']} was forced (--int8-scheme) and passes every gate"
     failed = [f"{r['name']} ({'; '.join(r.get('failures') or [])})" for r in rows if not r.get("passed")]
-    slower = [f"{r['name']} {r[SPEED_KEY]:.2f} ms" for r in rows if r.get("passed") and r is not winner]
-    text = (f"{winner['name']} is the fastest candidate that passes every gate: CPU time p50 "
-            f"{winner[SPEED_KEY]:.2f} ms per batch-1 call at 1 thread, {winner['speedup_vs_fp32']:.2f}x fp32 "
-            f"(wall p50 {winner['p50_ms']:.2f} ms, {winner['wall_speedup_vs_fp32']:.2f}x)")
-    if slower:
-        text += f"; slower passing: {', '.join(slower)}"
+    others = [f"{r['name']} {r[SPEED_KEY]:.2f} ms" for r in rows if r.get("passed") and r is not winner]
+    fastest = min((r for r in rows if r.get("passed")), key=lambda r: r[SPEED_KEY])
+    if fastest is not winner:
+        text = (f"{winner['name']} is the smallest ({winner['bytes'] / 1e6:.1f} MB) of the candidates that pass "
+                f"every gate within {FASTER_MARGIN:.0%} of the fastest ({fastest['name']} "
+                f"{fastest[SPEED_KEY]:.2f} ms, {fastest['bytes'] / 1e6:.1f} MB): CPU time p50 ")
+    else:
+        text = f"{winner['name']} is the fastest candidate that passes every gate: CPU time p50 "
+    text += (f"{winner[SPEED_KEY]:.2f} ms per batch-1 call at 1 thread, {winner['speedup_vs_fp32']:.2f}x fp32 "
+             f"(wall p50 {winner['p50_ms']:.2f} ms, {winner['wall_speedup_vs_fp32']:.2f}x)")
+    if others:
+        text += f"; other passing: {', '.join(others)}"
     if failed:
         text += f"; failed a gate: {', '.join(failed)}"
     return text

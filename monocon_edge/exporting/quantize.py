@@ -27,10 +27,19 @@ TAIL_PREFIX = "tail."
 # A constant Gather table with at least this many elements is stored quantized (MiniLM: the 30522 x 384 word
 # embeddings and the 512 x 384 position embeddings; the 2 x 384 token types stay fp32).
 LARGE_GATHER_ELEMENTS = 1 << 16
+# With table_bits=4 a table of at least this many elements (MiniLM's 30522 x 384 word embeddings, not the
+# 512 x 384 position table) is stored in 4-bit blocks instead of int8 rows.
+TABLE_4BIT_ELEMENTS = 1 << 18
 # MatMulNBits block (input channels per scale) and the int8-compute kernel level (4 = int8 activations).
 NBITS_BLOCK = 32
 NBITS_ACCURACY_LEVEL = 4
-SCHEMES = ("static", "dynamic", "nbits8", "mixed")
+SCHEMES = ("static", "dynamic", "nbits8", "mixed", "dynamic-smooth", "dynamic-smooth-t4")
+# SmoothQuant migration strength: s_j = max|X_j|^alpha / max|W_j|^(1 - alpha) (Xiao et al. 2023 use 0.5 for
+# BERT-like encoders); int8_select tries SMOOTH_ALPHAS and keeps the one with the least simulated loss.
+SMOOTH_ALPHA = 0.5
+SMOOTH_ALPHAS = (0.3, 0.5, 0.65, 0.8)
+# A smoothing factor is kept inside [SMOOTH_MIN, 1 / SMOOTH_MIN] (a near-zero channel must not blow a weight up).
+SMOOTH_MIN = 1e-3
 
 GATHER_INT8 = "int8 per row (symmetric, one fp32 scale per table row): Gather(int8) · Gather(scale)"
 GATHER_INT4 = f"4-bit blocks of {NBITS_BLOCK} (GatherBlockQuantized)"
@@ -141,22 +150,29 @@ def quantize_static_qdq(fp32: Path, out: Path, calibration: list[dict[str, np.nd
             "calibration_examples": int(sum(next(iter(b.values())).shape[0] for b in calibration))}
 
 
-def quantize_dynamic_int8(fp32: Path, out: Path, keep_fp32: Sequence[str] = ()) -> dict:
+def quantize_dynamic_int8(fp32: Path, out: Path, keep_fp32: Sequence[str] = (), table_bits: int = 8) -> dict:
     """Write a dynamically quantized int8 graph of ``fp32`` to ``out`` (per-channel int8 MatMul weights, uint8
     activations quantized at run time, large Gather tables int8 per row); ``keep_fp32``: MatMul nodes left fp32
-    (the mixed scheme). Return the scheme."""
+    (the mixed scheme); ``table_bits=4`` stores the tables of at least TABLE_4BIT_ELEMENTS (the word
+    embeddings) in 4-bit blocks instead (GatherBlockQuantized). Return the scheme."""
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    if table_bits not in (4, 8):
+        raise MonoconError(f"Gather tables are stored in 8 or 4 bits, got {table_bits}")
     with _preprocessed(fp32, out) as (pre, tail):
         # quantize_dynamic first rewrites every Gemm as <name>_MatMul (+ <name>_Add): exclude both names.
         exclude = [f"{n}{suffix}" for n in tail + list(keep_fp32) for suffix in ("", "_MatMul")]
         quantize_dynamic(str(pre), str(out), op_types_to_quantize=["MatMul", "Gemm"], per_channel=True,
                          weight_type=QuantType.QInt8, nodes_to_exclude=exclude)
     model = onnx.load(str(out))
+    gathers4 = quantize_gathers_4bit(model) if table_bits == 4 else []
     gathers = quantize_gathers_int8(model)
     onnx.save_model(model, str(out))
-    scheme = dict(DYNAMIC_SCHEME, gather_tables=gathers)
+    scheme = dict(DYNAMIC_SCHEME, gather_tables=gathers4 + gathers)
+    if gathers4:
+        scheme.update(gather=f"{GATHER_INT4} for the tables of >= {TABLE_4BIT_ELEMENTS} elements, {GATHER_INT8} "
+                             "for the other large tables", gather_tables_4bit=gathers4)
     if keep_fp32:
         scheme.update(method="mixed", fp32=f"{len(keep_fp32)} most sensitive MatMuls + head + normalise + PCA tail",
                       kept_fp32=list(keep_fp32))
@@ -193,6 +209,25 @@ def quantize_nbits(fp32: Path, out: Path, bits: int = 8, block_size: int = NBITS
                                    if n.op_type == "GatherBlockQuantized"]
     onnx.save_model(model, str(out))
     return scheme
+
+
+def quantize_gathers_4bit(model, min_elements: int = TABLE_4BIT_ELEMENTS) -> list[str]:
+    """Store every constant Gather table of ``model`` with at least ``min_elements`` (in place) as 4-bit
+    symmetric blocks of NBITS_BLOCK along the row (onnxruntime's GatherBlockQuantized); return their names."""
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    exclude = [n.name for n in model.graph.node if n.op_type == "Gather" and not _large_table(model, n, min_elements)]
+    if len(exclude) == sum(n.op_type == "Gather" for n in model.graph.node):
+        return []
+    with _quiet(), np.errstate(divide="ignore", invalid="ignore"):
+        quantizer = MatMulNBitsQuantizer(model, bits=4, block_size=NBITS_BLOCK, is_symmetric=True,
+                                         nodes_to_exclude=exclude, op_types_to_quantize=("Gather",),
+                                         quant_axes=(("Gather", 1),))
+        quantizer.process()
+    quantized = quantizer.model.model
+    if quantized is not model:
+        model.CopyFrom(quantized)
+    return [n.input[0].removesuffix("_Q4") for n in model.graph.node if n.op_type == "GatherBlockQuantized"]
 
 
 def _large_table(model, node, min_elements: int = LARGE_GATHER_ELEMENTS) -> bool:
@@ -292,6 +327,189 @@ def fake_quant_switches(model, nodes: Sequence[str]) -> tuple[object, dict[str, 
     del graph.node[:]
     graph.node.extend(new_nodes)
     return model, switches
+
+
+def layernorm_matmul_groups(model) -> list[dict]:
+    """Return the LayerNormalization nodes whose output feeds weight MatMuls (``weight_matmuls``: Q/K/V of the
+    next layer, FFN1), as [{ln, output, gamma, beta, matmuls: [names], others: [names of the other readers]}].
+
+    Only a LayerNormalization with constant 1-D gamma and beta over the last axis qualifies: those are what
+    an equalisation folds 1/s into.
+    """
+    inits = {i.name: i for i in model.graph.initializer}
+    matmuls = set(weight_matmuls(model))
+    readers: dict[str, list] = {}
+    for n in model.graph.node:
+        for i in n.input:
+            readers.setdefault(i, []).append(n)
+    outputs = {o.name for o in model.graph.output}
+    groups = []
+    for n in model.graph.node:
+        if n.op_type != "LayerNormalization" or len(n.input) < 3 or len(n.output) < 1:
+            continue
+        axis = next((a.i for a in n.attribute if a.name == "axis"), -1)
+        gamma, beta = inits.get(n.input[1]), inits.get(n.input[2])
+        if axis != -1 or gamma is None or beta is None or len(gamma.dims) != 1 or len(beta.dims) != 1:
+            continue
+        users = readers.get(n.output[0], [])
+        mm = [u.name for u in users if u.name in matmuls and u.input[0] == n.output[0]]
+        if not mm:
+            continue
+        others = [u.name for u in users if u.name not in mm]
+        groups.append({"ln": n.name, "output": n.output[0], "gamma": n.input[1], "beta": n.input[2], "matmuls": mm,
+                       "others": others, "graph_output": n.output[0] in outputs})
+    return groups
+
+
+def activation_channel_max(model, names: Sequence[str], batches: Iterable[dict[str, np.ndarray]]) -> dict:
+    """Return {tensor: max |x| per last-axis channel over ``batches``} for the tensors ``names`` of ``model``
+    (every token of every batch, padding included: the dynamic quantizer's range sees them too)."""
+    import copy
+
+    from onnx import TensorProto, helper
+
+    from .int8_select import session
+
+    probe = copy.deepcopy(model)
+    have = {o.name for o in probe.graph.output}
+    probe.graph.output.extend([helper.make_tensor_value_info(n, TensorProto.FLOAT, None)
+                               for n in names if n not in have])
+    sess = session(probe.SerializeToString())
+    out: dict[str, np.ndarray] = {}
+    for feed in batches:
+        for name, value in zip(names, sess.run(list(names), feed)):
+            m = np.abs(value.reshape(-1, value.shape[-1])).max(axis=0)
+            out[name] = m if name not in out else np.maximum(out[name], m)
+    if not out:
+        raise MonoconError("smoothing needs calibration inputs, got none")
+    return out
+
+
+def smoothing_factors(x_max: np.ndarray, w_max: np.ndarray, alpha: float) -> np.ndarray:
+    """Return SmoothQuant's per-input-channel s = max|X|^alpha / max|W|^(1 - alpha), 1 where a side is all zero,
+    clipped to [SMOOTH_MIN, 1 / SMOOTH_MIN]."""
+    if not 0.0 <= alpha <= 1.0:
+        raise MonoconError(f"the smoothing strength alpha must be in [0, 1], got {alpha}")
+    x = np.asarray(x_max, np.float64)
+    w = np.asarray(w_max, np.float64)
+    s = np.ones_like(x)
+    ok = (x > 0) & (w > 0)
+    s[ok] = x[ok] ** alpha / w[ok] ** (1.0 - alpha)
+    return np.clip(s, SMOOTH_MIN, 1.0 / SMOOTH_MIN).astype(np.float32)
+
+
+def smooth_layernorm_matmuls(model, act_max: dict[str, np.ndarray], alpha: float = SMOOTH_ALPHA) -> list[dict]:
+    """Equalise (in place, SmoothQuant) the activations of every LayerNorm → weight-MatMul group of ``model``.
+
+    For each group (``layernorm_matmul_groups``): s from the LayerNorm output's calibrated per-channel max
+    ``act_max[output]`` and the largest |weight| of each input row over the group's MatMuls; gamma and beta
+    are divided by s and every MatMul's weight rows multiplied by s, so X·W is unchanged while X's outlier
+    channels shrink before the dynamic per-tensor activation quantization. The LayerNorm's other readers (the
+    residual Add) read a ``Mul(·, s)`` that restores the unscaled output. Exact in real arithmetic; in fp32
+    up to rounding. Returns [{ln, matmuls, s_min, s_max, x_max_ratio_before, x_max_ratio_after}].
+    """
+    from onnx import helper, numpy_helper
+
+    graph = model.graph
+    inits = {i.name: i for i in graph.initializer}
+    nodes = {n.name: n for n in graph.node}
+    record, replaced = [], set()
+    for g in layernorm_matmul_groups(model):
+        x_max = np.asarray(act_max[g["output"]], np.float32)
+        weights = {m: numpy_helper.to_array(inits[nodes[m].input[1]]).astype(np.float32) for m in g["matmuls"]}
+        w_max = np.max(np.stack([np.abs(w).max(axis=1) for w in weights.values()]), axis=0)
+        s = smoothing_factors(x_max, w_max, alpha)
+        ln = nodes[g["ln"]]
+        for slot, key in ((1, "gamma"), (2, "beta")):
+            value = numpy_helper.to_array(inits[g[key]]).astype(np.float32) / s
+            name = f"{g[key]}.smooth.{g['ln']}"  # per LayerNorm: an exporter may share equal gammas
+            graph.initializer.append(numpy_helper.from_array(value.astype(np.float32), name))
+            replaced.add(ln.input[slot])
+            ln.input[slot] = name
+        for m, w in weights.items():
+            node = nodes[m]
+            name = f"{node.input[1]}.smooth.{m}"
+            graph.initializer.append(numpy_helper.from_array((w * s[:, None]).astype(np.float32), name))
+            replaced.add(node.input[1])
+            node.input[1] = name
+        # (not "<output>.smooth" + "_scale": the dynamic quantizer names its activation scale "<input>_scale")
+        smoothed, factors = f"{g['output']}.smoothed", f"{g['output']}.smoothing_factors"
+        ln.output[0] = smoothed
+        for m in g["matmuls"]:
+            nodes[m].input[0] = smoothed
+        if g["others"] or g["graph_output"]:  # the residual reads the unscaled LayerNorm output
+            graph.initializer.append(numpy_helper.from_array(s, factors))
+            restore = helper.make_node("Mul", [smoothed, factors], [g["output"]],
+                                       name=f"{g['ln']}.unsmooth")
+            position = list(graph.node).index(ln) + 1
+            graph.node.insert(position, restore)
+        ratio = lambda v: float(v.max() / max(float(np.median(v)), 1e-12))  # noqa: E731
+        record.append({"layernorm": g["ln"], "matmuls": list(g["matmuls"]), "s_min": float(s.min()),
+                       "s_max": float(s.max()), "x_max_over_median_before": ratio(x_max),
+                       "x_max_over_median_after": ratio(x_max / s)})
+    # drop the unscaled originals that nothing reads any more
+    used = {i for n in graph.node for i in n.input}
+    for init in list(graph.initializer):
+        if init.name in replaced and init.name not in used:
+            graph.initializer.remove(init)
+    return record
+
+
+def merge_parallel_matmuls(model) -> list[dict]:
+    """Merge (in place) the weight MatMuls that read one tensor, each followed by its own bias Add (a layer's
+    Q, K and V projections), into one MatMul over the concatenated weights, one Add and a Split.
+
+    Exact: every output column is the same dot product. For dynamic int8 it is one activation quantization and
+    one int8 GEMM instead of three (the per-channel weight scales are unchanged). Returns [{merged, into}].
+    """
+    from onnx import helper, numpy_helper
+
+    graph = model.graph
+    inits = {i.name: i for i in graph.initializer}
+    readers: dict[str, list] = {}
+    for n in graph.node:
+        for i in n.input:
+            readers.setdefault(i, []).append(n)
+    weight = set(weight_matmuls(model))
+    record = []
+    for source in list(readers):
+        mms = [n for n in readers[source] if n.name in weight and n.input[0] == source]
+        if len(mms) < 2:
+            continue
+        adds, biases = [], []
+        for mm in mms:
+            users = readers.get(mm.output[0], [])
+            add = users[0] if len(users) == 1 and users[0].op_type == "Add" else None
+            other = None if add is None else [i for i in add.input if i != mm.output[0]]
+            if add is None or len(other) != 1 or other[0] not in inits or len(inits[other[0]].dims) != 1:
+                break
+            adds.append(add)
+            biases.append(numpy_helper.to_array(inits[other[0]]).astype(np.float32))
+        if len(adds) != len(mms):
+            continue
+        ws = [numpy_helper.to_array(inits[m.input[1]]).astype(np.float32) for m in mms]
+        if len({w.shape[0] for w in ws}) != 1 or any(b.shape[0] != w.shape[1] for b, w in zip(biases, ws)):
+            continue
+        key = f"{mms[0].name}.merged"
+        graph.initializer.extend([numpy_helper.from_array(np.concatenate(ws, axis=1), f"{key}.weight"),
+                                  numpy_helper.from_array(np.concatenate(biases), f"{key}.bias"),
+                                  numpy_helper.from_array(np.array([w.shape[1] for w in ws], np.int64),
+                                                          f"{key}.sizes")])
+        new = [helper.make_node("MatMul", [source, f"{key}.weight"], [f"{key}.out"], name=key),
+               helper.make_node("Add", [f"{key}.out", f"{key}.bias"], [f"{key}.biased"], name=f"{key}.bias"),
+               helper.make_node("Split", [f"{key}.biased", f"{key}.sizes"], [a.output[0] for a in adds],
+                                name=f"{key}.split", axis=-1)]
+        position = min(list(graph.node).index(n) for n in mms)
+        for n in mms + adds:
+            graph.node.remove(n)
+        for k, n in enumerate(new):
+            graph.node.insert(position + k, n)
+        record.append({"merged": [m.name for m in mms], "into": key})
+    used = {i for n in graph.node for i in n.input}
+    for init in list(graph.initializer):
+        if init.name in inits and init.name not in used:
+            graph.initializer.remove(init)
+    return record
 
 
 def stamp_metadata(path: Path, metadata: dict[str, str]) -> None:
