@@ -80,9 +80,11 @@ def test_export_parity_on_real_digits(tiny_runs, digits_artifact) -> None:
     assert manifest["gates"]["int8_model"]["mean_cosine"] >= 0.99
     models = {f for f in manifest["files"] if not f.startswith("monocon_runtime/")}
     assert models == {FP32_FILE, INT8_FILE, "monocon_device.py", "requirements.txt"}
-    # CNNs: static QDQ is the one candidate, measured (size, batch-1 latency against fp32) and recorded.
+    # CNNs: static QDQ, measured (size, batch-1 latency against fp32) and recorded; without a head (the baseline)
+    # static-head would be the same graph, so it is not built, and the record says why.
     selection = manifest["models"]["int8"]["selection"]
     assert selection["winner"] == "static" and [c["name"] for c in selection["candidates"]] == ["static"]
+    assert "no folded head" in selection["not_applicable"]["static-head"]
     assert selection["candidates"][0]["passed"] and selection["candidates"][0]["p50_ms"] > 0
     assert selection["fp32"]["bytes"] == (digits_artifact / FP32_FILE).stat().st_size
     assert manifest["models"]["int8"]["quantization"]["format"] == "QDQ"

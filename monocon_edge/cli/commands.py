@@ -244,9 +244,10 @@ def export_cmd(
     parity_samples: int = typer.Option(256, help="real inputs for the parity gate"),
     calibration_samples: int = typer.Option(256, help="training inputs for int8 calibration (static ranges, "
                                                       "MatMul sensitivity)"),
-    int8_scheme: str = typer.Option("auto", help="auto (measure the candidates: static QDQ for CNNs; dynamic, "
+    int8_scheme: str = typer.Option("auto", help="auto (measure the candidates: static and static-head "
+                                                 "(head layers int8 too) QDQ for CNNs; dynamic, "
                                                  "nbits8, mixed, dynamic-smooth, dynamic-smooth-t4 for "
-                                                 "transformers) | static | dynamic | nbits8 | mixed | "
+                                                 "transformers) | static | static-head | dynamic | nbits8 | mixed | "
                                                  "dynamic-smooth | dynamic-smooth-t4"),
     optimize: bool = typer.Option(True, "--optimize/--no-optimize", help="text: try onnxruntime's BERT fusions, "
                                                                         "kept where they measurably help"),

@@ -125,19 +125,22 @@ def print_int8_selection(console: Console, record: dict[str, Any]) -> None:
                    "R@1 drop", "ρ drop", "gates"):
         table.add_column(column, justify="left" if column in ("scheme", "gates") else "right")
     fp = record["fp32"]
-    table.add_row("fp32", f"{fp['bytes'] / 1e6:.1f}", _fmt(fp.get("cpu_p50_ms"), ".2f"), "1.00",
+    mb = ".2f" if fp["bytes"] < 10e6 else ".1f"  # a CNN's graphs are a few MB: two decimals tell them apart
+    table.add_row("fp32", format(fp["bytes"] / 1e6, mb), _fmt(fp.get("cpu_p50_ms"), ".2f"), "1.00",
                   _fmt(fp.get("p50_ms"), ".2f"), _fmt(fp.get("load_ms"), ".0f"), "1", "1", "0", "0", "reference")
     for row in record["candidates"]:
         mark = " ◀" if row["name"] == record.get("winner") else ""
         gates = "pass" if row.get("passed") else "FAIL: " + "; ".join(row.get("failures") or [])
         name = row["name"] + (f" ({row['kept_fp32']} fp32)" if "kept_fp32" in row else "") + (
             f" (α {row['alpha']:g})" if "alpha" in row else "")
-        table.add_row(name + mark, _fmt(row.get("bytes") and row["bytes"] / 1e6, ".1f"),
+        table.add_row(name + mark, _fmt(row.get("bytes") and row["bytes"] / 1e6, mb),
                       _fmt(row.get("cpu_p50_ms"), ".2f"), _fmt(row.get("speedup_vs_fp32"), ".2f"),
                       _fmt(row.get("p50_ms"), ".2f"), _fmt(row.get("load_ms"), ".0f"), _fmt(row.get("mean_cosine"), ".4f"),
                       _fmt(row.get("min_cosine"), ".4f"), _fmt(row.get("recall_drop_points"), "+.2f"),
                       _fmt(row.get("spearman_drop_points"), "+.2f"), gates)
     console.print(table)
+    for name, why in record.get("not_applicable", {}).items():
+        console.print(f"not built: {name} ({why})", highlight=False)
     if record.get("reason"):
         console.print(f"chosen: {record['reason']}", highlight=False)
 

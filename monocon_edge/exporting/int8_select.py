@@ -3,7 +3,9 @@ one thread, all graphs interleaved in one process), measure its gate figures, ke
 every gate (Intel Neural Compressor's accuracy-aware tuning, reduced to a handful of schemes); candidates
 within FASTER_MARGIN of the fastest count as equally fast and the smallest file of them wins.
 
-Candidates: static QDQ for CNNs; for transformers dynamic per-channel int8, MatMulNBits 8-bit with int8
+Candidates: static QDQ for CNNs — ``static`` (the folded tail fp32) and, where the graph has a head,
+``static-head`` (its head layers int8 too: the one gated exception to the fp32 tail, because a small CNN's fp32
+head is most of its int8 file); for transformers dynamic per-channel int8, MatMulNBits 8-bit with int8
 compute, and ``mixed`` — dynamic int8 with the MatMuls whose quantization costs the most left fp32. "Costs
 the most" is measured, not guessed from node names: one session of the fp32 graph with a switch per MatMul
 (``quantize.fake_quant_switches``) gives the output's mean cosine loss on calibration data when that node
@@ -34,7 +36,9 @@ EventFn = Callable[[str, dict[str, Any]], None]
 TEXT_CANDIDATES = ("dynamic", "nbits8", "mixed", "dynamic-smooth", "dynamic-smooth-t4")
 # SmoothQuant-equalised dynamic int8 schemes -> the bits of their largest Gather table (word embeddings).
 SMOOTH_SCHEMES = {"dynamic-smooth": 8, "dynamic-smooth-t4": 4}
-VISION_CANDIDATES = ("static",)
+VISION_CANDIDATES = ("static", "static-head")
+# Vision schemes that calibrate static activation ranges (image models only).
+STATIC_SCHEMES = ("static", "static-head")
 # Counts of top-ranked MatMuls the mixed scheme may keep fp32, tried in order; the first that recovers enough wins.
 MIXED_LADDER = (1, 2, 3, 4, 6, 8, 12, 16)
 MIXED_LOSS_FRACTION = 0.5
@@ -59,8 +63,8 @@ def check_scheme(name: str, modality: str) -> None:
         return
     if name not in SCHEMES:
         raise MonoconError(f"unknown int8 scheme {name!r}: choose auto, {', '.join(SCHEMES)}")
-    if name == "static" and modality != "vision":
-        raise MonoconError("static int8 calibration is for image models: use --int8-scheme dynamic, nbits8 or mixed")
+    if name in STATIC_SCHEMES and modality != "vision":
+        raise MonoconError(f"{name} int8 calibration is for image models: use --int8-scheme dynamic, nbits8 or mixed")
     if (name == "mixed" or name in SMOOTH_SCHEMES) and modality == "vision":
         raise MonoconError(f"the {name} scheme is for transformers (dynamic int8 MatMuls after LayerNorms): "
                            "use static or dynamic")
@@ -299,8 +303,8 @@ def build(name: str, fp32: Path, out: Path, calibration: Sequence[Batch], atol: 
                                   f"(alpha {record['alpha']:g}) of the LayerNorm outputs")
         return scheme
 
-    if name == "static":
-        return Q.quantize_static_qdq(fp32, out, list(calibration))
+    if name in STATIC_SCHEMES:
+        return Q.quantize_static_qdq(fp32, out, list(calibration), quantize_head=name == "static-head")
     if name == "dynamic":
         return Q.quantize_dynamic_int8(fp32, out)
     if name == "nbits8":
@@ -342,6 +346,10 @@ def select(fp32: Path, work: Path, modality: str, calibration: Sequence[Batch], 
     emit = emit or (lambda kind, info: None)
     check_scheme(forced, modality)
     names = list(candidates_for(modality)) if forced == "auto" else [forced]
+    not_applicable: dict[str, str] = {}
+    if forced == "auto" and "static-head" in names and not _has_head(fp32):
+        names.remove("static-head")  # it would be the static graph again
+        not_applicable["static-head"] = "the graph has no folded head (baseline run): same graph as static"
     if only_int4:
         names = []
     if int4 or only_int4:
@@ -390,6 +398,7 @@ def select(fp32: Path, work: Path, modality: str, calibration: Sequence[Batch], 
     record = {
         "candidates": [rows[n] for n in names], "fp32": fp32_row, "winner": winner["name"] if winner else None,
         "forced": forced != "auto", "thresholds": thresholds.to_dict(),
+        **({"not_applicable": not_applicable} if not_applicable else {}),
         "timing": {"batch": 1, "threads": 1, "rounds": rounds, "inputs": len(timing_feeds),
                    "how": "every graph once per round on the same real input, random order per round, "
                           "after warm-up; p50 over rounds of wall time (p50_ms) and of the calling thread's CPU "
@@ -487,6 +496,12 @@ def try_transformer_fusion(fp32: Path, parity: Sequence[Batch], feeds: Sequence[
             del a, b
             os.replace(fused, fp32)
     return record
+
+
+def _has_head(fp32: Path) -> bool:
+    from .quantize import has_head
+
+    return has_head(fp32)
 
 
 def _fastest_then_smallest(rows: list[dict]) -> dict | None:
