@@ -44,13 +44,12 @@ def fuse_attention(model) -> list[dict[str, Any]]:
     [{softmax, num_heads, scale}] for what was fused. A pattern that does not match exactly is left alone."""
     from onnx import helper
 
+    from .quantize import tensor_readers
+
     graph = model.graph
     inits = {i.name: i for i in graph.initializer}
     producers = {o: n for n in graph.node for o in n.output}
-    readers: dict[str, list] = {}
-    for n in graph.node:
-        for i in n.input:
-            readers.setdefault(i, []).append(n)
+    readers = tensor_readers(graph)
 
     def only_reader(name: str, op: str):
         users = readers.get(name, [])

@@ -90,6 +90,15 @@ class _Batches:
         pass
 
 
+def tensor_readers(graph) -> dict[str, list]:
+    """Return, for each tensor name of ``graph``, the nodes that read it (in graph order)."""
+    readers: dict[str, list] = {}
+    for n in graph.node:
+        for i in n.input:
+            readers.setdefault(i, []).append(n)
+    return readers
+
+
 def tail_nodes(model) -> list[str]:
     """Return the names of the nodes that read a folded-tail initializer (head or PCA projection weights)."""
     tail = {i.name for i in model.graph.initializer
@@ -383,10 +392,7 @@ def layernorm_matmul_groups(model) -> list[dict]:
     """
     inits = {i.name: i for i in model.graph.initializer}
     matmuls = set(weight_matmuls(model))
-    readers: dict[str, list] = {}
-    for n in model.graph.node:
-        for i in n.input:
-            readers.setdefault(i, []).append(n)
+    readers = tensor_readers(model.graph)
     outputs = {o.name for o in model.graph.output}
     groups = []
     for n in model.graph.node:
@@ -511,10 +517,7 @@ def merge_parallel_matmuls(model) -> list[dict]:
 
     graph = model.graph
     inits = {i.name: i for i in graph.initializer}
-    readers: dict[str, list] = {}
-    for n in graph.node:
-        for i in n.input:
-            readers.setdefault(i, []).append(n)
+    readers = tensor_readers(graph)
     weight = set(weight_matmuls(model))
     record = []
     for source in list(readers):
