@@ -44,7 +44,7 @@ def fuse_attention(model) -> list[dict[str, Any]]:
     [{softmax, num_heads, scale}] for what was fused. A pattern that does not match exactly is left alone."""
     from onnx import helper
 
-    from .quantize import tensor_readers
+    from .quantize import drop_unread_initializers, tensor_readers
 
     graph = model.graph
     inits = {i.name: i for i in graph.initializer}
@@ -115,10 +115,7 @@ def fuse_attention(model) -> list[dict[str, Any]]:
             break
         for n in dead:
             graph.node.remove(n)
-    used = {i for n in graph.node for i in n.input}
-    for init in list(graph.initializer):
-        if init.name not in used:
-            graph.initializer.remove(init)
+    drop_unread_initializers(graph)
     if not any(o.domain == "com.microsoft" for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
     return fused

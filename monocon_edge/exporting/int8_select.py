@@ -27,7 +27,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from ..device.errors import GateError, MonoconError
-from .gates import GateThresholds, int8_failures
+from .gates import GateThresholds, batch_rows, int8_failures
 
 Batch = dict[str, np.ndarray]
 EmbedFn = Callable[[Batch], np.ndarray]
@@ -147,7 +147,7 @@ def matmul_sensitivity(fp32: Path, calibration: Sequence[Batch], examples: int =
     from .quantize import _preprocess, fake_quant_switches, weight_matmuls
 
     batches = _calibration_subset(calibration, examples)
-    n = int(sum(next(iter(b.values())).shape[0] for b in batches))
+    n = batch_rows(batches)
     if not batches:
         raise MonoconError("the mixed int8 scheme needs calibration inputs, got none")
     import tempfile
@@ -276,10 +276,10 @@ def smooth_fp32(fp32: Path, out: Path, calibration: Sequence[Batch], atol: float
     record = {"alpha": alpha, "alphas_tried": ladder, "simulated_loss_unsmoothed": simulated_dynamic_loss(
         model, batches, ref), "groups": groups_record, "merged_matmuls": merged, "fp32_max_abs_diff": diff,
         "parity_atol": atol,
-        "calibration_examples": int(sum(next(iter(b.values())).shape[0] for b in calibration)),
+        "calibration_examples": batch_rows(calibration),
         "rule": "s_j = max|X_j|^alpha / max|W_j|^(1-alpha) per input channel of the MatMuls reading a LayerNorm; "
                 "gamma, beta / s, weight rows * s, residual reads Mul(., s); alpha = least simulated dynamic-int8 "
-                f"loss on {sum(next(iter(b.values())).shape[0] for b in batches)} calibration inputs"}
+                f"loss on {batch_rows(batches)} calibration inputs"}
     if not diff <= atol:
         raise EquivalenceError(f"the smoothed fp32 graph differs from fp32 by {diff:.3g} (max abs over the "
                                f"calibration inputs) > {atol:g}: the equalisation is not exact")
@@ -343,11 +343,13 @@ def select(fp32: Path, work: Path, modality: str, calibration: Sequence[Batch], 
     builds the 4-bit graph (returned in ``extra``; it must pass the same gates), ``only_int4`` nothing else.
     Raises GateError when the forced scheme, every candidate, or the int4 graph misses a gate.
     """
+    from .quantize import has_head
+
     emit = emit or (lambda kind, info: None)
     check_scheme(forced, modality)
     names = list(candidates_for(modality)) if forced == "auto" else [forced]
     not_applicable: dict[str, str] = {}
-    if forced == "auto" and "static-head" in names and not _has_head(fp32):
+    if forced == "auto" and "static-head" in names and not has_head(fp32):
         names.remove("static-head")  # it would be the static graph again
         not_applicable["static-head"] = "the graph has no folded head (baseline run): same graph as static"
     if only_int4:
@@ -496,12 +498,6 @@ def try_transformer_fusion(fp32: Path, parity: Sequence[Batch], feeds: Sequence[
             del a, b
             os.replace(fused, fp32)
     return record
-
-
-def _has_head(fp32: Path) -> bool:
-    from .quantize import has_head
-
-    return has_head(fp32)
 
 
 def _fastest_then_smallest(rows: list[dict]) -> dict | None:

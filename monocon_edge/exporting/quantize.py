@@ -28,6 +28,7 @@ import numpy as np
 
 from ..device.errors import MonoconError
 from .fold import HEAD_PREFIX, PROJECTION_PREFIX
+from .gates import batch_rows
 
 TAIL_PREFIX = "tail."
 # A constant Gather table with at least this many elements is stored quantized (MiniLM: the 30522 x 384 word
@@ -97,6 +98,15 @@ def tensor_readers(graph) -> dict[str, list]:
         for i in n.input:
             readers.setdefault(i, []).append(n)
     return readers
+
+
+def drop_unread_initializers(graph, among: Iterable[str] | None = None) -> None:
+    """Remove (in place) the initializers of ``graph`` that no node reads; only those named in ``among`` when given."""
+    used = {i for n in graph.node for i in n.input}
+    among = None if among is None else set(among)
+    for init in list(graph.initializer):
+        if init.name not in used and (among is None or init.name in among):
+            graph.initializer.remove(init)
 
 
 def tail_nodes(model) -> list[str]:
@@ -201,7 +211,7 @@ def quantize_static_qdq(fp32: Path, out: Path, calibration: list[dict[str, np.nd
                         calibration_providers=["CPUExecutionProvider"], extra_options=extra)
     scheme = dict(STATIC_HEAD_SCHEME if quantize_head else STATIC_SCHEME, fp32_nodes=list(exclude))
     return {**scheme, "calibration_batches": len(calibration),
-            "calibration_examples": int(sum(next(iter(b.values())).shape[0] for b in calibration))}
+            "calibration_examples": batch_rows(calibration)}
 
 
 def quantize_dynamic_int8(fp32: Path, out: Path, keep_fp32: Sequence[str] = (), table_bits: int = 8) -> dict:
@@ -248,7 +258,7 @@ def quantize_nbits(fp32: Path, out: Path, bits: int = 8, block_size: int = NBITS
         model = onnx.load(str(fp32))
         exclude = tail_nodes(model)
         if bits == 4:
-            exclude += [n.name for n in model.graph.node if n.op_type == "Gather" and not _large_table(model, n)]
+            exclude += _small_gathers(model, LARGE_GATHER_ELEMENTS)
         quantizer = MatMulNBitsQuantizer(model, bits=bits, block_size=block_size, is_symmetric=True,
                                          accuracy_level=accuracy_level, nodes_to_exclude=exclude,
                                          op_types_to_quantize=("MatMul", "Gather") if bits == 4 else ("MatMul",),
@@ -259,8 +269,7 @@ def quantize_nbits(fp32: Path, out: Path, bits: int = 8, block_size: int = NBITS
     if bits == 8:
         scheme["gather_tables"] = quantize_gathers_int8(model)
     else:
-        scheme["gather_tables"] = [n.input[0].removesuffix("_Q4") for n in model.graph.node
-                                   if n.op_type == "GatherBlockQuantized"]
+        scheme["gather_tables"] = _block_quantized_tables(model)
     onnx.save_model(model, str(out))
     return scheme
 
@@ -270,7 +279,7 @@ def quantize_gathers_4bit(model, min_elements: int = TABLE_4BIT_ELEMENTS) -> lis
     symmetric blocks of NBITS_BLOCK along the row (onnxruntime's GatherBlockQuantized); return their names."""
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
-    exclude = [n.name for n in model.graph.node if n.op_type == "Gather" and not _large_table(model, n, min_elements)]
+    exclude = _small_gathers(model, min_elements)
     if len(exclude) == sum(n.op_type == "Gather" for n in model.graph.node):
         return []
     with _quiet(), np.errstate(divide="ignore", invalid="ignore"):
@@ -281,6 +290,16 @@ def quantize_gathers_4bit(model, min_elements: int = TABLE_4BIT_ELEMENTS) -> lis
     quantized = quantizer.model.model
     if quantized is not model:
         model.CopyFrom(quantized)
+    return _block_quantized_tables(model)
+
+
+def _small_gathers(model, min_elements: int) -> list[str]:
+    """Return the names of the Gather nodes that do not read a large table (``_large_table``): left unquantized."""
+    return [n.name for n in model.graph.node if n.op_type == "Gather" and not _large_table(model, n, min_elements)]
+
+
+def _block_quantized_tables(model) -> list[str]:
+    """Return the names of the tables ``model`` gathers in 4-bit blocks (GatherBlockQuantized's ``<name>_Q4``)."""
     return [n.input[0].removesuffix("_Q4") for n in model.graph.node if n.op_type == "GatherBlockQuantized"]
 
 
@@ -305,15 +324,12 @@ def quantize_gathers_int8(model, min_elements: int = LARGE_GATHER_ELEMENTS) -> l
     from onnx import TensorProto, helper, numpy_helper
 
     graph = model.graph
-    readers: dict[str, int] = {}
-    for n in graph.node:
-        for i in n.input:
-            readers[i] = readers.get(i, 0) + 1
+    readers = tensor_readers(graph)
     inits = {i.name: i for i in graph.initializer}
     done: list[str] = []
     new_nodes = []
     for node in graph.node:
-        if not _large_table(model, node, min_elements) or readers.get(node.input[0], 0) != 1:
+        if not _large_table(model, node, min_elements) or len(readers.get(node.input[0], [])) != 1:
             new_nodes.append(node)
             continue
         name, ids, out = node.input[0], node.input[1], node.output[0]
@@ -498,11 +514,7 @@ def smooth_layernorm_matmuls(model, act_max: dict[str, np.ndarray], alpha: float
         record.append({"layernorm": g["ln"], "matmuls": list(g["matmuls"]), "s_min": float(s.min()),
                        "s_max": float(s.max()), "x_max_over_median_before": ratio(x_max),
                        "x_max_over_median_after": ratio(x_max / s)})
-    # drop the unscaled originals that nothing reads any more
-    used = {i for n in graph.node for i in n.input}
-    for init in list(graph.initializer):
-        if init.name in replaced and init.name not in used:
-            graph.initializer.remove(init)
+    drop_unread_initializers(graph, replaced)  # the unscaled originals
     return record
 
 
@@ -553,10 +565,7 @@ def merge_parallel_matmuls(model) -> list[dict]:
         for k, n in enumerate(new):
             graph.node.insert(position + k, n)
         record.append({"merged": [m.name for m in mms], "into": key})
-    used = {i for n in graph.node for i in n.input}
-    for init in list(graph.initializer):
-        if init.name in inits and init.name not in used:
-            graph.initializer.remove(init)
+    drop_unread_initializers(graph, inits)  # the separate Q/K/V weights and biases
     return record
 
 
