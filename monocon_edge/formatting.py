@@ -9,20 +9,16 @@ from typing import Any
 HEAD_LABELS = {"monotonic": "MonoCon", "none": "baseline", "mlp": "std-MLP"}
 
 
-def head_label(head: Any) -> Any:
-    """Return the table name of ``head`` (MonoCon, baseline, std-MLP); an unknown head as given."""
-    return HEAD_LABELS.get(head, head)
-
-
 def method_label(head: Any, loss: Any = None, truncation: Any = None) -> Any:
-    """Return the method's name as the paper's tables use it (MonoCon, baseline, std-MLP, Matryoshka).
+    """Return the method's name as the paper's tables use it (MonoCon, baseline, std-MLP, Matryoshka); an
+    unknown head as given.
 
     A Matryoshka run is known by its ``loss``, or, where only an artifact or a bench row is at hand, by its
     ``truncation`` (``prefix``: only Matryoshka runs are truncated by prefix).
     """
     if loss == "matryoshka" or (loss is None and truncation == "prefix"):
         return "Matryoshka" if head == "mlp" else f"Matryoshka ({head} head)"
-    return head_label(head)
+    return HEAD_LABELS.get(head, head)
 
 
 def cell(value: Any, spec: str | None = None) -> str:
