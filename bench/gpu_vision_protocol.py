@@ -25,8 +25,11 @@ import platform
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
+from monocon_edge.files import read_jsonl
 from monocon_edge.training.config import FINETUNE_EPOCHS, FINETUNE_WARMUP_EPOCHS
 
 PRETRAIN_EXAMPLES = 27_000  # 90 % of the 30k disjoint-class images (the preset holds out 10 % for selection)
@@ -54,20 +57,25 @@ def _device_name(device: str) -> str:
     return out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else device
 
 
-def _rows(run: Path) -> list[dict]:
-    path = run / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
-
-
 def _throughput(run: Path) -> dict:
     """Return mean examples/s and s/epoch of a run's training rows, the first left out (autotuning) when >1."""
-    timed = [r for r in _rows(run) if r.get("examples_per_s")]
+    timed = [r for r in read_jsonl(run / "metrics.jsonl") if r.get("examples_per_s")]
     if len(timed) > 1:
         timed = timed[1:]
     if not timed:
         return {}
     return {"examples_per_s": sum(r["examples_per_s"] for r in timed) / len(timed),
             "epoch_s": sum(r["epoch_s"] for r in timed) / len(timed)}
+
+
+@dataclass
+class Training:
+    """A ``monocon-edge train`` subprocess started by the protocol, with its log file and start time."""
+
+    name: str
+    proc: subprocess.Popen
+    log: IO[str]
+    started: float
 
 
 class Protocol:
@@ -90,21 +98,19 @@ class Protocol:
             pass
         self.t0 = time.monotonic()
 
-    def train(self, name: str, options: list[str]) -> subprocess.Popen:
-        """Start ``monocon-edge train OPTIONS --out RUNS/NAME``; return the process (output into RUNS/NAME.log)."""
+    def train(self, name: str, options: list[str]) -> Training:
+        """Start ``monocon-edge train OPTIONS --out RUNS/NAME``; return it running (output into RUNS/NAME.log)."""
         cmd = [*_cli(), *options, *self.common, "--out", str(self.runs / name)]
         self.record["commands"].append(" ".join(["monocon-edge", *cmd[3:]]))
         log = open(self.runs / f"{name}.log", "w")
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
-        proc.started = time.monotonic()  # type: ignore[attr-defined]
-        proc.run_name = name  # type: ignore[attr-defined]
-        return proc
+        return Training(name, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT), log, time.monotonic())
 
-    def finish(self, proc: subprocess.Popen) -> None:
-        """Wait for ``proc``; record its run (or its failure) and rewrite the result files."""
-        rc = proc.wait()
-        name = proc.run_name  # type: ignore[attr-defined]
-        entry: dict = {"wall_s": round(time.monotonic() - proc.started, 1), "rc": rc}  # type: ignore[attr-defined]
+    def finish(self, training: Training) -> None:
+        """Wait for ``training``; record its run (or its failure) and rewrite the result files."""
+        rc = training.proc.wait()
+        training.log.close()
+        name = training.name
+        entry: dict = {"wall_s": round(time.monotonic() - training.started, 1), "rc": rc}
         summary = self.runs / name / "summary.json"
         if rc == 0 and summary.is_file():
             s = json.loads(summary.read_text())
@@ -222,12 +228,12 @@ def main() -> int:
     pending = list(FINETUNES)
     while pending:
         wave, pending = pending[:args.parallel], pending[args.parallel:]
-        procs = [proto.train(f"tin-{name}", ["--preset", "tiny-imagenet-100", *opts, "--init-from",
-                                             str(args.runs / "pretrain"), *_finetune_budget(name, finetune_epochs,
-                                                                                          warmup_epochs)])
-                 for name, opts in wave]
-        for proc in procs:
-            proto.finish(proc)
+        started = [proto.train(f"tin-{name}", ["--preset", "tiny-imagenet-100", *opts,
+                                               "--init-from", str(args.runs / "pretrain"),
+                                               *_finetune_budget(name, finetune_epochs, warmup_epochs)])
+                   for name, opts in wave]
+        for training in started:
+            proto.finish(training)
     print(markdown(proto.record))
     return 0
 
