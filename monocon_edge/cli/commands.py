@@ -125,6 +125,8 @@ def train(
                                                          "(per-feature shift, positive scale)"),
     distill: Optional[float] = typer.Option(None, help="weight of the similarity-distillation term (head "
                                                        "cosines kept close to the starting encoder's); 0: off"),
+    train_top_layers: Optional[int] = typer.Option(None, help="text, with --train-encoder: train only the top N "
+                                                              "transformer layers with the head (0: all)"),
     download: bool = typer.Option(False, help="allow torchvision / HF downloads (needs internet)"),
     augment: Optional[str] = typer.Option(None, help="none | light | paper (TrivialAugmentWide + RandomErasing)"),
     max_train: Optional[int] = typer.Option(None, help="use a stratified subset of this many examples"),
@@ -186,7 +188,7 @@ def train(
                            eval_every=eval_every, patience=patience, freeze_encoder=freeze_encoder, seed=seed,
                            device=device, num_workers=num_workers, amp=amp, channels_last=channels_last,
                            compile=compile_model, deterministic=deterministic, gather_negatives=gather_negatives,
-                           sync_bn=sync_bn, distill=distill)
+                           sync_bn=sync_bn, distill=distill, train_top_layers=train_top_layers)
             cfg = override(cfg, None, name=name, init_from=str(init_from) if init_from else None)
         if not _is_main_process():
             run_training(cfg, out, resume=resume, runs_root=runs_dir, distributed=distributed)

@@ -196,6 +196,47 @@ class SentenceEncoder(nn.Module):
         return mean_pool(self.transformer(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state,
                          attention_mask)
 
+    @property
+    def num_layers(self) -> int:
+        """Return the number of transformer layers."""
+        return len(self.transformer.encoder.layer)
+
+    def token_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, upto: int) -> torch.Tensor:
+        """Return the token states (N, L, hidden) after the embeddings and the first ``upto`` layers."""
+        hidden = self.transformer.embeddings(input_ids=input_ids)
+        return self._run_layers(hidden, attention_mask, self.transformer.encoder.layer[:upto])
+
+    def pooled_from(self, hidden: torch.Tensor, attention_mask: torch.Tensor, start: int) -> torch.Tensor:
+        """Return the mean-pooled output (N, hidden) of layers ``start``.. applied to token states ``hidden``.
+
+        ``pooled_from(token_states(x, m, k), m, k)`` equals ``forward(x, m)``: training the top layers can start
+        from token states of the frozen lower layers computed once.
+        """
+        return mean_pool(self._run_layers(hidden, attention_mask, self.transformer.encoder.layer[start:]),
+                         attention_mask)
+
+    def lower_modules(self, upto: int) -> nn.ModuleList:
+        """Return the modules that ``token_states(..., upto)`` runs (the embeddings and the first layers)."""
+        return nn.ModuleList([self.transformer.embeddings, *self.transformer.encoder.layer[:upto]])
+
+    def top_layer_parameters(self, count: int) -> list[nn.Parameter]:
+        """Return the parameters of the top ``count`` transformer layers."""
+        if not 1 <= count <= self.num_layers:
+            raise MonoconError(f"--train-top-layers must lie in 1..{self.num_layers} for {self.source_path}")
+        return [p for layer in self.transformer.encoder.layer[self.num_layers - count:] for p in layer.parameters()]
+
+    def _run_layers(self, hidden: torch.Tensor, attention_mask: torch.Tensor, layers) -> torch.Tensor:
+        # The model's own mask builder, so that the layers see the mask format their attention code expects.
+        make_masks = getattr(self.transformer, "_create_attention_masks", None)
+        if make_masks is None:
+            raise MonoconError("training the top layers alone needs transformers >= 5 (BertModel mask builder)")
+        mask, _ = make_masks(attention_mask=attention_mask, encoder_attention_mask=None, embedding_output=hidden,
+                             encoder_hidden_states=None, cache=None)
+        for layer in layers:
+            out = layer(hidden, attention_mask=mask)
+            hidden = out[0] if isinstance(out, tuple) else out
+        return hidden
+
     def tokenize(self, texts: list[str], max_len: int) -> dict[str, torch.Tensor]:
         """Return padded ``input_ids`` and ``attention_mask`` tensors for ``texts``."""
         batch = self.tokenizer(list(texts), padding=True, truncation=True,

@@ -25,6 +25,19 @@ class MonoConModel(nn.Module):
         return self.head(self.encoder(*inputs))
 
 
+class TopLayersModel(nn.Module):
+    """``head(top layers(token states))``: the trainable part of a text model whose encoder layers below
+    ``start`` are frozen (their token states come from ``SentenceEncoder.token_states``)."""
+
+    def __init__(self, model: MonoConModel, start: int) -> None:
+        super().__init__()
+        self.model = model
+        self.start = start
+
+    def forward(self, states: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.model.head(self.model.encoder.pooled_from(states, attention_mask, self.start))
+
+
 def build_model(cfg: RunConfig) -> MonoConModel:
     """Return the untrained (or pre-trained-encoder) model that ``cfg`` describes."""
     m = cfg.model

@@ -85,6 +85,9 @@ class OptimConfig:
     # Similarity distillation: + weight * mean squared difference between the pairwise cosines of the batch's
     # embeddings and those of the starting encoder's features of the same examples (0: off).
     distill: float = 0.0
+    # Text: when the encoder trains, train only its top N transformer layers (0: all of it). The layers below
+    # stay frozen and their token states are computed once (training/token_states.py).
+    train_top_layers: int = 0
     eval_every: int = 1
     patience: int = 5
     min_delta: float = 0.0
@@ -169,6 +172,12 @@ class RunConfig:
                     raise MonoconError(f"--{f.name.replace('_', '-')} must be a finite number, got {value}")
         if o.distill < 0 or o.weight_decay < 0 or o.grad_clip <= 0:
             raise MonoconError("distill and weight decay must be >= 0 and the grad clip > 0")
+        if o.train_top_layers < 0:
+            raise MonoconError("--train-top-layers must be >= 0")
+        if o.train_top_layers and self.modality != "text":
+            raise MonoconError("--train-top-layers applies to text encoders (vision runs train the whole encoder)")
+        if o.train_top_layers and (o.freeze_encoder or o.lr_encoder <= 0):
+            raise MonoconError("--train-top-layers needs the encoder to train: add --train-encoder and --lr-encoder")
         if not 0 <= self.data.report_fraction < 1:
             raise MonoconError("--report-fraction must lie in [0, 1)")
         if self.data.max_train is not None and self.data.max_train < 4:

@@ -28,7 +28,7 @@ from .distributed import setup as setup_distributed
 from .distributed import teardown as teardown_distributed
 from ..device.errors import MonoconError
 from ..losses import build_loss, similarity_distillation
-from ..models.monocon import MonoConModel, build_model, head_outputs, load_encoder_state
+from ..models.monocon import MonoConModel, TopLayersModel, build_model, head_outputs, load_encoder_state
 from .run_dir import RunDir
 from .dimension_metrics import effective_dims_of
 from .tasks import build_task, encode_eval_sets
@@ -176,6 +176,7 @@ class Trainer:
         self.scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
         self.phase: Phase | None = None
         self._features: dict[str, np.ndarray] | None = None  # encoder features, valid while the encoder is unchanged
+        self._lower_states: dict | None = None  # --train-top-layers: token states of the frozen lower layers
         # --distill: the starting encoder's features of the train examples (rows = Batch.rows), kept in last.pt.
         self._reference: torch.Tensor | None = None
         self.amp_dtype = None
@@ -232,11 +233,17 @@ class Trainer:
     def _enter_phase(self, phase: Phase) -> None:
         o = self.cfg.optim
         self.phase = phase
-        for p in self.model.encoder.parameters():
-            p.requires_grad_(phase.train_encoder)
-        groups = []
+        encoder_params = []
         if phase.train_encoder:
-            groups.append({"params": list(self.model.encoder.parameters()), "lr": phase.lr_encoder})
+            encoder_params = (self.model.encoder.top_layer_parameters(o.train_top_layers) if o.train_top_layers
+                              else list(self.model.encoder.parameters()))
+        for p in self.model.encoder.parameters():
+            p.requires_grad_(False)
+        for p in encoder_params:
+            p.requires_grad_(True)
+        groups = []
+        if encoder_params:
+            groups.append({"params": encoder_params, "lr": phase.lr_encoder})
         head_params = list(self.model.head.parameters())
         if head_params:
             groups.append({"params": head_params, "lr": phase.lr_head})
@@ -247,7 +254,10 @@ class Trainer:
             self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=max(steps, 1))
         module: nn.Module = self.model.head
         if phase.train_encoder:
-            module = self.model
+            start = self._top_start()
+            if start is not None:
+                self._token_states()  # computed here, not inside the first epoch's timing
+            module = self.model if start is None else TopLayersModel(self.model, start)
             if self.dist.enabled:
                 # Only the phase that trains the encoder uses DDP (built once: it registers the parameters
                 # that require a gradient when it is built); head-only phases all-reduce the head's gradients.
@@ -282,8 +292,38 @@ class Trainer:
         """Return encoder features of the evaluation sets (computed once while the encoder does not change)."""
         if self._features is None:
             self.model.eval()
-            self._features = encode_eval_sets(self.task, self._encode_fn, self.model.encoder)
+            start = self._top_start()
+            if start is None:
+                self._features = encode_eval_sets(self.task, self._encode_fn, self.model.encoder)
+            else:
+                with torch.no_grad():
+                    top = lambda states, mask: self.model.encoder.pooled_from(  # noqa: E731
+                        self._to_device(states), self._to_device(mask), start)
+                    self._features = {name: states.pooled(top) for name, states in self._token_states().items()}
         return self._features
+
+    def _top_start(self) -> int | None:
+        """Return the first trained encoder layer while only the top layers train (``--train-top-layers``)."""
+        k = self.cfg.optim.train_top_layers
+        if not k or self.phase is None or not self.phase.train_encoder:
+            return None
+        return self.model.encoder.num_layers - k
+
+    def _token_states(self) -> dict:
+        """Return the token states of the frozen lower layers for every evaluation set (computed once)."""
+        if self._lower_states is None:
+            from .feature_cache import fingerprint
+
+            start = self._top_start()
+            encoder = self.model.encoder
+
+            @torch.no_grad()
+            def lower(input_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+                return encoder.token_states(self._to_device(input_ids), self._to_device(mask), start)
+
+            encoder.eval()
+            self._lower_states = self.task.token_states(lower, start, fingerprint(encoder.lower_modules(start)))
+        return self._lower_states
 
     def _head(self, x: np.ndarray) -> np.ndarray:
         self.model.head.eval()
@@ -322,8 +362,9 @@ class Trainer:
         manual_sync = self.dist.enabled and not self.phase.train_encoder  # head-only phases run without DDP
         total, steps, seen, t0 = 0.0, 0, 0, time.perf_counter()
         pin = self.device.type == "cuda"
+        top_only = {"token_states": self._token_states()["train"]} if self._top_start() is not None else {}
         batches = self.task.train_batches(o.seed + self.epoch, o.batch_size, cached, o.num_workers, pin,
-                                          self.dist.rank, self.dist.world_size)
+                                          self.dist.rank, self.dist.world_size, **top_only)
         for batch in batches:
             inputs = [self._to_device(t) for t in batch.inputs]
             labels = batch.labels.to(self.device, non_blocking=True)
@@ -511,6 +552,8 @@ def _train(cfg: RunConfig, dist: DistContext, device: torch.device, out: str | P
                            f"{dist.world_size}: resume it with the same number (the schedule depends on it)")
     if resume is None:
         cfg = dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, world_size=dist.world_size))
+    if cfg.optim.train_top_layers and dist.world_size > 1:
+        raise MonoconError("--train-top-layers runs in one process (not under torchrun)")
     if dist.enabled and cfg.optim.sync_bn and device.type != "cuda":
         raise MonoconError("--sync-bn needs CUDA (SyncBatchNorm has no CPU kernels)")
     set_determinism(cfg.optim.deterministic)
@@ -520,6 +563,8 @@ def _train(cfg: RunConfig, dist: DistContext, device: torch.device, out: str | P
     else:
         init_state = None
     model = build_model(cfg)
+    if cfg.optim.train_top_layers:
+        model.encoder.top_layer_parameters(cfg.optim.train_top_layers)  # refuses a count above the layers
     if init_state is not None:
         load_encoder_state(model, init_state, str(cfg.init_from))
     task = build_task(cfg, model)

@@ -14,6 +14,7 @@ from ..data.splits import make_splits
 from ..losses import pair_labels
 from .config import RunConfig
 from .distributed import shard_batches
+from .token_states import TokenStates, compute_token_states
 from .train_batch import TrainBatch
 from .dimension_metrics import PCA_DIMS, fit_pca_figures, report_figures
 
@@ -60,10 +61,11 @@ class TextTask:
 
     def train_batches(self, epoch_seed: int, batch_size: int, features: torch.Tensor | None,
                       num_workers: int = 0, pin_memory: bool = False, rank: int = 0,
-                      world_size: int = 1) -> Iterator[TrainBatch]:
+                      world_size: int = 1, token_states: TokenStates | None = None) -> Iterator[TrainBatch]:
         """Yield this rank's shuffled batches of B pairs as 2B examples [anchors; positives], labels [0..B-1]*2.
 
-        Sharded across ranks like ``VisionTask.train_batches``.
+        Inputs are cached ``features`` rows, else ``token_states`` of the train sentences (states, mask), else
+        token ids and mask. Sharded across ranks like ``VisionTask.train_batches``.
         """
         generator = torch.Generator().manual_seed(epoch_seed)
         labels = pair_labels(batch_size)
@@ -73,6 +75,8 @@ class TextTask:
             rows = torch.cat([pi[:, 0], pi[:, 1]])
             if features is not None:
                 yield TrainBatch((features[rows],), labels, 2 * batch_size, True, rows=rows)
+            elif token_states is not None:
+                yield TrainBatch(token_states.batch(rows), labels, 2 * batch_size, True, rows=rows)
             else:
                 texts = [self.sentences[i] for i in pi[:, 0].tolist()] + [self.sentences[i] for i in pi[:, 1].tolist()]
                 tok = self.tokenize(texts)
@@ -87,14 +91,7 @@ class TextTask:
         With ``encoder_fingerprint`` (see feature_cache.fingerprint) each set's features are read from /
         written to the disk cache (one entry per sentence list, so a changed split re-encodes only what changed).
         """
-        sets = {"train": self.sentences,
-                "val_a": [a for a, _ in self.val_pairs], "val_b": [b for _, b in self.val_pairs],
-                "sts_a": self.sts.first, "sts_b": self.sts.second}
-        if self.report_pairs:
-            sets["report_a"] = [a for a, _ in self.report_pairs]
-            sets["report_b"] = [b for _, b in self.report_pairs]
-        if self.report_sts is not None:
-            sets["rsts_a"], sets["rsts_b"] = self.report_sts.first, self.report_sts.second
+        sets = self.eval_sets()
 
         def run(texts: list[str]) -> np.ndarray:
             # Sorting by length keeps padding (and time) small; the order is restored afterwards.
@@ -115,6 +112,31 @@ class TextTask:
         for name, texts in sets.items():
             key = key_for(encoder_fingerprint, str(self.cfg.data.max_seq_len), texts)
             out[name] = load_or_compute(key, lambda t=texts: {"x": run(t)})["x"]
+        return out
+
+    def eval_sets(self) -> dict[str, list[str]]:
+        """Return the sentence lists that ``encode`` encodes, by name (see there)."""
+        sets = {"train": self.sentences,
+                "val_a": [a for a, _ in self.val_pairs], "val_b": [b for _, b in self.val_pairs],
+                "sts_a": self.sts.first, "sts_b": self.sts.second}
+        if self.report_pairs:
+            sets["report_a"] = [a for a, _ in self.report_pairs]
+            sets["report_b"] = [b for _, b in self.report_pairs]
+        if self.report_sts is not None:
+            sets["rsts_a"], sets["rsts_b"] = self.report_sts.first, self.report_sts.second
+        return sets
+
+    def token_states(self, lower: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], upto: int,
+                     encoder_fingerprint: str) -> dict[str, TokenStates]:
+        """Return the token states after the encoder's first ``upto`` layers (``lower``) of every set of
+        ``eval_sets``, read from / written to the feature cache like ``encode``'s features."""
+        from .feature_cache import key_for, load_or_compute
+
+        out = {}
+        for name, texts in self.eval_sets().items():
+            key = key_for(encoder_fingerprint, str(self.cfg.data.max_seq_len), f"token-states-{upto}", texts)
+            out[name] = TokenStates.from_arrays(
+                load_or_compute(key, lambda t=texts: compute_token_states(t, self.tokenize, lower)))
         return out
 
     def recall_curve(self, emb: dict[str, np.ndarray], ks: tuple[int, ...]) -> dict[int, float]:
