@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Third recipe-selection grid for the text preset (nli-pairs), on the SELECTION split only (issue 11, item 3):
-# co-adaptation of MiniLM's top transformer layers with the head (`--train-top-layers`), the paper's mechanism
+# co-adaptation of MiniLM's top transformer layer with the head (`--train-top-layers 1`), the paper's mechanism
 # (it fine-tunes MiniLM end to end; the preset keeps it frozen). Recipe: the head warms up 10 epochs on cached
-# features at the preset's head LR (2e-3), then 6 epochs train the head (2e-3, cosine) and the top 1 or 2
-# layers (encoder LR 1e-5 or 3e-5) together. The same runs for MonoCon, std-MLP and Matryoshka (same budget);
-# the reference rows are the preset's runs of bench/select_text_recipes_2.sh (runs/select-2/nli-*).
-# bench/selection_table.py writes bench/results/selection-nli-pairs-coadapt.{md,json}; the report split is never read.
-# A run takes ~5 min on one core; the lower layers' token states are computed once (~5 min) into the feature cache.
+# features at the preset's head LR (2e-3), then 6 epochs train the head (2e-3, cosine) and the top layer
+# (encoder LR 1e-5 or 3e-5) together. The control row of each head runs the same schedule with the encoder
+# frozen, so that the difference is the co-adaptation alone. The same runs for MonoCon, std-MLP and Matryoshka
+# (same budget); the preset's runs of bench/select_text_recipes_2.sh (REFERENCE_RUNS_DIR/nli-*) join the table.
+# bench/selection_table.py writes bench/results/selection-nli-pairs-coadapt.{md,json}; the report split is never
+# read. A co-adapted run takes ~12-20 min at one thread on the 2-core machine (two layers would double it); the
+# lower layers' token states are computed once (~5 min) into the feature cache.
 # Usage: bash bench/select_text_coadapt.sh [RUNS_DIR] [REFERENCE_RUNS_DIR]   (defaults: runs/select-3, runs/select-2)
 #   HEADS="monotonic mlp matryoshka" picks the heads (to run lanes in parallel); TABLE=0 skips the table.
 set -euo pipefail
@@ -18,9 +20,9 @@ source "$here/train_lib.sh"
 coadapt=(--preset nli-pairs --epochs 16 --warmup-epochs 10 --lr-warmup 2e-3 --train-encoder)
 for head in ${HEADS:-monotonic mlp matryoshka}; do
   if [ "$head" = matryoshka ]; then model=(--loss matryoshka); else model=(--head "$head"); fi
+  train "nli-$head-w10" --preset nli-pairs --epochs 16 --warmup-epochs 10 --lr-warmup 2e-3 "${model[@]}"
   train "nli-$head-top1-lr1e-5" "${coadapt[@]}" "${model[@]}" --train-top-layers 1 --lr-encoder 1e-5
   train "nli-$head-top1-lr3e-5" "${coadapt[@]}" "${model[@]}" --train-top-layers 1 --lr-encoder 3e-5
-  train "nli-$head-top2-lr1e-5" "${coadapt[@]}" "${model[@]}" --train-top-layers 2 --lr-encoder 1e-5
 done
 if [ "${TABLE:-1}" = 1 ]; then
   python3 "$here/selection_table.py" "$reference"/nli-{none,monotonic,mlp,matryoshka} "$runs"/nli-* \
