@@ -75,7 +75,7 @@ def _timing() -> list[dict[str, np.ndarray]]:
 def _select(fp32: Path, work: Path, thresholds: GateThresholds = LOOSE, **kw) -> int8_select.Selection:
     work.mkdir(exist_ok=True)
     return int8_select.select(fp32, work, "text", _batches(3), _timing(), _evaluate(fp32), thresholds,
-                              rounds=10, **kw)
+                              calls=10, **kw)
 
 
 def _initializers(path: Path) -> dict[str, onnx.TensorProto]:
@@ -146,6 +146,11 @@ def test_forced_scheme_is_the_only_candidate_and_wins(tiny_text, tmp_path) -> No
     assert chosen.record["forced"] and "forced" in chosen.record["reason"]
     assert any(n.op_type == "MatMulNBits" for n in onnx.load(str(chosen.path)).graph.node)
     assert chosen.scheme["accuracy_level"] == 4
+    # timed as a device runs it: blocks of consecutive calls, every timed call counted
+    from monocon_edge.exporting.latency import BLOCK_CALLS
+
+    for row in (chosen.record["fp32"], chosen.record["candidates"][0]):
+        assert row["block"] == BLOCK_CALLS > 1 and row["calls"] == 10
 
 
 def test_unknown_or_unfit_scheme_is_refused(tiny_text, tmp_path) -> None:
@@ -216,10 +221,10 @@ def test_transformer_fusion_is_kept_only_where_it_measurably_helps(tiny_text, tm
     before = sha256_file(graph)
     # The timing is the decision's input: fix it (fp32 1 ms, fused fused_ms) to test the decision itself.
     fixed = {"fp32": 1.0, "fp32_fused": fused_ms}
-    monkeypatch.setattr(int8_select, "interleaved_latency",
+    monkeypatch.setattr(int8_select, "blocked_latency",
                         lambda paths, *a, **k: {n: {"p50_ms": fixed[n], "p90_ms": fixed[n], "cpu_p50_ms": fixed[n]}
                                                 for n in paths})
-    record = int8_select.try_transformer_fusion(graph, _batches(0, n=1), _timing(), rounds=10, atol=1e-5,
+    record = int8_select.try_transformer_fusion(graph, _batches(0, n=1), _timing(), calls=10, atol=1e-5,
                                                 quantized=False)
     assert record["fused_ops"], "the BERT optimizer fuses something in this graph (BiasGelu)"
     assert record["max_abs_diff_to_unfused"] <= 1e-5 / 4 and record["load_ms"]["fp32_fused"] > 0

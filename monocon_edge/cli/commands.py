@@ -251,7 +251,8 @@ def export_cmd(
                                                  "dynamic-smooth | dynamic-smooth-t4"),
     optimize: bool = typer.Option(True, "--optimize/--no-optimize", help="text: try onnxruntime's BERT fusions, "
                                                                         "kept where they measurably help"),
-    timing_rounds: int = typer.Option(200, help="batch-1 timing rounds per int8 candidate (interleaved)"),
+    timing_rounds: int = typer.Option(200, help="timed batch-1 calls per graph (fp32, each int8 candidate), "
+                                                   "in blocks of consecutive calls"),
     runs_dir: Path = typer.Option(Path("runs"), help="where to look for runs when no RUN_DIR is given"),
 ) -> None:
     """Fold a run (W², normalise, PCA to N dims) into one ONNX graph, gate it, and write an artifact directory."""

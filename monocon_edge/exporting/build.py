@@ -47,7 +47,7 @@ class ExportOptions:
     int8_scheme: str = "auto"
     int4: bool = False  # also write model.int4.onnx (MatMulNBits 4-bit + 4-bit Gather), same gates
     optimize: bool = True  # transformers: try onnxruntime's BERT fusions, keep them where they measurably help
-    timing_rounds: int = 200  # interleaved batch-1 timing rounds per candidate
+    timing_rounds: int = 200  # timed batch-1 calls per graph (fp32 and each int8 candidate), in blocks
 
 
 @dataclass
@@ -205,7 +205,7 @@ def _build(loaded: Any, dims: int, opts: ExportOptions, tmp: Path, emit: EventFn
         with tempfile.TemporaryDirectory(prefix="candidates.", dir=tmp) as work:
             chosen = int8_select.select(tmp / FP32_FILE, Path(work), cfg.modality, gate_in.calibration,
                                         gate_in.timing, evaluate, thr, forced=opts.int8_scheme, int4=opts.int4,
-                                        only_int4=not opts.int8, rounds=opts.timing_rounds, emit=emit)
+                                        only_int4=not opts.int8, calls=opts.timing_rounds, emit=emit)
             if opts.int8:
                 os.replace(chosen.path, tmp / INT8_FILE)
                 stamp_metadata(tmp / INT8_FILE, _metadata(facts, "int8"))
