@@ -2,6 +2,8 @@
 forced scheme honoured, a candidate that fails a gate skipped and named, the fastest passing one kept."""
 from __future__ import annotations
 
+import dataclasses
+
 from pathlib import Path
 
 import numpy as np
@@ -190,6 +192,33 @@ def test_candidate_failing_a_gate_is_skipped_and_named(tiny_text, tmp_path) -> N
     with pytest.raises(GateError, match="no int8 candidate passes the gates: dynamic: .*nbits8: .*mixed: "
                                         ".*dynamic-smooth: .*dynamic-smooth-t4: "):
         _select(tiny_text, tmp_path / "c", thresholds=GateThresholds(int8_min_cosine=1.0))
+
+
+def test_candidate_under_the_min_cos_floor_is_skipped(tiny_text, tmp_path) -> None:
+    first = _select(tiny_text, tmp_path / "a")
+    assert first.record["thresholds"]["int8_min_cos_floor"] is None  # default: no floor, every candidate passes
+    rows = {r["name"]: r for r in first.record["candidates"]}
+    worst = min(rows.values(), key=lambda r: r["min_cosine"])
+    best = max(rows.values(), key=lambda r: r["min_cosine"])
+    assert worst["min_cosine"] < best["min_cosine"]
+    floor = (worst["min_cosine"] + best["min_cosine"]) / 2
+    second = _select(tiny_text, tmp_path / "b", thresholds=dataclasses.replace(LOOSE, int8_min_cos_floor=floor))
+    assert second.record["thresholds"]["int8_min_cos_floor"] == floor
+    rows2 = {r["name"]: r for r in second.record["candidates"]}
+    for name, row in rows2.items():
+        failed = any("minimum cosine" in f and "--int8-min-cos" in f for f in row["failures"])
+        assert failed is (row["min_cosine"] < floor) and row["passed"] is not failed, name
+    assert not rows2[worst["name"]]["passed"] and second.name != worst["name"]
+    assert rows2[second.name]["min_cosine"] >= floor
+    # the export's candidate table names the floor and the failure
+    from rich.console import Console
+
+    from monocon_edge.cli.render import print_int8_selection
+
+    console = Console(record=True, width=400)
+    print_int8_selection(console, second.record)
+    text = console.export_text()
+    assert f"min cos >= {floor:g}" in text and "FAIL: minimum cosine" in text
 
 
 def test_mixed_keeps_the_measured_most_sensitive_matmuls(tiny_text, tmp_path) -> None:
