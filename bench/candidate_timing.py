@@ -33,6 +33,19 @@ def _feeds(run_dir: str) -> list:
     return text_gate_inputs(loaded.task, 0, lambda t: tokenize(tok, t), 16, 16).timing
 
 
+def feeds_for(run_dir: str, graphs: list[Path]) -> list | None:
+    """Return the text run's batch-1 timing feeds (export's 16 real sentences), or None after printing one error
+    line on stderr when a graph file is missing or the run cannot be loaded."""
+    missing = [str(g) for g in graphs if not g.is_file()]
+    try:
+        if missing:
+            raise MonoconError(f"no graph at {', '.join(missing)}")
+        return _feeds(run_dir)
+    except MonoconError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return None
+
+
 def main(argv: list[str]) -> int:
     """Run the comparison; return the process exit status."""
     from monocon_edge.exporting.latency import BLOCK_CALLS, REWARM_CALLS, blocked_latency
@@ -46,15 +59,11 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--rewarm", type=int, default=REWARM_CALLS)
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
-    missing = [str(g) for g in args.graphs if not g.is_file()]
-    if missing or len(args.graphs) < 2:
-        print(f"error: need a reference graph and at least one other; missing: {', '.join(missing) or '-'}",
-              file=sys.stderr)
+    if len(args.graphs) < 2:
+        print("error: need a reference graph and at least one other", file=sys.stderr)
         return 1
-    try:
-        feeds = _feeds(args.run)
-    except MonoconError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    feeds = feeds_for(args.run, args.graphs)
+    if feeds is None:
         return 1
     paths = {g.stem: g for g in args.graphs}
     ref = args.graphs[0].stem

@@ -17,8 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from candidate_timing import _feeds
-from monocon_edge.device.errors import MonoconError
+from candidate_timing import feeds_for
 
 
 def profile(graph: Path, feeds: list, calls: int, warmup: int = 20) -> dict:
@@ -67,13 +66,8 @@ def main(argv: list[str]) -> int:
     ap.add_argument("graph", type=Path)
     ap.add_argument("--calls", type=int, default=300)
     args = ap.parse_args(argv)
-    if not args.graph.is_file():
-        print(f"error: no graph at {args.graph}", file=sys.stderr)
-        return 1
-    try:
-        feeds = _feeds(args.run)
-    except MonoconError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    feeds = feeds_for(args.run, [args.graph])
+    if feeds is None:
         return 1
     print(f"load average before: {os.getloadavg()}")
     p = profile(args.graph, feeds, args.calls)
