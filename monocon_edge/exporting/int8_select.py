@@ -1,7 +1,8 @@
 """Choose the int8 graph by measurement: build each candidate scheme, time it against the fp32 graph (batch 1,
-one thread, in one process: blocks of consecutive calls per graph, the blocks interleaved, latency.py), measure its gate figures, keep the fastest that passes
-every gate (Intel Neural Compressor's accuracy-aware tuning, reduced to a handful of schemes); candidates
-within FASTER_MARGIN of the fastest count as equally fast and the smallest file of them wins.
+one thread, in one process: blocks of consecutive calls per graph, the blocks interleaved; latency.py), measure
+its gate figures, keep the fastest that passes every gate (Intel Neural Compressor's accuracy-aware tuning,
+reduced to a handful of schemes); candidates within FASTER_MARGIN of the fastest count as equally fast and the
+smallest file of them wins.
 
 Candidates: static QDQ for CNNs — ``static`` (the folded tail fp32) and, where the graph has a head,
 ``static-head`` (its head layers int8 too: the one gated exception to the fp32 tail, because a small CNN's fp32
@@ -346,7 +347,7 @@ def select(fp32: Path, work: Path, modality: str, calibration: Sequence[Batch], 
         "timing": {"batch": 1, "threads": 1, "calls": calls, "block": BLOCK_CALLS, "rewarm": REWARM_CALLS,
                    "inputs": len(timing_feeds),
                    "how": f"each graph in blocks of {BLOCK_CALLS} consecutive calls (after {REWARM_CALLS} untimed "
-                          "re-warm call), as a device calls one model; one block of every graph per round, random "
+                          "re-warm calls), as a device calls one model; one block of every graph per round, random "
                           "order per round, the same real inputs for every graph, after warm-up; p50 over the "
                           "timed calls of wall time (p50_ms) and of the calling thread's CPU time (cpu_p50_ms, "
                           "what the winner is chosen by; speedup_vs_fp32 is its ratio, wall_speedup_vs_fp32 the "
