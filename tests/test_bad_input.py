@@ -111,6 +111,10 @@ CASES = [
     ("export-dims-zero", "cli", "export {ws}/run-good --dims 0", "between 1 and 32"),
     ("export-dims-too-many", "cli", "export {ws}/run-good --dims 33", "between 1 and 32"),
     ("export-atol-nan", "cli", "export {ws}/run-good --dims 8 --parity-atol nan", "--parity-atol > 0"),
+    ("export-min-cos-over-1", "cli", "export {ws}/run-good --dims 8 --int8 --int8-min-cos 2",
+     "--int8-min-cos must be between 0 and 1"),
+    ("export-min-cos-negative", "cli", "export {ws}/run-good --dims 8 --int8 --int8-min-cos -1",
+     "--int8-min-cos must be between 0 and 1"),
     # ----- analyze (a good run first: the bad one fails after the first run's figures were made) -----
     ("analyze-best-truncated", "cli", "analyze {ws}/run-good {ws}/run-best-truncated", "corrupt or truncated"),
     ("analyze-best-junk", "cli", "analyze {ws}/run-good {ws}/run-best-junk", "corrupt or truncated"),

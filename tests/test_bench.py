@@ -30,7 +30,7 @@ FAST_CLI = ["--dims", "16", "--warmup", "1", "--iterations", "5", "--batch", "8"
 REQUIRED = ("model", "head", "precision", "index_codes", "dims", "recall_at_1", "recall_at_5", "latency_ms_p50",
             "latency_ms_p95", "latency_ms_p99", "throughput_per_s", "peak_rss_mb", "model_bytes",
             "index_bytes_per_vector", "index_bytes", "search_ms_p50", "torch_eager_latency_ms_p50",
-            "speedup_latency_p50", "knn5_accuracy", "threads")
+            "speedup_latency_p50", "knn5_accuracy", "threads", "latency_cpu_ms_p50", "torch_eager_latency_cpu_ms_p50")
 BYTES_PER_CODE = {"float32": 4, "int8": 1}
 
 

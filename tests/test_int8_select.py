@@ -2,6 +2,8 @@
 forced scheme honoured, a candidate that fails a gate skipped and named, the fastest passing one kept."""
 from __future__ import annotations
 
+import dataclasses
+
 from pathlib import Path
 
 import numpy as np
@@ -75,7 +77,7 @@ def _timing() -> list[dict[str, np.ndarray]]:
 def _select(fp32: Path, work: Path, thresholds: GateThresholds = LOOSE, **kw) -> int8_select.Selection:
     work.mkdir(exist_ok=True)
     return int8_select.select(fp32, work, "text", _batches(3), _timing(), _evaluate(fp32), thresholds,
-                              rounds=10, **kw)
+                              calls=10, **kw)
 
 
 def _initializers(path: Path) -> dict[str, onnx.TensorProto]:
@@ -146,6 +148,11 @@ def test_forced_scheme_is_the_only_candidate_and_wins(tiny_text, tmp_path) -> No
     assert chosen.record["forced"] and "forced" in chosen.record["reason"]
     assert any(n.op_type == "MatMulNBits" for n in onnx.load(str(chosen.path)).graph.node)
     assert chosen.scheme["accuracy_level"] == 4
+    # timed as a device runs it: blocks of consecutive calls, every timed call counted
+    from monocon_edge.exporting.latency import BLOCK_CALLS
+
+    for row in (chosen.record["fp32"], chosen.record["candidates"][0]):
+        assert row["block"] == BLOCK_CALLS > 1 and row["calls"] == 10
 
 
 def test_unknown_or_unfit_scheme_is_refused(tiny_text, tmp_path) -> None:
@@ -187,6 +194,33 @@ def test_candidate_failing_a_gate_is_skipped_and_named(tiny_text, tmp_path) -> N
         _select(tiny_text, tmp_path / "c", thresholds=GateThresholds(int8_min_cosine=1.0))
 
 
+def test_candidate_under_the_min_cos_floor_is_skipped(tiny_text, tmp_path) -> None:
+    first = _select(tiny_text, tmp_path / "a")
+    assert first.record["thresholds"]["int8_min_cos_floor"] is None  # default: no floor, every candidate passes
+    rows = {r["name"]: r for r in first.record["candidates"]}
+    worst = min(rows.values(), key=lambda r: r["min_cosine"])
+    best = max(rows.values(), key=lambda r: r["min_cosine"])
+    assert worst["min_cosine"] < best["min_cosine"]
+    floor = (worst["min_cosine"] + best["min_cosine"]) / 2
+    second = _select(tiny_text, tmp_path / "b", thresholds=dataclasses.replace(LOOSE, int8_min_cos_floor=floor))
+    assert second.record["thresholds"]["int8_min_cos_floor"] == floor
+    rows2 = {r["name"]: r for r in second.record["candidates"]}
+    for name, row in rows2.items():
+        failed = any("minimum cosine" in f and "--int8-min-cos" in f for f in row["failures"])
+        assert failed is (row["min_cosine"] < floor) and row["passed"] is not failed, name
+    assert not rows2[worst["name"]]["passed"] and second.name != worst["name"]
+    assert rows2[second.name]["min_cosine"] >= floor
+    # the export's candidate table names the floor and the failure
+    from rich.console import Console
+
+    from monocon_edge.cli.render import print_int8_selection
+
+    console = Console(record=True, width=400)
+    print_int8_selection(console, second.record)
+    text = console.export_text()
+    assert f"min cos >= {floor:g}" in text and "FAIL: minimum cosine" in text
+
+
 def test_mixed_keeps_the_measured_most_sensitive_matmuls(tiny_text, tmp_path) -> None:
     sens = int8_select.matmul_sensitivity(tiny_text, _batches(3))
     losses = [n["loss"] for n in sens["nodes"]]
@@ -216,10 +250,10 @@ def test_transformer_fusion_is_kept_only_where_it_measurably_helps(tiny_text, tm
     before = sha256_file(graph)
     # The timing is the decision's input: fix it (fp32 1 ms, fused fused_ms) to test the decision itself.
     fixed = {"fp32": 1.0, "fp32_fused": fused_ms}
-    monkeypatch.setattr(int8_select, "interleaved_latency",
+    monkeypatch.setattr(int8_select, "blocked_latency",
                         lambda paths, *a, **k: {n: {"p50_ms": fixed[n], "p90_ms": fixed[n], "cpu_p50_ms": fixed[n]}
                                                 for n in paths})
-    record = int8_select.try_transformer_fusion(graph, _batches(0, n=1), _timing(), rounds=10, atol=1e-5,
+    record = int8_select.try_transformer_fusion(graph, _batches(0, n=1), _timing(), calls=10, atol=1e-5,
                                                 quantized=False)
     assert record["fused_ops"], "the BERT optimizer fuses something in this graph (BiasGelu)"
     assert record["max_abs_diff_to_unfused"] <= 1e-5 / 4 and record["load_ms"]["fp32_fused"] > 0

@@ -289,6 +289,8 @@ def _base_row(target: Target, dims: int, label: str, precision: str, folder: Pat
         "dims": dims, "dims_label": label, "d_enc": target.d_enc, "d_eff": target.d_eff, "precision": precision,
         "quantization": manifest["models"][precision].get("quantization"),
         "latency_ms_p50": timing["p50"], "latency_ms_p95": timing["p95"], "latency_ms_p99": timing["p99"],
+        "latency_cpu_ms_p50": timing["cpu_p50"],
+        "torch_eager_latency_cpu_ms_p50": reference["cpu_p50"] if reference else None,
         "latency_batch": 1, "throughput_per_s": timing["throughput"], "throughput_batch": opts.batch,
         "threads": threads, "providers": list(model.session.get_providers()),
         "torch_eager_latency_ms_p50": reference["p50"] if reference else None,

@@ -243,6 +243,9 @@ def export_cmd(
     parity_atol: float = typer.Option(1e-5, help="gate: max |fp32 ONNX - PyTorch| over real inputs"),
     int8_min_cosine: float = typer.Option(0.99, help="gate: mean cosine of int8 (graph or codes) to fp32"),
     int8_max_recall_drop: float = typer.Option(1.0, help="gate: Recall@1 drop of int8 vs fp32, in points"),
+    int8_min_cos: Optional[float] = typer.Option(None, help="gate: floor on the minimum cosine of int8 (graph or "
+                                                            "codes) to fp32 over the gate inputs; default: no "
+                                                            "floor (the minimum is reported)"),
     parity_samples: int = typer.Option(256, help="real inputs for the parity gate"),
     calibration_samples: int = typer.Option(256, help="training inputs for int8 calibration (static ranges, "
                                                       "MatMul sensitivity)"),
@@ -253,7 +256,8 @@ def export_cmd(
                                                  "dynamic-smooth | dynamic-smooth-t4"),
     optimize: bool = typer.Option(True, "--optimize/--no-optimize", help="text: try onnxruntime's BERT fusions, "
                                                                         "kept where they measurably help"),
-    timing_rounds: int = typer.Option(200, help="batch-1 timing rounds per int8 candidate (interleaved)"),
+    timing_rounds: int = typer.Option(200, help="timed batch-1 calls per graph (fp32, each int8 candidate), "
+                                                   "in blocks of consecutive calls"),
     runs_dir: Path = typer.Option(Path("runs"), help="where to look for runs when no RUN_DIR is given"),
 ) -> None:
     """Fold a run (W², normalise, PCA to N dims) into one ONNX graph, gate it, and write an artifact directory."""
@@ -268,7 +272,8 @@ def export_cmd(
         source = run_dir if run_dir is not None else default_run(runs_dir, _say)
         formats = tuple(dict.fromkeys(["onnx", *fmt]))
         opts = ExportOptions(dims=dims, int8=int8, out=out, formats=formats,
-                             thresholds=GateThresholds(parity_atol, int8_min_cosine, int8_max_recall_drop),
+                             thresholds=GateThresholds(parity_atol, int8_min_cosine, int8_max_recall_drop,
+                                                       int8_min_cos),
                              parity_samples=parity_samples, calibration_samples=calibration_samples,
                              int8_scheme=int8_scheme, int4=int4, optimize=optimize, timing_rounds=timing_rounds)
         with console.status("exporting") as status:

@@ -119,8 +119,12 @@ def _fmt(value: Any, spec: str) -> str:
 def print_int8_selection(console: Console, record: dict[str, Any]) -> None:
     """Print the int8 candidates export measured (size, batch-1 latency, gate figures) and why the winner won."""
     t = record["timing"]
-    table = Table(title=f"int8 candidates (batch {t['batch']}, {t['threads']} thread, interleaved, "
-                        f"{t['rounds']} rounds)", title_justify="left")
+    limits = record["thresholds"]
+    floor = limits.get("int8_min_cos_floor")
+    table = Table(title=f"int8 candidates (batch {t['batch']}, {t['threads']} thread, {t['calls']} calls each "
+                        f"in blocks of {t['block']}); gates: mean cos >= {limits['int8_min_cosine']:g}"
+                        + (f", min cos >= {floor:g}" if floor is not None else "")
+                        + f", R@1 drop <= {limits['int8_max_recall_drop_points']:g}", title_justify="left")
     for column in ("scheme", "MB", "CPU p50 ms", "× fp32", "wall p50 ms", "load ms", "mean cos", "min cos",
                    "R@1 drop", "ρ drop", "gates"):
         table.add_column(column, justify="left" if column in ("scheme", "gates") else "right")

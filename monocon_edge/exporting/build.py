@@ -47,7 +47,7 @@ class ExportOptions:
     int8_scheme: str = "auto"
     int4: bool = False  # also write model.int4.onnx (MatMulNBits 4-bit + 4-bit Gather), same gates
     optimize: bool = True  # transformers: try onnxruntime's BERT fusions, keep them where they measurably help
-    timing_rounds: int = 200  # interleaved batch-1 timing rounds per candidate
+    timing_rounds: int = 200  # timed batch-1 calls per graph (fp32 and each int8 candidate), in blocks
 
 
 @dataclass
@@ -92,6 +92,9 @@ def _check_options(opts: ExportOptions, modality: str) -> None:
     if not t.parity_atol > 0 or not -1 <= t.int8_min_cosine <= 1 or not t.int8_max_recall_drop_points >= 0:
         raise MonoconError("gate thresholds: --parity-atol > 0, --int8-min-cosine in [-1, 1], "
                            "--int8-max-recall-drop >= 0")
+    if t.int8_min_cos_floor is not None and not 0 <= t.int8_min_cos_floor <= 1:
+        raise MonoconError("--int8-min-cos must be between 0 and 1 (a floor on the minimum cosine of int8 to fp32 "
+                           f"embeddings), got {t.int8_min_cos_floor:g}")
     if min(opts.parity_samples, opts.calibration_samples, opts.code_samples, opts.timing_rounds) < 1:
         raise MonoconError("sample counts and --timing-rounds must be >= 1")
     if opts.int4 and modality != "text":
@@ -205,7 +208,7 @@ def _build(loaded: Any, dims: int, opts: ExportOptions, tmp: Path, emit: EventFn
         with tempfile.TemporaryDirectory(prefix="candidates.", dir=tmp) as work:
             chosen = int8_select.select(tmp / FP32_FILE, Path(work), cfg.modality, gate_in.calibration,
                                         gate_in.timing, evaluate, thr, forced=opts.int8_scheme, int4=opts.int4,
-                                        only_int4=not opts.int8, rounds=opts.timing_rounds, emit=emit)
+                                        only_int4=not opts.int8, calls=opts.timing_rounds, emit=emit)
             if opts.int8:
                 os.replace(chosen.path, tmp / INT8_FILE)
                 stamp_metadata(tmp / INT8_FILE, _metadata(facts, "int8"))

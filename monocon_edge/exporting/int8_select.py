@@ -1,7 +1,8 @@
 """Choose the int8 graph by measurement: build each candidate scheme, time it against the fp32 graph (batch 1,
-one thread, all graphs interleaved in one process), measure its gate figures, keep the fastest that passes
-every gate (Intel Neural Compressor's accuracy-aware tuning, reduced to a handful of schemes); candidates
-within FASTER_MARGIN of the fastest count as equally fast and the smallest file of them wins.
+one thread, in one process: blocks of consecutive calls per graph, the blocks interleaved; latency.py), measure
+its gate figures, keep the fastest that passes every gate (Intel Neural Compressor's accuracy-aware tuning,
+reduced to a handful of schemes); candidates within FASTER_MARGIN of the fastest count as equally fast and the
+smallest file of them wins.
 
 Candidates: static QDQ for CNNs — ``static`` (the folded tail fp32) and, where the graph has a head,
 ``static-head`` (its head layers int8 too: the one gated exception to the fp32 tail, because a small CNN's fp32
@@ -19,7 +20,6 @@ Pure and silent: progress goes through ``emit``; the CLI renders the table from 
 """
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -28,6 +28,7 @@ import numpy as np
 
 from ..device.errors import GateError, MonoconError
 from .gates import GateThresholds, batch_rows, int8_failures
+from .latency import BLOCK_CALLS, REWARM_CALLS, blocked_latency, load_ms, session
 
 Batch = dict[str, np.ndarray]
 EmbedFn = Callable[[Batch], np.ndarray]
@@ -43,9 +44,9 @@ STATIC_SCHEMES = ("static", "static-head")
 MIXED_LADDER = (1, 2, 3, 4, 6, 8, 12, 16)
 MIXED_LOSS_FRACTION = 0.5
 SENSITIVITY_EXAMPLES = 64
-# A graph counts as faster only when its p50 is at least this much lower (interleaved timings still jitter).
+# A graph counts as faster only when its p50 is at least this much lower (timings on a shared machine jitter).
 FASTER_MARGIN = 0.05
-# What "fastest" compares: the median CPU time per batch-1 call at one thread (see interleaved_latency). On a
+# What "fastest" compares: the median CPU time per batch-1 call at one thread (see latency.time_blocks). On a
 # shared machine wall time mostly measures the wait for a CPU; both are recorded.
 SPEED_KEY = "cpu_p50_ms"
 
@@ -68,65 +69,6 @@ def check_scheme(name: str, modality: str) -> None:
     if (name == "mixed" or name in SMOOTH_SCHEMES) and modality == "vision":
         raise MonoconError(f"the {name} scheme is for transformers (dynamic int8 MatMuls after LayerNorms): "
                            "use static or dynamic")
-
-
-def session(path: Path | bytes, threads: int | None = None) -> Any:
-    """Return a CPU onnxruntime session of ``path`` (a file or serialized model); ``threads`` caps intra-op threads."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    if threads is not None:
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    src = path if isinstance(path, bytes) else str(path)
-    return ort.InferenceSession(src, options, providers=["CPUExecutionProvider"])
-
-
-def load_ms(path: Path, repeats: int = 3) -> float:
-    """Return the median wall time (ms) of creating a one-thread session of ``path`` (graph optimisation included)."""
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        session(path, threads=1)
-        times.append(time.perf_counter() - start)
-    return float(np.median(times) * 1e3)
-
-
-def interleaved_latency(paths: dict[str, Path], feeds: Sequence[Batch], rounds: int, warmup: int = 5,
-                        threads: int = 1, seed: int = 0) -> dict[str, dict[str, float]]:
-    """Return {name: {p50_ms, p90_ms, cpu_p50_ms}} of batch-1 calls of each graph, timed interleaved in one process.
-
-    Each round runs every graph once on the same input, in a fresh random order, so load from other processes
-    falls on all graphs alike; ``warmup`` untimed calls per graph and input first. ``cpu_p50_ms`` is the CPU
-    time of the calling thread per call: with one intra-op thread onnxruntime computes on that thread, so it is
-    the call's compute time without the waits for a CPU that wall time includes on a shared machine.
-    """
-    if not feeds or rounds < 1:
-        raise MonoconError("latency needs at least one input and one round")
-    sessions = {name: session(p, threads) for name, p in paths.items()}
-    for s in sessions.values():
-        for feed in list(feeds)[:max(warmup, 1)]:
-            s.run(None, feed)
-    wall: dict[str, list[float]] = {name: [] for name in sessions}
-    cpu: dict[str, list[float]] = {name: [] for name in sessions}
-    rng = np.random.default_rng(seed)
-    names = list(sessions)
-    for r in range(rounds):
-        feed = feeds[r % len(feeds)]
-        for i in rng.permutation(len(names)):
-            name = names[i]
-            start, start_cpu = time.perf_counter(), time.thread_time()
-            sessions[name].run(None, feed)
-            cpu[name].append(time.thread_time() - start_cpu)
-            wall[name].append(time.perf_counter() - start)
-    out = {}
-    for name in names:
-        ms = np.asarray(wall[name]) * 1e3
-        out[name] = {"p50_ms": float(np.percentile(ms, 50)), "p90_ms": float(np.percentile(ms, 90)),
-                     "cpu_p50_ms": float(np.median(cpu[name]) * 1e3)}
-    return out
 
 
 def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -334,7 +276,7 @@ class Selection:
 
 def select(fp32: Path, work: Path, modality: str, calibration: Sequence[Batch], timing_feeds: Sequence[Batch],
            evaluate: Callable[[Path], dict], thresholds: GateThresholds, forced: str = "auto",
-           int4: bool = False, only_int4: bool = False, rounds: int = 200,
+           int4: bool = False, only_int4: bool = False, calls: int = 200,
            emit: EventFn | None = None) -> Selection:
     """Build, time and gate the int8 candidates of ``fp32`` in ``work``; return the fastest that passes.
 
@@ -387,8 +329,9 @@ def select(fp32: Path, work: Path, modality: str, calibration: Sequence[Batch], 
         row.update({k: figures[name].get(k) for k in ("mean_cosine", "min_cosine", "recall_drop_points",
                                                         "spearman_drop_points")})
         row.update(passed=not fails, failures=fails)
-    emit("stage", {"name": f"timing {len(paths)} candidates against fp32 (batch 1, 1 thread, interleaved)"})
-    timed = interleaved_latency({"fp32": fp32, **paths}, timing_feeds, rounds) if paths else {}
+    emit("stage", {"name": f"timing {len(paths)} candidates against fp32 (batch 1, 1 thread, blocks of "
+                           f"{BLOCK_CALLS} calls)"})
+    timed = blocked_latency({"fp32": fp32, **paths}, timing_feeds, calls) if paths else {}
     fp32_row = {"name": "fp32", "bytes": fp32.stat().st_size, "load_ms": load_ms(fp32), **timed.get("fp32", {})}
     for name, path in paths.items():
         rows[name].update(timed[name], load_ms=load_ms(path),
@@ -401,11 +344,14 @@ def select(fp32: Path, work: Path, modality: str, calibration: Sequence[Batch], 
         "candidates": [rows[n] for n in names], "fp32": fp32_row, "winner": winner["name"] if winner else None,
         "forced": forced != "auto", "thresholds": thresholds.to_dict(),
         **({"not_applicable": not_applicable} if not_applicable else {}),
-        "timing": {"batch": 1, "threads": 1, "rounds": rounds, "inputs": len(timing_feeds),
-                   "how": "every graph once per round on the same real input, random order per round, "
-                          "after warm-up; p50 over rounds of wall time (p50_ms) and of the calling thread's CPU "
-                          "time (cpu_p50_ms, what the winner is chosen by; speedup_vs_fp32 is its ratio, "
-                          "wall_speedup_vs_fp32 the wall-time one); load_ms = median of 3 session creations"},
+        "timing": {"batch": 1, "threads": 1, "calls": calls, "block": BLOCK_CALLS, "rewarm": REWARM_CALLS,
+                   "inputs": len(timing_feeds),
+                   "how": f"each graph in blocks of {BLOCK_CALLS} consecutive calls (after {REWARM_CALLS} untimed "
+                          "re-warm calls), as a device calls one model; one block of every graph per round, random "
+                          "order per round, the same real inputs for every graph, after warm-up; p50 over the "
+                          "timed calls of wall time (p50_ms) and of the calling thread's CPU time (cpu_p50_ms, "
+                          "what the winner is chosen by; speedup_vs_fp32 is its ratio, wall_speedup_vs_fp32 the "
+                          "wall-time one); load_ms = median of 3 session creations"},
     }
     if winner is not None:
         record["reason"] = _reason(winner, [rows[n] for n in names if rows[n]["eligible"]], forced != "auto")
@@ -424,7 +370,7 @@ def select(fp32: Path, work: Path, modality: str, calibration: Sequence[Batch], 
     return Selection(w, paths[w], schemes[w], figures[w], record, extra)
 
 
-def try_transformer_fusion(fp32: Path, parity: Sequence[Batch], feeds: Sequence[Batch], rounds: int,
+def try_transformer_fusion(fp32: Path, parity: Sequence[Batch], feeds: Sequence[Batch], calls: int,
                            atol: float, quantized: bool) -> dict[str, Any]:
     """Run onnxruntime's transformer optimizer (BERT fusions) on the fp32 graph at ``fp32`` — and where it fuses no
     attention (it does not match this exporter's pattern), ``attention_fusion.fuse_attention``; keep the fused graph
@@ -477,7 +423,7 @@ def try_transformer_fusion(fp32: Path, parity: Sequence[Batch], feeds: Sequence[
             for name, src in (("dynamic", fp32), ("dynamic_fused", fused)):
                 paths[name] = Path(tmp) / f"{name}.onnx"
                 quantize_dynamic_int8(src, paths[name])
-        timed = interleaved_latency(paths, feeds, rounds)
+        timed = blocked_latency(paths, feeds, calls)
         record["p50_ms"] = {k: v["p50_ms"] for k, v in timed.items()}
         record["cpu_p50_ms"] = {k: v[SPEED_KEY] for k, v in timed.items()}
         record["load_ms"] = {k: load_ms(v) for k, v in paths.items()}
@@ -502,7 +448,7 @@ def try_transformer_fusion(fp32: Path, parity: Sequence[Batch], feeds: Sequence[
 
 def _fastest_then_smallest(rows: list[dict]) -> dict | None:
     """Return the row with the least SPEED_KEY; of the rows within FASTER_MARGIN of it (as fast, at the
-    resolution of interleaved timing), the smallest file."""
+    resolution of the timing), the smallest file."""
     if not rows:
         return None
     best = min(r[SPEED_KEY] for r in rows)

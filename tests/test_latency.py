@@ -1,0 +1,53 @@
+"""The candidate timing schedule (exporting/latency.py): blocks of consecutive calls per graph, interleaved."""
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+from monocon_edge.device.errors import MonoconError
+from monocon_edge.exporting import latency
+
+
+def _recording(names: list[str], log: list[tuple[str, int]]) -> dict:
+    return {n: (lambda feed, n=n: log.append((n, int(feed["id"][0])))) for n in names}
+
+
+@pytest.mark.parametrize("calls, block, rewarm", [(60, 20, 1), (45, 20, 1), (30, 10, 0)])
+def test_each_graph_runs_in_blocks_of_consecutive_calls(calls, block, rewarm) -> None:
+    names = ["fp32", "a", "b", "c"]
+    feeds = [{"id": np.array([i])} for i in range(7)]
+    log: list[tuple[str, int]] = []
+    timed = latency.time_blocks(_recording(names, log), feeds, calls, block=block, rewarm=rewarm, seed=3)
+    runs = [(name, [f for _, f in group]) for name, group in itertools.groupby(log, key=lambda c: c[0])]
+    rounds = -(-calls // block)
+    # one run of consecutive calls per graph and round: never a single call of one graph between others'
+    assert len(runs) == rounds * len(names)
+    for r in range(rounds):
+        in_round = runs[r * len(names):(r + 1) * len(names)]
+        assert sorted(n for n, _ in in_round) == sorted(names)  # every graph once per round
+        timed_calls = min(block, calls - r * block)
+        want = [(r * block + i) % len(feeds) for i in range(rewarm)] + [
+            (r * block + i) % len(feeds) for i in range(timed_calls)]
+        assert all(fs == want for _, fs in in_round)  # same inputs for every graph
+    assert {t["calls"] for t in timed.values()} == {calls}
+    assert all(t["cpu_p50_ms"] >= 0 and t["p50_ms"] >= 0 for t in timed.values())
+
+
+def test_graph_order_changes_between_rounds() -> None:
+    schedule = latency.block_schedule(["fp32", "a", "b", "c", "d"], calls=200, block=20, seed=0)
+    assert len(schedule) == 10 and len({tuple(r) for r in schedule}) > 1
+
+
+def test_one_call_blocks_without_rewarm_are_the_old_interleaving() -> None:
+    log: list[tuple[str, int]] = []
+    latency.time_blocks(_recording(["x", "y"], log), [{"id": np.array([0])}], 5, block=1, rewarm=0)
+    assert len(log) == 10 and all(a[0] != b[0] for a, b in zip(log[0::2], log[1::2]))
+
+
+@pytest.mark.parametrize("calls, block, rewarm, feeds", [(0, 20, 1, 1), (10, 0, 1, 1), (10, 5, -1, 1),
+                                                         (10, 5, 1, 0)])
+def test_bad_timing_settings_are_refused(calls, block, rewarm, feeds) -> None:
+    with pytest.raises(MonoconError):
+        latency.time_blocks({"x": lambda f: None}, [{"id": np.array([0])}] * feeds, calls, block, rewarm)
