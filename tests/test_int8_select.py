@@ -196,17 +196,17 @@ def test_candidate_failing_a_gate_is_skipped_and_named(tiny_text, tmp_path) -> N
 
 def test_candidate_under_the_min_cos_floor_is_skipped(tiny_text, tmp_path) -> None:
     first = _select(tiny_text, tmp_path / "a")
-    assert first.record["thresholds"]["int8_min_cos_floor"] is None  # default: no floor, every candidate passes
+    assert first.record["thresholds"]["int8_cosine_floor"] is None  # default: no floor, every candidate passes
     rows = {r["name"]: r for r in first.record["candidates"]}
     worst = min(rows.values(), key=lambda r: r["min_cosine"])
     best = max(rows.values(), key=lambda r: r["min_cosine"])
     assert worst["min_cosine"] < best["min_cosine"]
     floor = (worst["min_cosine"] + best["min_cosine"]) / 2
-    second = _select(tiny_text, tmp_path / "b", thresholds=dataclasses.replace(LOOSE, int8_min_cos_floor=floor))
-    assert second.record["thresholds"]["int8_min_cos_floor"] == floor
+    second = _select(tiny_text, tmp_path / "b", thresholds=dataclasses.replace(LOOSE, int8_cosine_floor=floor))
+    assert second.record["thresholds"]["int8_cosine_floor"] == floor
     rows2 = {r["name"]: r for r in second.record["candidates"]}
     for name, row in rows2.items():
-        failed = any("minimum cosine" in f and "--int8-min-cos" in f for f in row["failures"])
+        failed = any("minimum cosine" in f and "--int8-cosine-floor" in f for f in row["failures"])
         assert failed is (row["min_cosine"] < floor) and row["passed"] is not failed, name
     assert not rows2[worst["name"]]["passed"] and second.name != worst["name"]
     assert rows2[second.name]["min_cosine"] >= floor

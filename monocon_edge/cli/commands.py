@@ -243,7 +243,7 @@ def export_cmd(
     parity_atol: float = typer.Option(1e-5, help="gate: max |fp32 ONNX - PyTorch| over real inputs"),
     int8_min_cosine: float = typer.Option(0.99, help="gate: mean cosine of int8 (graph or codes) to fp32"),
     int8_max_recall_drop: float = typer.Option(1.0, help="gate: Recall@1 drop of int8 vs fp32, in points"),
-    int8_min_cos: Optional[float] = typer.Option(None, help="gate: floor on the minimum cosine of int8 (graph or "
+    int8_cosine_floor: Optional[float] = typer.Option(None, help="gate: floor on the minimum cosine of int8 (graph or "
                                                             "codes) to fp32 over the gate inputs; default: no "
                                                             "floor (the minimum is reported)"),
     parity_samples: int = typer.Option(256, help="real inputs for the parity gate"),
@@ -273,7 +273,7 @@ def export_cmd(
         formats = tuple(dict.fromkeys(["onnx", *fmt]))
         opts = ExportOptions(dims=dims, int8=int8, out=out, formats=formats,
                              thresholds=GateThresholds(parity_atol, int8_min_cosine, int8_max_recall_drop,
-                                                       int8_min_cos),
+                                                       int8_cosine_floor),
                              parity_samples=parity_samples, calibration_samples=calibration_samples,
                              int8_scheme=int8_scheme, int4=int4, optimize=optimize, timing_rounds=timing_rounds)
         with console.status("exporting") as status:

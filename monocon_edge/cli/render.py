@@ -120,7 +120,7 @@ def print_int8_selection(console: Console, record: dict[str, Any]) -> None:
     """Print the int8 candidates export measured (size, batch-1 latency, gate figures) and why the winner won."""
     t = record["timing"]
     limits = record["thresholds"]
-    floor = limits.get("int8_min_cos_floor")
+    floor = limits.get("int8_cosine_floor")
     table = Table(title=f"int8 candidates (batch {t['batch']}, {t['threads']} thread, {t['calls']} calls each "
                         f"in blocks of {t['block']}); gates: mean cos >= {limits['int8_min_cosine']:g}"
                         + (f", min cos >= {floor:g}" if floor is not None else "")

@@ -92,9 +92,9 @@ def _check_options(opts: ExportOptions, modality: str) -> None:
     if not t.parity_atol > 0 or not -1 <= t.int8_min_cosine <= 1 or not t.int8_max_recall_drop_points >= 0:
         raise MonoconError("gate thresholds: --parity-atol > 0, --int8-min-cosine in [-1, 1], "
                            "--int8-max-recall-drop >= 0")
-    if t.int8_min_cos_floor is not None and not 0 <= t.int8_min_cos_floor <= 1:
-        raise MonoconError("--int8-min-cos must be between 0 and 1 (a floor on the minimum cosine of int8 to fp32 "
-                           f"embeddings), got {t.int8_min_cos_floor:g}")
+    if t.int8_cosine_floor is not None and not 0 <= t.int8_cosine_floor <= 1:
+        raise MonoconError("--int8-cosine-floor must be between 0 and 1 (a floor on the minimum cosine of int8 to fp32 "
+                           f"embeddings), got {t.int8_cosine_floor:g}")
     if min(opts.parity_samples, opts.calibration_samples, opts.code_samples, opts.timing_rounds) < 1:
         raise MonoconError("sample counts and --timing-rounds must be >= 1")
     if opts.int4 and modality != "text":

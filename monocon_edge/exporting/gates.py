@@ -21,14 +21,14 @@ EmbedFn = Callable[[Batch], np.ndarray]
 class GateThresholds:
     """Limits an export must meet; ``max_recall_drop_points`` is in percentage points of Recall@1.
 
-    ``int8_min_cosine`` bounds the *mean* cosine of int8 to fp32 embeddings; ``int8_min_cos_floor``, when
+    ``int8_min_cosine`` bounds the *mean* cosine of int8 to fp32 embeddings; ``int8_cosine_floor``, when
     set, also bounds the *minimum* (the worst single input), so one badly quantized embedding fails the gate.
     """
 
     parity_atol: float = 1e-5
     int8_min_cosine: float = 0.99
     int8_max_recall_drop_points: float = 1.0
-    int8_min_cos_floor: float | None = None  # None: no floor (issue 12's gates); the minimum is still reported
+    int8_cosine_floor: float | None = None  # None: no floor (issue 12's gates); the minimum is still reported
 
     def to_dict(self) -> dict[str, float | None]:
         """Return the thresholds as a JSON-able dict."""
@@ -121,9 +121,9 @@ def int8_failures(fig: dict, thr: GateThresholds, what: str = "") -> list[str]:
     if not fig["mean_cosine"] >= thr.int8_min_cosine:
         out.append(f"{prefix}mean cosine to fp32 is {fig['mean_cosine']:.4f} < {thr.int8_min_cosine:g} "
                    "(--int8-min-cosine)")
-    floor = thr.int8_min_cos_floor
+    floor = thr.int8_cosine_floor
     if floor is not None and not fig["min_cosine"] >= floor:
-        out.append(f"{prefix}minimum cosine to fp32 is {fig['min_cosine']:.4f} < {floor:g} (--int8-min-cos)")
+        out.append(f"{prefix}minimum cosine to fp32 is {fig['min_cosine']:.4f} < {floor:g} (--int8-cosine-floor)")
     if not fig["recall_drop_points"] <= thr.int8_max_recall_drop_points:
         out.append(f"{prefix}Recall@1 drops {fig['recall_drop_points']:.2f} points "
                    f"({100 * fig['recall@1_fp32']:.2f} -> {100 * fig['recall@1']:.2f} on {fig['queries']} "
