@@ -21,6 +21,7 @@ from monocon_edge.bench.targets import bench_dims, parse_dims, run_cache_dir
 from monocon_edge.bench.timing import measure_latency, measure_throughput
 from monocon_edge.cli import app
 from monocon_edge.device.errors import ArtifactError, MonoconError
+from monocon_edge.device.integrity import seal
 
 runner = CliRunner()
 # Few iterations: these tests check fields and wiring; timings worth reading come from bench/ suites.
@@ -96,6 +97,16 @@ def test_bench_exports_into_its_cache_and_reuses_it(bench_result) -> None:
     assert events.count("stale") == 1 and "reuse" in events
     assert events.count("export") == 1
     assert all(r["torch_eager_latency_ms_p50"] is None and r["peak_rss_mb"] is None for r in again.rows)
+
+    # An artifact whose int8 scheme was chosen among other candidates (an older exporter) is exported again.
+    manifest_path = cache / "d16-int8" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["models"]["int8"]["selection"]["candidates"] = manifest["models"]["int8"]["selection"]["candidates"][:1]
+    manifest["integrity"] = seal(manifest)  # re-sealed: an intact manifest, as that exporter wrote it
+    manifest_path.write_text(json.dumps(manifest))
+    events.clear()
+    run_bench([bench_result.run], opts, on_event=lambda kind, info: events.append(kind))
+    assert events.count("stale") == 1 and events.count("export") == 1
 
 
 def test_outputs_json_markdown_plot(bench_result, tmp_path) -> None:

@@ -110,6 +110,13 @@ def _cache_valid(folder: Path, dims: int, int8: bool, checkpoint_sha: str) -> st
         return "exported from another best.pt"
     if int(manifest["output"]["dims"]) != dims or (int8 and "int8" not in manifest["models"]):
         return "other dims or precisions"
+    if int8:
+        from ..exporting.int8_select import candidates_for
+
+        # An export by an older monocon-edge chose among other int8 schemes: measure today's candidates.
+        tried = [c.get("name") for c in manifest["models"]["int8"].get("selection", {}).get("candidates", [])]
+        if sorted(tried) != sorted(candidates_for(manifest.get("modality", "vision"))):
+            return "its int8 scheme was chosen among other candidates (an older export)"
     return None
 
 
