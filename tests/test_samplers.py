@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import pytest
+import numpy as np
 import torch
 
 from monocon_edge.data.samplers import m_per_class_batches, random_batches
@@ -27,3 +28,20 @@ def test_m_per_class_groups() -> None:
             assert labels[group[0]] == labels[group[1]]
     with pytest.raises(ValueError):
         m_per_class_batches(labels, 5, 2, torch.Generator())
+
+
+def test_length_batches_group_by_length_and_in_length_order_restores_the_items_order() -> None:
+    from monocon_edge.data.samplers import in_length_order, length_batches
+
+    lengths = [5, 1, 4, 1, 9, 2]
+    batches = length_batches(lengths, 4)
+    assert [b.tolist() for b in batches] == [[1, 3, 5, 2], [0, 4]]
+    seen: list[list[int]] = []
+
+    def embed(idx):
+        seen.append(idx.tolist())
+        return np.array([[lengths[i], i] for i in idx], dtype=np.float64)
+
+    out = in_length_order(lengths, 4, embed)
+    assert out.dtype == np.float32 and seen == [[1, 3, 5, 2], [0, 4]]
+    assert out.tolist() == [[lengths[i], i] for i in range(len(lengths))]

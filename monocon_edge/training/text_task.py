@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from .. import metrics as M
-from ..data.samplers import random_batches
+from ..data.samplers import in_length_order, random_batches
 from ..data.splits import make_splits
 from ..losses import pair_labels
 from .config import RunConfig
@@ -91,28 +91,17 @@ class TextTask:
         With ``encoder_fingerprint`` (see feature_cache.fingerprint) each set's features are read from /
         written to the disk cache (one entry per sentence list, so a changed split re-encodes only what changed).
         """
-        sets = self.eval_sets()
-
         def run(texts: list[str]) -> np.ndarray:
-            # Sorting by length keeps padding (and time) small; the order is restored afterwards.
-            order = np.argsort([len(t) for t in texts], kind="stable")
-            chunks = []
-            for s in range(0, len(texts), batch_size):
-                tok = self.tokenize([texts[i] for i in order[s:s + batch_size]])
-                chunks.append(encode_fn(tok["input_ids"], tok["attention_mask"]))
-            out = np.empty((len(texts), chunks[0].shape[1]), dtype=np.float32)
-            out[order] = np.concatenate(chunks)
-            return out
+            def embed(idx: np.ndarray) -> np.ndarray:
+                tok = self.tokenize([texts[i] for i in idx])
+                return encode_fn(tok["input_ids"], tok["attention_mask"])
+
+            return in_length_order([len(t) for t in texts], batch_size, embed)
 
         if encoder_fingerprint is None:
-            return {name: run(texts) for name, texts in sets.items()}
-        from .feature_cache import key_for, load_or_compute
-
-        out = {}
-        for name, texts in sets.items():
-            key = key_for(encoder_fingerprint, str(self.cfg.data.max_seq_len), texts)
-            out[name] = load_or_compute(key, lambda t=texts: {"x": run(t)})["x"]
-        return out
+            return {name: run(texts) for name, texts in self.eval_sets().items()}
+        return {name: arrays["x"] for name, arrays in
+                self._cached_sets(encoder_fingerprint, (), lambda texts: {"x": run(texts)}).items()}
 
     def eval_sets(self) -> dict[str, list[str]]:
         """Return the sentence lists that ``encode`` encodes, by name (see there)."""
@@ -130,13 +119,20 @@ class TextTask:
                      encoder_fingerprint: str) -> dict[str, TokenStates]:
         """Return the token states after the encoder's first ``upto`` layers (``lower``) of every set of
         ``eval_sets``, read from / written to the feature cache like ``encode``'s features."""
+        cached = self._cached_sets(encoder_fingerprint, (f"token-states-{upto}",),
+                                   lambda texts: compute_token_states(texts, self.tokenize, lower))
+        return {name: TokenStates.from_arrays(arrays) for name, arrays in cached.items()}
+
+    def _cached_sets(self, encoder_fingerprint: str, tag: tuple[str, ...],
+                     compute: Callable[[list[str]], dict[str, np.ndarray]]) -> dict[str, dict[str, np.ndarray]]:
+        """Return {set name: the arrays ``compute`` returns for its sentences}, each set read from / written to the
+        feature cache under the encoder, the sequence length, ``tag`` and the sentences themselves."""
         from .feature_cache import key_for, load_or_compute
 
         out = {}
         for name, texts in self.eval_sets().items():
-            key = key_for(encoder_fingerprint, str(self.cfg.data.max_seq_len), f"token-states-{upto}", texts)
-            out[name] = TokenStates.from_arrays(
-                load_or_compute(key, lambda t=texts: compute_token_states(t, self.tokenize, lower)))
+            key = key_for(encoder_fingerprint, str(self.cfg.data.max_seq_len), *tag, texts)
+            out[name] = load_or_compute(key, lambda t=texts: compute(t))
         return out
 
     def recall_curve(self, emb: dict[str, np.ndarray], ks: tuple[int, ...]) -> dict[int, float]:

@@ -14,6 +14,8 @@ from typing import Callable
 import numpy as np
 import torch
 
+from ..data.samplers import in_length_order, length_batches
+
 
 @dataclass(frozen=True)
 class TokenStates:
@@ -21,9 +23,6 @@ class TokenStates:
 
     states: torch.Tensor  # (total tokens, hidden) float32
     offsets: torch.Tensor  # (sentences + 1,) int64
-
-    def __len__(self) -> int:
-        return len(self.offsets) - 1
 
     @staticmethod
     def from_arrays(arrays: dict[str, np.ndarray]) -> "TokenStates":
@@ -49,16 +48,10 @@ class TokenStates:
 
         Sentences are batched by length (little padding); the caller sets the module's mode and grad context.
         """
-        lengths = (self.offsets[1:] - self.offsets[:-1]).numpy()
-        order = np.argsort(lengths, kind="stable")
-        chunks = []
-        for s in range(0, len(order), batch_size):
-            hidden, mask = self.batch(order[s:s + batch_size].tolist())
-            chunks.append(top(hidden, mask).float().cpu().numpy())
-        out = np.empty((len(order), chunks[0].shape[1]) if chunks else (0, 0), dtype=np.float32)
-        if chunks:
-            out[order] = np.concatenate(chunks)
-        return out
+        def embed(idx: np.ndarray) -> np.ndarray:
+            return top(*self.batch(idx.tolist())).float().cpu().numpy()
+
+        return in_length_order((self.offsets[1:] - self.offsets[:-1]).numpy(), batch_size, embed)
 
 
 def compute_token_states(texts: list[str], tokenize: Callable[[list[str]], dict[str, torch.Tensor]],
@@ -68,10 +61,8 @@ def compute_token_states(texts: list[str], tokenize: Callable[[list[str]], dict[
 
     ``lower`` runs the frozen lower layers (the caller puts the encoder in eval mode, without gradients).
     """
-    order = np.argsort([len(t) for t in texts], kind="stable")
     per_text: list[np.ndarray | None] = [None] * len(texts)
-    for s in range(0, len(texts), batch_size):
-        idx = order[s:s + batch_size]
+    for idx in length_batches([len(t) for t in texts], batch_size):
         tok = tokenize([texts[i] for i in idx])
         states = lower(tok["input_ids"], tok["attention_mask"]).float().cpu().numpy()
         for row, i in enumerate(idx):
