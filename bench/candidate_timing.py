@@ -19,18 +19,14 @@ from monocon_edge.device.errors import MonoconError
 
 
 def _feeds(run_dir: str) -> list:
-    from monocon_edge.device.runtime import build_tokenizer, tokenize
+    from monocon_edge.exporting.build import artifact_tokenize
     from monocon_edge.exporting.gate_inputs import text_gate_inputs
     from monocon_edge.runs import load_run
 
     loaded = load_run(run_dir)
     if loaded.cfg.modality != "text":
         raise MonoconError(f"{run_dir} is not a text run")
-    enc = loaded.model.encoder
-    tok = build_tokenizer(Path(enc.source_path) / "tokenizer.json", int(min(loaded.cfg.data.max_seq_len,
-                                                                            enc.max_seq_length)),
-                          int(enc.tokenizer.pad_token_id), str(enc.tokenizer.pad_token))
-    return text_gate_inputs(loaded.task, 0, lambda t: tokenize(tok, t), 16, 16).timing
+    return text_gate_inputs(loaded.task, 0, artifact_tokenize(loaded), 16, 16).timing
 
 
 def feeds_for(run_dir: str, graphs: list[Path]) -> list | None:

@@ -156,13 +156,8 @@ def _build(loaded: Any, dims: int, opts: ExportOptions, tmp: Path, emit: EventFn
         gate_in = vision_gate_inputs(loaded.task, opts.seed, opts.parity_samples, opts.calibration_samples,
                                      opts.code_samples)
     else:
-        from ..device.runtime import build_tokenizer, tokenize
-
-        tok = input_spec["tokenizer"]
-        tokenizer = build_tokenizer(Path(loaded.model.encoder.source_path) / tok["file"], tok["max_length"],
-                                    tok["pad_id"], tok["pad_token"])
-        gate_in = text_gate_inputs(loaded.task, opts.seed, lambda texts: tokenize(tokenizer, texts),
-                                   opts.parity_samples, opts.code_samples, opts.calibration_samples)
+        gate_in = text_gate_inputs(loaded.task, opts.seed, artifact_tokenize(loaded), opts.parity_samples,
+                                   opts.code_samples, opts.calibration_samples)
 
     graph_opt = None
     if cfg.modality == "text" and opts.optimize:
@@ -296,6 +291,17 @@ def _torch_runner(folded: Any) -> Callable[[dict[str, np.ndarray]], np.ndarray]:
             return folded(*(torch.from_numpy(feeds[k]) for k in feeds)).numpy()
 
     return run
+
+
+def artifact_tokenize(loaded: Any) -> Callable[[list[str]], dict[str, np.ndarray]]:
+    """Return texts -> {input_ids, attention_mask}: a loaded text run's tokenizer as its artifact sets it up (the
+    device runtime's, with the manifest's max length and padding), so gates and timings see the device's inputs."""
+    from ..device.runtime import build_tokenizer, tokenize
+
+    tok = _input_spec(loaded)["tokenizer"]
+    tokenizer = build_tokenizer(Path(loaded.model.encoder.source_path) / tok["file"], tok["max_length"],
+                                tok["pad_id"], tok["pad_token"])
+    return lambda texts: tokenize(tokenizer, texts)
 
 
 def _input_spec(loaded: Any) -> dict[str, Any]:
