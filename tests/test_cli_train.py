@@ -26,6 +26,24 @@ def test_train_prints_table_and_run_dir(tmp_path) -> None:
     assert str(tmp_path / "r") in result.output.replace("\n", "")
 
 
+def test_split_seed_fixes_the_data_roles_across_seeds(tmp_path) -> None:
+    # Two seeds with one --split-seed train on the same split (no seed's report part is another's selection part);
+    # without it the split follows --seed, as before.
+    def splits(*args: str) -> dict[str, np.ndarray]:
+        out = tmp_path / "-".join(args)
+        result = runner.invoke(app, ["train", *TINY, "--epochs", "1", "--report-fraction", "0.5", *args,
+                                     "--out", str(out)])
+        assert result.exit_code == 0, result.output
+        with np.load(out / "splits.npz") as z:
+            return {k: z[k] for k in z.files}
+
+    a, b, c = splits("--seed", "1", "--split-seed", "7"), splits("--seed", "2", "--split-seed", "7"), \
+        splits("--seed", "2")
+    assert a.keys() == b.keys() and "report" in a
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+    assert not np.array_equal(b["report"], c["report"])
+
+
 def test_help_lists_heads() -> None:
     result = runner.invoke(app, ["train", "--help"])
     assert result.exit_code == 0 and "monotonic" in result.output
@@ -40,6 +58,7 @@ def test_help_lists_heads() -> None:
     (["--resume", "/nonexistent/run"], "run directory not found"),
     (["--init-from", "/nonexistent/run"], "run directory not found"),
     (["--encoder", "resnet18"], "RGB"),
+    (["--split-seed", "-1"], "--split-seed must be >= 0"),
 ])
 def test_bad_input_gives_one_clear_line(args, expected, tmp_path) -> None:
     _fails_cleanly(["train", *args, "--out", str(tmp_path / "r")], expected)

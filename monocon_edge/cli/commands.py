@@ -120,6 +120,8 @@ def train(
     report_data: Optional[str] = typer.Option(None, help="text: STS-B style TSV scored only for the report"),
     report_fraction: Optional[float] = typer.Option(None, help="share of the held-out part kept for the report "
                                                                "(never used for a choice); 0: none"),
+    split_seed: Optional[int] = typer.Option(None, help="seed of the train/selection/report split (default: --seed); "
+                                                        "fix it to compare seeds on the same split"),
     head_standardize: Optional[bool] = typer.Option(None, "--head-standardize/--no-head-standardize",
                                                     help="monotone input standardisation before the head "
                                                          "(per-feature shift, positive scale)"),
@@ -179,7 +181,8 @@ def train(
             if data is not None:
                 data_kind = "npz" if data.endswith(".npz") else "pairs" if ".tsv" in data else None
             cfg = override(cfg, "data", path=data or data_dir, kind=data_kind, val_path=val_data,
-                           report_path=report_data, report_fraction=report_fraction, download=download or None, augment=augment, max_train=max_train,
+                           report_path=report_data, report_fraction=report_fraction, split_seed=split_seed,
+                           download=download or None, augment=augment, max_train=max_train,
                            m_per_class=m_per_class)
             cfg = override(cfg, "model", encoder=encoder, width=width, weights=weights, head_init=head_init,
                            head_standardize=head_standardize)

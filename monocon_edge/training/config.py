@@ -37,6 +37,9 @@ class DataConfig:
     query_fraction: float = 0.1
     # Share of the held-out part kept for reporting only (0: no report part); the rest is the selection part.
     report_fraction: float = 0.0
+    # Seed of the data roles (the max_train subset, the train/selection/report split); None: the run's seed.
+    # Fixing it lets several seeds train on the same split, so no seed's report part was another's selection part.
+    split_seed: int | None = None
     max_train: int | None = None
     augment: str = "none"
     # Vision: build batches from groups of m same-class images (0 = plain random batches).
@@ -130,6 +133,11 @@ class RunConfig:
         re-normalised; Matryoshka runs) or ``pca`` (projection on the train PCA, then re-normalised)."""
         return "prefix" if self.optim.loss == "matryoshka" else "pca"
 
+    @property
+    def data_seed(self) -> int:
+        """Return the seed that draws the data roles: ``data.split_seed``, or the run's seed when it is unset."""
+        return self.optim.seed if self.data.split_seed is None else self.data.split_seed
+
     def to_dict(self) -> dict[str, Any]:
         """Return the config as plain JSON-able dicts."""
         return dataclasses.asdict(self)
@@ -170,6 +178,8 @@ class RunConfig:
                 value = getattr(section, f.name)
                 if isinstance(value, float) and not math.isfinite(value):
                     raise MonoconError(f"--{f.name.replace('_', '-')} must be a finite number, got {value}")
+        if self.data.split_seed is not None and self.data.split_seed < 0:
+            raise MonoconError(f"--split-seed must be >= 0, got {self.data.split_seed}")
         if o.distill < 0 or o.weight_decay < 0 or o.grad_clip <= 0:
             raise MonoconError("distill and weight decay must be >= 0 and the grad clip > 0")
         if o.train_top_layers < 0:

@@ -31,11 +31,11 @@ class TextTask:
         self.tokenize = tokenize
         pairs = load_pairs(cfg.data)
         if cfg.data.max_train is not None and cfg.data.max_train < len(pairs):
-            rng = np.random.default_rng(cfg.optim.seed)
+            rng = np.random.default_rng(cfg.data_seed)
             pairs = [pairs[i] for i in np.sort(rng.choice(len(pairs), cfg.data.max_train, replace=False))]
         self.sts = load_sts(cfg.data.val_path, cfg.data.download)  # selection
         self.report_sts = load_sts(cfg.data.report_path, cfg.data.download) if cfg.data.report_path else None
-        self.splits = make_splits(None, len(pairs), cfg.data.val_fraction, cfg.data.query_fraction, cfg.optim.seed,
+        self.splits = make_splits(None, len(pairs), cfg.data.val_fraction, cfg.data.query_fraction, cfg.data_seed,
                                   cfg.data.report_fraction)
         self.train_pairs = [pairs[i] for i in self.splits.train]
         self.val_pairs = [pairs[i] for i in self.splits.val]

@@ -28,7 +28,7 @@ class VisionTask:
         self.cfg = cfg
         data = load_image_set(cfg.data)
         if cfg.data.max_train is not None:
-            keep = stratified_subset(data.labels, cfg.data.max_train, cfg.optim.seed)
+            keep = stratified_subset(data.labels, cfg.data.max_train, cfg.data_seed)
             data = type(data)(data.images[keep], data.labels[keep], data.class_names, data.source)
         if data.channels != cfg.model.in_channels:
             raise MonoconError(
@@ -36,7 +36,7 @@ class VisionTask:
             )
         self.data = data
         self.splits: Splits = make_splits(data.labels, len(data.labels), cfg.data.val_fraction,
-                                          cfg.data.query_fraction, cfg.optim.seed, cfg.data.report_fraction)
+                                          cfg.data.query_fraction, cfg.data_seed, cfg.data.report_fraction)
         self.train_labels = torch.from_numpy(data.labels[self.splits.train])
 
     @property
