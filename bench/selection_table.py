@@ -14,7 +14,7 @@ from pathlib import Path
 
 TEXT = ("spearman", "spearman_pca16", "recall@1", "recall@1_pca16")
 VISION = ("val_knn5", "val_recall@1", "val_recall@1_pca16", "val_recall@1_pca64")
-OPTIONS = (("model", "head"), ("optim", "loss"), ("model", "head_init"), ("model", "head_standardize"),
+OPTIONS = (("model", "head"), ("optim", "loss"), ("data", "hard_negatives"), ("model", "head_init"), ("model", "head_standardize"),
            ("optim", "distill"), ("optim", "temperature"),
            ("optim", "batch_size"), ("optim", "lr_head"), ("optim", "lr_warmup"), ("optim", "lr_encoder"),
            ("optim", "epochs"), ("optim", "warmup_epochs"), ("optim", "seed"))
@@ -28,7 +28,7 @@ def _row(run: Path) -> dict:
     row = {"run": run.name, "modality": summary["modality"], "d_eff": final.get("d_eff"),
            "best_epoch": summary.get("best_epoch")}
     for section, key in OPTIONS:
-        row[key] = config[section].get(key)
+        row[key] = config.get(section, {}).get(key)
     for m in metrics:
         # Matryoshka runs are truncated by prefix: their 16-dim figure is the prefix one.
         key = m.replace("_pca", "_prefix") if summary.get("truncation") == "prefix" and "_pca" in m else m

@@ -127,6 +127,9 @@ def train(
                                                          "(per-feature shift, positive scale)"),
     distill: Optional[float] = typer.Option(None, help="weight of the similarity-distillation term (head "
                                                        "cosines kept close to the starting encoder's); 0: off"),
+    hard_negatives: Optional[bool] = typer.Option(None, "--hard-negatives/--no-hard-negatives",
+                                                  help="text: each pair's contradiction hypothesis (same premise) "
+                                                       "as an extra negative in its batch"),
     train_top_layers: Optional[int] = typer.Option(None, help="text, with --train-encoder: train only the top N "
                                                               "transformer layers with the head (0: all)"),
     download: bool = typer.Option(False, help="allow torchvision / HF downloads (needs internet)"),
@@ -181,7 +184,7 @@ def train(
             if data is not None:
                 data_kind = "npz" if data.endswith(".npz") else "pairs" if ".tsv" in data else None
             cfg = override(cfg, "data", path=data or data_dir, kind=data_kind, val_path=val_data,
-                           report_path=report_data, report_fraction=report_fraction, split_seed=split_seed,
+                           report_path=report_data, report_fraction=report_fraction, split_seed=split_seed, hard_negatives=hard_negatives,
                            download=download or None, augment=augment, max_train=max_train,
                            m_per_class=m_per_class)
             cfg = override(cfg, "model", encoder=encoder, width=width, weights=weights, head_init=head_init,

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 
@@ -43,37 +44,56 @@ def _column(header: list[str], names: tuple[str, ...], path: str) -> int:
     raise MonoconError(f"{path}: no column named any of {', '.join(names)} (header: {', '.join(header)})")
 
 
-def read_pair_tsv(path: str) -> list[tuple[str, str]]:
-    """Return the (anchor, positive) pairs of a TSV file with a header.
+# One training example of a pair file: (anchor, positive, hard negative or None).
+PairRow = tuple[str, str, Optional[str]]
+
+
+def read_pair_rows(path: str) -> list[PairRow]:
+    """Return the (anchor, positive, hard negative) rows of a TSV file with a header.
 
     Recognised: SNLI (premise/hypothesis + label), SICK (sentence1/sentence2 + label) and plain two-column
-    pair files. Where a ``label`` column exists, only ``entailment`` rows are kept.
+    pair files. Where a ``label`` column exists, only ``entailment`` rows are pairs, and a pair's hard negative
+    is the first ``contradiction`` partner of the same anchor in the file (SNLI writes three hypotheses per
+    premise); None where there is none, and always for files without labels.
     """
     header, rows = _read_tsv(path)
     a, b = _column(header, _FIRST, path), _column(header, _SECOND, path)
     lab = header.index("label") if "label" in header else None
     width = max(a, b, lab or 0) + 1
-    pairs = [
-        (r[a].strip(), r[b].strip()) for r in rows
-        if len(r) >= width and (lab is None or r[lab].strip().lower() == "entailment") and r[a].strip() and r[b].strip()
-    ]
+    usable = [(r[a].strip(), r[b].strip(), r[lab].strip().lower() if lab is not None else "entailment")
+              for r in rows if len(r) >= width and r[a].strip() and r[b].strip()]
+    contradiction: dict[str, str] = {}
+    for anchor, other, label in usable:
+        if label == "contradiction":
+            contradiction.setdefault(anchor, other)
+    pairs = [(anchor, pos, contradiction.get(anchor)) for anchor, pos, label in usable if label == "entailment"]
     if not pairs:
         raise MonoconError(f"{path} holds no usable (entailment) sentence pair")
     return pairs
 
 
-def load_pairs(cfg: DataConfig) -> list[tuple[str, str]]:
-    """Return the training pairs ``cfg`` names: comma-separated TSV files (kind=pairs) or HF SNLI (kind=hf-snli)."""
+def read_pair_tsv(path: str) -> list[tuple[str, str]]:
+    """Return the (anchor, positive) pairs of a TSV file with a header (see ``read_pair_rows``)."""
+    return [(anchor, pos) for anchor, pos, _ in read_pair_rows(path)]
+
+
+def load_pairs(cfg: DataConfig) -> list[PairRow]:
+    """Return the training rows (anchor, positive, hard negative or None) ``cfg`` names: comma-separated TSV
+    files (kind=pairs) or HF SNLI (kind=hf-snli; label 0 entailment, 2 contradiction)."""
     if cfg.kind == "pairs":
         if not cfg.path:
             raise MonoconError("a pair data set needs --data FILE.tsv[,FILE2.tsv...]")
-        pairs: list[tuple[str, str]] = []
+        pairs: list[PairRow] = []
         for path in cfg.path.split(","):
-            pairs += read_pair_tsv(path.strip())
+            pairs += read_pair_rows(path.strip())
         return pairs
     if cfg.kind == "hf-snli":
         ds = _hf_load("stanfordnlp/snli", "train", cfg.download)
-        return [(r["premise"], r["hypothesis"]) for r in ds if r["label"] == 0]
+        contradiction: dict[str, str] = {}
+        for r in ds:
+            if r["label"] == 2:
+                contradiction.setdefault(r["premise"], r["hypothesis"])
+        return [(r["premise"], r["hypothesis"], contradiction.get(r["premise"])) for r in ds if r["label"] == 0]
     raise MonoconError(f"{cfg.kind!r} is not a sentence-pair data set")
 
 

@@ -41,6 +41,9 @@ class DataConfig:
     # Fixing it lets several seeds train on the same split, so no seed's report part was another's selection part.
     split_seed: int | None = None
     max_train: int | None = None
+    # Text: each training pair's hard negative (the contradiction hypothesis of its premise, where the file has
+    # one) joins its batch as an extra candidate with a class of its own: a negative for every anchor, no anchor.
+    hard_negatives: bool = False
     augment: str = "none"
     # Vision: build batches from groups of m same-class images (0 = plain random batches).
     m_per_class: int = 0
@@ -182,6 +185,10 @@ class RunConfig:
             raise MonoconError(f"--split-seed must be >= 0, got {self.data.split_seed}")
         if o.distill < 0 or o.weight_decay < 0 or o.grad_clip <= 0:
             raise MonoconError("distill and weight decay must be >= 0 and the grad clip > 0")
+        if self.data.hard_negatives and self.modality != "text":
+            raise MonoconError("--hard-negatives applies to text pairs (vision batches hold classes, not pairs)")
+        if self.data.hard_negatives and o.train_top_layers:
+            raise MonoconError("--hard-negatives does not combine with --train-top-layers")
         if o.train_top_layers < 0:
             raise MonoconError("--train-top-layers must be >= 0")
         if o.train_top_layers and self.modality != "text":

@@ -302,6 +302,13 @@ class Trainer:
                     self._features = {name: states.pooled(top) for name, states in self._token_states().items()}
         return self._features
 
+    def _batch_features(self) -> np.ndarray:
+        """Return the encoder features of the rows that training batches index (``TrainBatch.rows``): the train
+        examples, then the hard negatives where the task has them (``train_negatives``)."""
+        feats = self.encoder_features()
+        extra = feats.get("train_negatives")
+        return feats["train"] if extra is None else np.concatenate([feats["train"], extra])
+
     def _top_start(self) -> int | None:
         """Return the first trained encoder layer while only the top layers train (``--train-top-layers``)."""
         k = self.cfg.optim.train_top_layers
@@ -354,7 +361,7 @@ class Trainer:
         o = self.cfg.optim
         cached = None
         if not self.phase.train_encoder:
-            cached = torch.from_numpy(self.encoder_features()["train"]).to(self.device)
+            cached = torch.from_numpy(self._batch_features()).to(self.device)
         self.model.train()
         if not self.phase.train_encoder:
             self.model.encoder.eval()  # frozen: BatchNorm statistics stay as they are
@@ -438,7 +445,9 @@ class Trainer:
         if standardizer is not None:
             standardizer.set_statistics(features.to(standardizer.shift.device))
         if self.cfg.optim.distill > 0:
-            self._reference = features
+            batch_rows = self._batch_features() if self.dist.is_main else None
+            self._reference = torch.from_numpy(np.ascontiguousarray(broadcast_object(batch_rows, self.dist),
+                                                                    dtype=np.float32))
 
     # ----- the loop ----------------------------------------------------------------------------------------
     def fit(self, stop_after_epoch: int | None = None) -> TrainResult:
@@ -554,6 +563,9 @@ def _train(cfg: RunConfig, dist: DistContext, device: torch.device, out: str | P
         cfg = dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, world_size=dist.world_size))
     if cfg.optim.train_top_layers and dist.world_size > 1:
         raise MonoconError("--train-top-layers runs in one process (not under torchrun)")
+    if cfg.data.hard_negatives and dist.world_size > 1:
+        # Batches with hard negatives differ in size from rank to rank (not every pair has one).
+        raise MonoconError("--hard-negatives runs in one process (not under torchrun)")
     if dist.enabled and cfg.optim.sync_bn and device.type != "cuda":
         raise MonoconError("--sync-bn needs CUDA (SyncBatchNorm has no CPU kernels)")
     set_determinism(cfg.optim.deterministic)

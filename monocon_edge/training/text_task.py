@@ -29,21 +29,29 @@ class TextTask:
 
         self.cfg = cfg
         self.tokenize = tokenize
-        pairs = load_pairs(cfg.data)
-        if cfg.data.max_train is not None and cfg.data.max_train < len(pairs):
+        rows = load_pairs(cfg.data)
+        if cfg.data.max_train is not None and cfg.data.max_train < len(rows):
             rng = np.random.default_rng(cfg.data_seed)
-            pairs = [pairs[i] for i in np.sort(rng.choice(len(pairs), cfg.data.max_train, replace=False))]
+            rows = [rows[i] for i in np.sort(rng.choice(len(rows), cfg.data.max_train, replace=False))]
         self.sts = load_sts(cfg.data.val_path, cfg.data.download)  # selection
         self.report_sts = load_sts(cfg.data.report_path, cfg.data.download) if cfg.data.report_path else None
-        self.splits = make_splits(None, len(pairs), cfg.data.val_fraction, cfg.data.query_fraction, cfg.data_seed,
+        self.splits = make_splits(None, len(rows), cfg.data.val_fraction, cfg.data.query_fraction, cfg.data_seed,
                                   cfg.data.report_fraction)
-        self.train_pairs = [pairs[i] for i in self.splits.train]
-        self.val_pairs = [pairs[i] for i in self.splits.val]
-        self.report_pairs = [pairs[i] for i in self.splits.report]
+        self.train_pairs = [rows[i][:2] for i in self.splits.train]
+        self.val_pairs = [rows[i][:2] for i in self.splits.val]
+        self.report_pairs = [rows[i][:2] for i in self.splits.report]
         # Unique sentences of the training pairs: the rows of the feature cache and of the train PCA.
         self.sentences: list[str] = list(dict.fromkeys(s for p in self.train_pairs for s in p))
         where = {s: i for i, s in enumerate(self.sentences)}
         self.pair_index = torch.tensor([[where[a], where[b]] for a, b in self.train_pairs], dtype=torch.long)
+        # Hard negatives (--hard-negatives): sentences not among the pairs' get batch rows after them; -1: none.
+        self.negative_sentences: list[str] = []
+        self.negative_index: torch.Tensor | None = None
+        if cfg.data.hard_negatives:
+            negatives = [rows[i][2] for i in self.splits.train]
+            self.negative_sentences = list(dict.fromkeys(n for n in negatives if n is not None and n not in where))
+            where.update({s: len(self.sentences) + i for i, s in enumerate(self.negative_sentences)})
+            self.negative_index = torch.tensor([-1 if n is None else where[n] for n in negatives], dtype=torch.long)
 
     @property
     def num_train(self) -> int:
@@ -62,31 +70,38 @@ class TextTask:
     def train_batches(self, epoch_seed: int, batch_size: int, features: torch.Tensor | None,
                       num_workers: int = 0, pin_memory: bool = False, rank: int = 0,
                       world_size: int = 1, token_states: TokenStates | None = None) -> Iterator[TrainBatch]:
-        """Yield this rank's shuffled batches of B pairs as 2B examples [anchors; positives], labels [0..B-1]*2.
+        """Yield this rank's shuffled batches of B pairs as 2B examples [anchors; positives], labels [0..B-1]*2;
+        with hard negatives, the pairs' negatives follow as further examples, labels B, B+1, ...
 
-        Inputs are cached ``features`` rows, else ``token_states`` of the train sentences (states, mask), else
+        Inputs are cached ``features`` rows (the train sentences, then ``negative_sentences``), else ``token_states`` of the train sentences (states, mask), else
         token ids and mask. Sharded across ranks like ``VisionTask.train_batches``.
         """
         generator = torch.Generator().manual_seed(epoch_seed)
-        labels = pair_labels(batch_size)
+        pair_lab = pair_labels(batch_size)
+        texts_of = self.sentences + self.negative_sentences
         for idx in shard_batches(random_batches(len(self.train_pairs), batch_size * world_size, generator),
                                  rank, world_size):
             pi = self.pair_index[idx]
-            rows = torch.cat([pi[:, 0], pi[:, 1]])
+            rows, labels = torch.cat([pi[:, 0], pi[:, 1]]), pair_lab
+            if self.negative_index is not None:
+                # Each hard negative is a class of its own: a candidate for every anchor, never a positive.
+                neg = self.negative_index[idx]
+                neg = neg[neg >= 0]
+                rows = torch.cat([rows, neg])
+                labels = torch.cat([pair_lab, batch_size + torch.arange(len(neg))])
             if features is not None:
-                yield TrainBatch((features[rows],), labels, 2 * batch_size, True, rows=rows)
+                yield TrainBatch((features[rows],), labels, len(rows), True, rows=rows)
             elif token_states is not None:
-                yield TrainBatch(token_states.batch(rows), labels, 2 * batch_size, True, rows=rows)
+                yield TrainBatch(token_states.batch(rows), labels, len(rows), True, rows=rows)
             else:
-                texts = [self.sentences[i] for i in pi[:, 0].tolist()] + [self.sentences[i] for i in pi[:, 1].tolist()]
-                tok = self.tokenize(texts)
-                yield TrainBatch((tok["input_ids"], tok["attention_mask"]), labels, 2 * batch_size, True, rows=rows)
+                tok = self.tokenize([texts_of[i] for i in rows.tolist()])
+                yield TrainBatch((tok["input_ids"], tok["attention_mask"]), labels, len(rows), True, rows=rows)
 
     def encode(self, encode_fn: Callable[..., torch.Tensor], batch_size: int = 256,
                encoder_fingerprint: str | None = None) -> dict[str, np.ndarray]:
         """Return encoder features of the train sentences ("train"), the selection pairs ("val_a/b") and STS
-        pairs ("sts_a/b"), and where the run has them the report pairs ("report_a/b") and report STS pairs
-        ("rsts_a/b").
+        pairs ("sts_a/b"), and where the run has them the report pairs ("report_a/b"), report STS pairs
+        ("rsts_a/b") and hard negatives of the train pairs ("train_negatives", batch rows only).
 
         With ``encoder_fingerprint`` (see feature_cache.fingerprint) each set's features are read from /
         written to the disk cache (one entry per sentence list, so a changed split re-encodes only what changed).
@@ -113,6 +128,8 @@ class TextTask:
             sets["report_b"] = [b for _, b in self.report_pairs]
         if self.report_sts is not None:
             sets["rsts_a"], sets["rsts_b"] = self.report_sts.first, self.report_sts.second
+        if self.negative_sentences:
+            sets["train_negatives"] = self.negative_sentences
         return sets
 
     def token_states(self, lower: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], upto: int,
