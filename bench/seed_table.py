@@ -12,7 +12,6 @@ Figures are the report split's (never used for a choice); d_eff is measured on t
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import sys
@@ -22,7 +21,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 from monocon_edge.formatting import method_label  # noqa: E402
+from selection_table import parse_args, write_table  # noqa: E402
 
 # (summary key, column heading); "{t}" is the run's truncation: pca, or prefix for Matryoshka runs.
 TEXT = (("d_eff", "d_eff"), ("report_spearman", "Spearman full"), ("report_spearman_{t}16", "Spearman @16"),
@@ -133,16 +134,9 @@ def to_markdown(table: dict) -> str:
 
 def main() -> None:
     """Write NAME.md and NAME.json for the given runs; print the Markdown."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("runs", nargs="+", type=Path)
-    parser.add_argument("--out", type=Path, required=True, help="output path without suffix")
-    args = parser.parse_args()
+    args = parse_args(__doc__)
     table = seed_table(args.runs)
-    text = to_markdown(table)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".md").write_text(text)
-    args.out.with_suffix(".json").write_text(json.dumps(table, indent=1) + "\n")
-    print(text, end="")
+    write_table(args.out, to_markdown(table), table)
 
 
 if __name__ == "__main__":

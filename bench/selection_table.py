@@ -36,12 +36,25 @@ def _row(run: Path) -> dict:
     return row
 
 
-def main() -> None:
-    """Write the selection table of the given runs; print it as Markdown."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def parse_args(doc: str) -> argparse.Namespace:
+    """Return the arguments a bench table script takes: run folders and ``--out`` (a path without suffix)."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("runs", nargs="+", type=Path)
     parser.add_argument("--out", type=Path, required=True, help="output path without suffix")
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def write_table(out: Path, markdown: str, data: object) -> None:
+    """Write ``out``.md (the Markdown) and ``out``.json (``data``), creating the folder; print the Markdown."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".md").write_text(markdown)
+    out.with_suffix(".json").write_text(json.dumps(data, indent=1) + "\n")
+    print(markdown, end="")
+
+
+def main() -> None:
+    """Write the selection table of the given runs; print it as Markdown."""
+    args = parse_args(__doc__)
     rows = [_row(r) for r in args.runs if (r / "summary.json").is_file()]
     if not rows:
         raise SystemExit("no finished run (summary.json) among the given paths")
@@ -55,10 +68,7 @@ def main() -> None:
     for r in rows:
         lines.append("| " + " | ".join(f"{r[c]:.4f}" if isinstance(r[c], float) and c not in ("distill", "temperature") and
                                        not c.startswith("lr") else str(r[c]) for c in cols) + " |")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    args.out.with_suffix(".json").write_text(json.dumps(rows, indent=1) + "\n")
-    print("\n".join(lines))
+    write_table(args.out, "\n".join(lines) + "\n", rows)
 
 
 if __name__ == "__main__":

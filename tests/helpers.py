@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 from pathlib import Path
+from types import ModuleType
 
 from monocon_edge.training.config import RunConfig, override, preset
 
@@ -24,3 +26,12 @@ def tree_state(folder: Path) -> dict[str, tuple[int, int]]:
     """Return {relative path: (size, mtime_ns)} of every file and folder under ``folder`` (to prove it untouched)."""
     return {p.relative_to(folder).as_posix(): (p.stat().st_size if p.is_file() else 0, p.stat().st_mtime_ns)
             for p in sorted(folder.rglob("*"))}
+
+
+def bench_script(name: str) -> ModuleType:
+    """Return the module of ``bench/<name>.py`` (a script, not a package), loaded afresh."""
+    path = Path(__file__).resolve().parents[1] / "bench" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

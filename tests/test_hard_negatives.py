@@ -24,6 +24,15 @@ SNLI_LIKE = """row\tlabel\tpremise\thypothesis
 """
 
 
+def _tiny_task(tmp_path: Path, **data) -> TextTask:
+    """Return the nli-pairs text task on 40 made-up premises (see _write_pairs) and a 3-pair STS file."""
+    sts = tmp_path / "sts.tsv"
+    sts.write_text("sentence1\tsentence2\tscore\na .\tb .\t1\nc .\td .\t2\ne .\tf .\t3\n", encoding="utf-8")
+    cfg = override(preset("nli-pairs", "monotonic"), "data", path=str(_write_pairs(tmp_path, 40)),
+                   val_path=str(sts), report_path=None, report_fraction=0.0, **data)
+    return TextTask(cfg, tokenize=None)
+
+
 def _write_pairs(tmp_path: Path, n: int) -> Path:
     """Return a SNLI-style file with ``n`` premises: entailment for each, a contradiction for the even ones."""
     lines = ["row\tlabel\tpremise\thypothesis"]
@@ -46,11 +55,7 @@ def test_each_premise_gets_its_contradiction_as_hard_negative(tmp_path: Path) ->
 
 
 def test_batches_carry_each_pairs_negative_as_a_class_of_its_own(tmp_path: Path) -> None:
-    sts = tmp_path / "sts.tsv"
-    sts.write_text("sentence1\tsentence2\tscore\na .\tb .\t1\nc .\td .\t2\ne .\tf .\t3\n", encoding="utf-8")
-    cfg = override(preset("nli-pairs", "monotonic"), "data", path=str(_write_pairs(tmp_path, 40)),
-                   val_path=str(sts), report_path=None, report_fraction=0.0, hard_negatives=True)
-    task = TextTask(cfg, tokenize=None)
+    task = _tiny_task(tmp_path, hard_negatives=True)
     texts = task.sentences + task.negative_sentences
     assert set(task.eval_sets()["train_negatives"]) == set(task.negative_sentences)
     rows_feature = torch.arange(len(texts), dtype=torch.float32)[:, None]  # a batch row's feature = its row
@@ -70,11 +75,7 @@ def test_batches_carry_each_pairs_negative_as_a_class_of_its_own(tmp_path: Path)
 
 
 def test_without_the_flag_batches_hold_pairs_only(tmp_path: Path) -> None:
-    sts = tmp_path / "sts.tsv"
-    sts.write_text("sentence1\tsentence2\tscore\na .\tb .\t1\nc .\td .\t2\ne .\tf .\t3\n", encoding="utf-8")
-    cfg = override(preset("nli-pairs", "monotonic"), "data", path=str(_write_pairs(tmp_path, 40)),
-                   val_path=str(sts), report_path=None, report_fraction=0.0)
-    task = TextTask(cfg, tokenize=None)
+    task = _tiny_task(tmp_path)
     assert "train_negatives" not in task.eval_sets()
     batch = next(iter(task.train_batches(0, 8, torch.zeros(len(task.sentences), 1))))
     assert batch.size == 16 and batch.labels.tolist() == list(range(8)) * 2

@@ -1,21 +1,17 @@
 """bench/seed_table.py: report figures pooled over seeds only on one split, MonoCon's gap paired by seed."""
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from helpers import bench_script
 
 
 def _load():
-    spec = importlib.util.spec_from_file_location("seed_table", ROOT / "bench" / "seed_table.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return bench_script("seed_table")
 
 
 def _fake_run(path: Path, head: str, seed: int, r1_16: float, report=(3, 5, 7)) -> Path:

@@ -2,19 +2,15 @@
 seed included), and no report-split figure reaches the table."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from helpers import bench_script
 
 
 def _load():
-    spec = importlib.util.spec_from_file_location("selection_table", ROOT / "bench" / "selection_table.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return bench_script("selection_table")
 
 
 def _fake_run(path: Path, head_init: str, temperature: float, spearman: float, seed: int) -> Path:
