@@ -9,8 +9,17 @@ out on purpose: they are never used for a choice.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from monocon_edge.training.config import DataConfig, ModelConfig, OptimConfig  # noqa: E402
+
+# An option a run's config.json lacks (written before the option existed) had its default.
+DEFAULTS = {section: {f.name: f.default for f in dataclasses.fields(cls)}
+            for section, cls in (("data", DataConfig), ("model", ModelConfig), ("optim", OptimConfig))}
 
 TEXT = ("spearman", "spearman_pca16", "recall@1", "recall@1_pca16")
 VISION = ("val_knn5", "val_recall@1", "val_recall@1_pca16", "val_recall@1_pca64")
@@ -28,7 +37,7 @@ def _row(run: Path) -> dict:
     row = {"run": run.name, "modality": summary["modality"], "d_eff": final.get("d_eff"),
            "best_epoch": summary.get("best_epoch")}
     for section, key in OPTIONS:
-        row[key] = config.get(section, {}).get(key)
+        row[key] = config.get(section, {}).get(key, DEFAULTS[section].get(key))
     for m in metrics:
         # Matryoshka runs are truncated by prefix: their 16-dim figure is the prefix one.
         key = m.replace("_pca", "_prefix") if summary.get("truncation") == "prefix" and "_pca" in m else m
