@@ -61,6 +61,33 @@ def write_table(out: Path, markdown: str, data: object) -> None:
     print(markdown, end="")
 
 
+def seed_means(rows: list[dict], options: list[str], metrics: tuple[str, ...]) -> list[str]:
+    """Return Markdown lines of the mean ± standard error over seeds of each group of runs that differ only by
+    seed (one row per group with two seeds or more; no lines when no group has two)."""
+    import math
+
+    groups: dict[str, list[dict]] = {}
+    for r in rows:
+        groups.setdefault(json.dumps([r[k] for k in options]), []).append(r)
+    cols = [*options, "seeds", "d_eff", *metrics]
+    out = []
+    for members in groups.values():
+        if len(members) < 2:
+            continue
+        cells = [str(members[0][k]) for k in options] + [", ".join(str(m["seed"]) for m in members)]
+        for c in ("d_eff", *metrics):
+            values = [m[c] for m in members if m[c] is not None]
+            mean = sum(values) / len(values)
+            se = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1) / len(values))
+            digits = 1 if c == "d_eff" else 4
+            cells.append(f"{mean:.{digits}f} ± {se:.{digits}f}")
+        out.append("| " + " | ".join(cells) + " |")
+    if not out:
+        return []
+    return ["", "Mean ± standard error over the seeds of each option set (selection split):", "",
+            "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols), *out]
+
+
 def main() -> None:
     """Write the selection table of the given runs; print it as Markdown."""
     args = parse_args(__doc__)
@@ -77,6 +104,8 @@ def main() -> None:
     for r in rows:
         lines.append("| " + " | ".join(f"{r[c]:.4f}" if isinstance(r[c], float) and c not in ("distill", "temperature") and
                                        not c.startswith("lr") else str(r[c]) for c in cols) + " |")
+    if "seed" in varying:
+        lines += seed_means(rows, [k for k in varying if k != "seed"], metrics)
     write_table(args.out, "\n".join(lines) + "\n", rows)
 
 

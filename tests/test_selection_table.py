@@ -47,3 +47,17 @@ def test_head_init_and_temperature_become_columns_and_report_figures_stay_out(tm
     rows = json.loads(out.with_suffix(".json").read_text())
     assert [r["head_init"] for r in rows] == ["default", "identity"]
     assert not any(k.startswith("report") for r in rows for k in r)
+
+
+def test_runs_that_differ_only_by_seed_get_a_mean_row(tmp_path, monkeypatch) -> None:
+    a = _fake_run(tmp_path / "a", "default", 0.05, 0.76, 42)
+    b = _fake_run(tmp_path / "b", "default", 0.05, 0.78, 1)
+    c = _fake_run(tmp_path / "c", "identity", 0.05, 0.90, 2)
+    out = tmp_path / "sel"
+    monkeypatch.setattr(sys, "argv", ["selection_table.py", str(a), str(b), str(c), "--out", str(out)])
+    _load().main()
+    text = out.with_suffix(".md").read_text()
+    means = text.split("Mean ± standard error over the seeds")[1]
+    # (0.76 + 0.78) / 2 = 0.77, standard error 0.01; the identity run has no second seed, so no mean row.
+    assert "| default | 42, 1 | 40.0 ± 0.0 | 0.7700 ± 0.0100 |" in means
+    assert "identity" not in means
