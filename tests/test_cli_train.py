@@ -59,6 +59,7 @@ def test_help_lists_heads() -> None:
     (["--init-from", "/nonexistent/run"], "run directory not found"),
     (["--encoder", "resnet18"], "RGB"),
     (["--split-seed", "-1"], "--split-seed must be >= 0"),
+    (["--negative-slope", "-0.1"], "--negative-slope must lie in [0, 1)"),
 ])
 def test_bad_input_gives_one_clear_line(args, expected, tmp_path) -> None:
     _fails_cleanly(["train", *args, "--out", str(tmp_path / "r")], expected)

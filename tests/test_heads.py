@@ -27,10 +27,12 @@ def test_monotonic_weights_are_squared_and_non_negative() -> None:
 
 
 @settings(max_examples=60, deadline=None)
-@given(seed=st.integers(0, 10_000), coord=st.integers(0, 9), bump=st.floats(1e-3, 5.0), standardize=st.booleans())
-def test_raising_any_input_never_lowers_any_output(seed: int, coord: int, bump: float, standardize: bool) -> None:
+@given(seed=st.integers(0, 10_000), coord=st.integers(0, 9), bump=st.floats(1e-3, 5.0), standardize=st.booleans(),
+       slope=st.sampled_from([0.0, 0.01, 0.3, 0.9]))
+def test_raising_any_input_never_lowers_any_output(seed: int, coord: int, bump: float, standardize: bool,
+                                                   slope: float) -> None:
     torch.manual_seed(seed)
-    head = MLPHead(10, 20, 10, depth=2, monotonic=True, standardize=standardize).double()
+    head = MLPHead(10, 20, 10, depth=2, negative_slope=slope, monotonic=True, standardize=standardize).double()
     if standardize:  # the monotone input standardisation, with arbitrary shifts and (positive) scales
         head.standardizer.set_statistics(torch.randn(50, 10, dtype=torch.float64) * torch.rand(10) * 5 + 3)
     x = torch.randn(4, 10, dtype=torch.float64) * 3
@@ -64,3 +66,17 @@ def test_identity_init_starts_as_the_identity_and_stays_monotone() -> None:
     mono = build_head("monotonic", 16, init="identity")
     assert all((w >= 0).all() for w in mono.effective_weights())
     assert all((l.weight != 0).all() for l in mono.layers)  # no squared weight stuck at a zero gradient
+
+
+def test_fold_keeps_a_non_default_negative_slope() -> None:
+    # Pre-activations of both signs (default init, centred inputs), so a slope the fold dropped would show.
+    from monocon_edge.exporting.fold import FoldedHead, effective_head
+
+    torch.manual_seed(0)
+    head = build_head("monotonic", 12, negative_slope=0.3)
+    x = torch.randn(64, 12) * 4
+    weights, biases, slope = effective_head(head)
+    assert slope == 0.3
+    with torch.no_grad():
+        assert torch.allclose(FoldedHead(weights, biases, slope)(x), head(x), atol=1e-6)
+        assert not torch.allclose(FoldedHead(weights, biases, 0.01)(x), head(x), atol=1e-3)

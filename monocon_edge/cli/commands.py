@@ -112,6 +112,8 @@ def train(
     encoder: Optional[str] = typer.Option(None, help="smallcnn | resnet18 | resnet34 | minilm"),
     width: Optional[int] = typer.Option(None, help="smallcnn base width w (embedding = 8w dims)"),
     head_init: Optional[str] = typer.Option(None, help="default (PyTorch's) | identity (head starts as identity)"),
+    negative_slope: Optional[float] = typer.Option(None, help="the head's LeakyReLU slope below 0, in [0, 1) "
+                                                              "(default 0.01)"),
     weights: Optional[str] = typer.Option(None, help="vision: none | imagenet | FILE; text: default | FOLDER"),
     init_from: Optional[Path] = typer.Option(None, help="start the encoder from this run's best checkpoint"),
     data: Optional[str] = typer.Option(None, help="data file: .npz images, or pair .tsv files (comma-separated)"),
@@ -188,6 +190,7 @@ def train(
                            download=download or None, augment=augment, max_train=max_train,
                            m_per_class=m_per_class)
             cfg = override(cfg, "model", encoder=encoder, width=width, weights=weights, head_init=head_init,
+                           negative_slope=negative_slope,
                            head_standardize=head_standardize)
             cfg = override(cfg, "optim", epochs=epochs, warmup_epochs=warmup_epochs, batch_size=batch_size,
                            lr_encoder=lr_encoder, lr_head=lr_head, lr_warmup=lr_warmup, temperature=temperature,

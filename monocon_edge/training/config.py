@@ -185,6 +185,9 @@ class RunConfig:
             raise MonoconError(f"--split-seed must be >= 0, got {self.data.split_seed}")
         if o.distill < 0 or o.weight_decay < 0 or o.grad_clip <= 0:
             raise MonoconError("distill and weight decay must be >= 0 and the grad clip > 0")
+        if not 0 <= self.model.negative_slope < 1:
+            # Below 0 the activation decreases somewhere and the head is no longer monotone.
+            raise MonoconError(f"--negative-slope must lie in [0, 1), got {self.model.negative_slope}")
         if self.data.hard_negatives and self.modality != "text":
             raise MonoconError("--hard-negatives applies to text pairs (vision batches hold classes, not pairs)")
         if self.data.hard_negatives and o.train_top_layers:
