@@ -1,6 +1,7 @@
 """--hard-negatives: each NLI pair's contradiction hypothesis joins its batch as a negative with a class of its own."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -10,7 +11,7 @@ import pytest
 import torch
 
 from monocon_edge.data.text import read_pair_rows, read_pair_tsv
-from monocon_edge.training.config import NLI_PAIRS, override, preset
+from monocon_edge.training.config import NLI_PAIRS, preset
 from monocon_edge.training.text_task import TextTask
 from test_shared_data import small_sts
 
@@ -28,8 +29,11 @@ def _tiny_task(tmp_path: Path, **data) -> TextTask:
     """Return the nli-pairs text task on 40 made-up premises (see _write_pairs) and a 3-pair STS file."""
     sts = tmp_path / "sts.tsv"
     sts.write_text("sentence1\tsentence2\tscore\na .\tb .\t1\nc .\td .\t2\ne .\tf .\t3\n", encoding="utf-8")
-    cfg = override(preset("nli-pairs", "monotonic"), "data", path=str(_write_pairs(tmp_path, 40)),
-                   val_path=str(sts), report_path=None, report_fraction=0.0, **data)
+    cfg = preset("nli-pairs", "monotonic")
+    # dataclasses.replace, not override(): the preset's report file (shared data) must go, and override skips None.
+    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, path=str(_write_pairs(tmp_path, 40)),
+                                                            val_path=str(sts), report_path=None, report_fraction=0.0,
+                                                            **data))
     return TextTask(cfg, tokenize=None)
 
 
