@@ -23,7 +23,7 @@ DEFAULTS = {section: {f.name: f.default for f in dataclasses.fields(cls)}
 
 TEXT = ("spearman", "spearman_pca16", "recall@1", "recall@1_pca16")
 VISION = ("val_knn5", "val_recall@1", "val_recall@1_pca16", "val_recall@1_pca64")
-OPTIONS = (("model", "head"), ("optim", "loss"), ("data", "hard_negatives"), ("model", "head_init"), ("model", "head_standardize"),
+OPTIONS = (("model", "head"), ("optim", "loss"), ("data", "hard_negatives"), ("model", "negative_slope"), ("model", "head_init"), ("model", "head_standardize"),
            ("optim", "distill"), ("optim", "temperature"),
            ("optim", "batch_size"), ("optim", "lr_head"), ("optim", "lr_warmup"), ("optim", "lr_encoder"),
            ("optim", "epochs"), ("optim", "warmup_epochs"), ("optim", "seed"))
