@@ -102,7 +102,7 @@ def main() -> None:
              "after truncation to 16 dims (prefix for Matryoshka).", "",
              "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
-        lines.append("| " + " | ".join(f"{r[c]:.4f}" if isinstance(r[c], float) and c not in ("distill", "temperature") and
+        lines.append("| " + " | ".join(f"{r[c]:.4f}" if isinstance(r[c], float) and c not in ("distill", "temperature", "negative_slope") and
                                        not c.startswith("lr") else str(r[c]) for c in cols) + " |")
     if "seed" in varying:
         lines += seed_means(rows, [k for k in varying if k != "seed"], metrics)
