@@ -68,7 +68,7 @@ if [ "$what" = vision ] || [ "$what" = all ]; then
     # Step 8: SupCon temperature 0.05 instead of 0.1 (the monotonic head's embeddings share a common direction, so
     # their cosines span a narrower range; a lower temperature could make up for it).
     train "tin-$head-tau0.05" --preset tiny-imagenet-100 "${model[@]}" --temperature 0.05 --init-from "$pre"
-    # Step 9: the heads' LeakyReLU slope 0.3 below 0 (the text preset's, chosen by bench/select_text_negative_slope.sh).
+    # Step 9: the heads' LeakyReLU slope 0.3 below 0 (the text preset's, chosen by bench/select_text_seeded.sh).
     train "tin-$head-slope0.3" --preset tiny-imagenet-100 "${model[@]}" --negative-slope 0.3 --init-from "$pre"
   done
   train tin-none-tau0.05 --preset tiny-imagenet-100 --head none --temperature 0.05 --init-from "$pre"
