@@ -84,7 +84,8 @@ def _initializers(path: Path) -> dict[str, onnx.TensorProto]:
     return {i.name: i for i in onnx.load(str(path)).graph.initializer}
 
 
-@pytest.mark.parametrize("scheme", ["dynamic", "nbits8", "mixed", "int4", "dynamic-smooth", "dynamic-smooth-t4"])
+@pytest.mark.parametrize("scheme", ["dynamic", "dynamic-t4", "nbits8", "mixed", "int4", "dynamic-smooth",
+                                    "dynamic-smooth-t4"])
 def test_gather_table_is_quantized_and_the_tail_stays_fp32(tiny_text, tmp_path, scheme) -> None:
     out = tmp_path / f"{scheme}.onnx"
     fp32_model = onnx.load(str(tiny_text))
@@ -93,6 +94,9 @@ def test_gather_table_is_quantized_and_the_tail_stays_fp32(tiny_text, tmp_path, 
     assert len(tail) >= 2  # head weight, projection
     if scheme == "dynamic":
         info = quantize_dynamic_int8(tiny_text, out)
+    elif scheme == "dynamic-t4":
+        info = int8_select.build(scheme, tiny_text, out, _batches(3))
+        assert info["method"] == scheme and info["gather_tables_4bit"] == [WORD_TABLE]
     elif scheme.startswith("dynamic-smooth"):
         info = int8_select.build(scheme, tiny_text, out, _batches(3))
         assert info["method"] == scheme and info["smoothing"]["fp32_max_abs_diff"] <= 1e-5
@@ -107,7 +111,7 @@ def test_gather_table_is_quantized_and_the_tail_stays_fp32(tiny_text, tmp_path, 
     inits = {i.name: i for i in model.graph.initializer}
     # The 8192 x 32 word-embedding table is no longer stored in fp32 ...
     assert WORD_TABLE not in inits
-    if scheme in ("int4", "dynamic-smooth-t4"):
+    if scheme in ("int4", "dynamic-t4", "dynamic-smooth-t4"):
         assert any(n.op_type == "GatherBlockQuantized" for n in model.graph.node)
     else:
         assert inits[f"{WORD_TABLE}.int8"].data_type == TensorProto.INT8
@@ -165,7 +169,7 @@ def test_unknown_or_unfit_scheme_is_refused(tiny_text, tmp_path) -> None:
 def test_candidate_failing_a_gate_is_skipped_and_named(tiny_text, tmp_path) -> None:
     first = _select(tiny_text, tmp_path / "a")
     rows = {r["name"]: r for r in first.record["candidates"]}
-    assert set(rows) == {"dynamic", "nbits8", "mixed", "dynamic-smooth", "dynamic-smooth-t4"}
+    assert set(rows) == {"dynamic", "dynamic-t4", "nbits8", "mixed", "dynamic-smooth", "dynamic-smooth-t4"}
     assert all(r["passed"] for r in rows.values())
     # the fastest of those passing (CPU time per batch-1 call at one thread); of those within the timing margin
     # of the fastest, the smallest file
@@ -189,7 +193,7 @@ def test_candidate_failing_a_gate_is_skipped_and_named(tiny_text, tmp_path) -> N
     assert second.name != worst["name"] and rows2[second.name]["passed"]
     assert f"failed a gate: {worst['name']}" in second.record["reason"]
     # Nothing passes: the export fails and names every candidate.
-    with pytest.raises(GateError, match="no int8 candidate passes the gates: dynamic: .*nbits8: .*mixed: "
+    with pytest.raises(GateError, match="no int8 candidate passes the gates: dynamic: .*dynamic-t4: .*nbits8: .*mixed: "
                                         ".*dynamic-smooth: .*dynamic-smooth-t4: "):
         _select(tiny_text, tmp_path / "c", thresholds=GateThresholds(int8_min_cosine=1.0))
 

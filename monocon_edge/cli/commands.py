@@ -260,9 +260,9 @@ def export_cmd(
                                                       "MatMul sensitivity)"),
     int8_scheme: str = typer.Option("auto", help="auto (measure the candidates: static and static-head "
                                                  "(head layers int8 too) QDQ for CNNs; dynamic, "
-                                                 "nbits8, mixed, dynamic-smooth, dynamic-smooth-t4 for "
-                                                 "transformers) | static | static-head | dynamic | nbits8 | mixed | "
-                                                 "dynamic-smooth | dynamic-smooth-t4"),
+                                                 "dynamic-t4, nbits8, mixed, dynamic-smooth, dynamic-smooth-t4 "
+                                                 "for transformers) | static | static-head | dynamic | dynamic-t4 "
+                                                 "| nbits8 | mixed | dynamic-smooth | dynamic-smooth-t4"),
     optimize: bool = typer.Option(True, "--optimize/--no-optimize", help="text: try onnxruntime's BERT fusions, "
                                                                         "kept where they measurably help"),
     timing_rounds: int = typer.Option(200, help="timed batch-1 calls per graph (fp32, each int8 candidate), "

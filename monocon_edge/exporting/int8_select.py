@@ -14,7 +14,8 @@ alone is quantized; then the fewest top-ranked nodes that, kept fp32, leave at m
 quantizing them all (simulated on the same data) stay fp32. ``dynamic-smooth`` is dynamic int8 after a
 SmoothQuant equalisation (Xiao et al. 2023) of every LayerNorm → MatMul pair (``smooth_fp32``): the
 per-channel activation outliers of the LayerNorm outputs move into the weights, exactly in fp32, before the
-per-tensor activation quantization; ``dynamic-smooth-t4`` also stores the word-embedding table in 4 bits.
+per-tensor activation quantization. ``dynamic-t4`` and ``dynamic-smooth-t4`` are ``dynamic`` and ``dynamic-smooth``
+with the word-embedding table in 4-bit blocks instead of 8-bit rows (the largest single tensor of a MiniLM graph).
 
 Pure and silent: progress goes through ``emit``; the CLI renders the table from the returned record.
 """
@@ -34,7 +35,7 @@ Batch = dict[str, np.ndarray]
 EmbedFn = Callable[[Batch], np.ndarray]
 EventFn = Callable[[str, dict[str, Any]], None]
 
-TEXT_CANDIDATES = ("dynamic", "nbits8", "mixed", "dynamic-smooth", "dynamic-smooth-t4")
+TEXT_CANDIDATES = ("dynamic", "dynamic-t4", "nbits8", "mixed", "dynamic-smooth", "dynamic-smooth-t4")
 # SmoothQuant-equalised dynamic int8 schemes -> the bits of their largest Gather table (word embeddings).
 SMOOTH_SCHEMES = {"dynamic-smooth": 8, "dynamic-smooth-t4": 4}
 VISION_CANDIDATES = ("static", "static-head")
@@ -249,6 +250,8 @@ def build(name: str, fp32: Path, out: Path, calibration: Sequence[Batch], atol: 
         return Q.quantize_static_qdq(fp32, out, list(calibration), quantize_head=name == "static-head")
     if name == "dynamic":
         return Q.quantize_dynamic_int8(fp32, out)
+    if name == "dynamic-t4":
+        return {**Q.quantize_dynamic_int8(fp32, out, table_bits=4), "method": name}
     if name == "nbits8":
         return Q.quantize_nbits(fp32, out, bits=8)
     if name == "int4":

@@ -40,7 +40,7 @@ TABLE_4BIT_ELEMENTS = 1 << 18
 # MatMulNBits block (input channels per scale) and the int8-compute kernel level (4 = int8 activations).
 NBITS_BLOCK = 32
 NBITS_ACCURACY_LEVEL = 4
-SCHEMES = ("static", "static-head", "dynamic", "nbits8", "mixed", "dynamic-smooth", "dynamic-smooth-t4")
+SCHEMES = ("static", "static-head", "dynamic", "dynamic-t4", "nbits8", "mixed", "dynamic-smooth", "dynamic-smooth-t4")
 # SmoothQuant migration strength: s_j = max|X_j|^alpha / max|W_j|^(1 - alpha) (Xiao et al. 2023 use 0.5 for
 # BERT-like encoders); int8_select tries SMOOTH_ALPHAS and keeps the one with the least simulated loss.
 SMOOTH_ALPHA = 0.5
