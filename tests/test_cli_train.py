@@ -1,6 +1,8 @@
 """The train command as a user meets it: tables on success, one clear line and exit != 0 on bad input."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from typer.testing import CliRunner
@@ -29,16 +31,17 @@ def test_train_prints_table_and_run_dir(tmp_path) -> None:
 def test_split_seed_fixes_the_data_roles_across_seeds(tmp_path) -> None:
     # Two seeds with one --split-seed train on the same split (no seed's report part is another's selection part);
     # without it the split follows --seed, as before.
-    def splits(*args: str) -> dict[str, np.ndarray]:
+    def splits(split_seed: int, *args: str) -> dict[str, np.ndarray]:
         out = tmp_path / "-".join(args)
         result = runner.invoke(app, ["train", *TINY, "--epochs", "1", "--report-fraction", "0.5", *args,
                                      "--out", str(out)])
         assert result.exit_code == 0, result.output
+        assert json.loads((out / "summary.json").read_text())["split_seed"] == split_seed  # the summary says it
         with np.load(out / "splits.npz") as z:
             return {k: z[k] for k in z.files}
 
-    a, b, c = splits("--seed", "1", "--split-seed", "7"), splits("--seed", "2", "--split-seed", "7"), \
-        splits("--seed", "2")
+    a, b, c = splits(7, "--seed", "1", "--split-seed", "7"), splits(7, "--seed", "2", "--split-seed", "7"), \
+        splits(2, "--seed", "2")
     assert a.keys() == b.keys() and "report" in a
     assert all(np.array_equal(a[k], b[k]) for k in a)
     assert not np.array_equal(b["report"], c["report"])

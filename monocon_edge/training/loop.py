@@ -509,6 +509,9 @@ class Trainer:
                 "world_size": self.dist.world_size,
                 "global_batch_size": self.cfg.optim.batch_size * self.dist.world_size,
                 "input": self.task.input_spec(), "final": final, "splits": self.task.split_notes(),
+                # The seed that drew the train / selection / report roles (--split-seed, else --seed): runs with the
+                # same one were scored on the same report part.
+                "split_seed": self.cfg.data_seed,
             }
             self.run.write_summary(summary)
             self.emit("done", summary)
