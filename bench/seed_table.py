@@ -13,7 +13,6 @@ Figures are the report split's (never used for a choice); d_eff is measured on t
 from __future__ import annotations
 
 import json
-import math
 import sys
 from pathlib import Path
 
@@ -23,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 from monocon_edge.formatting import method_label  # noqa: E402
-from selection_table import parse_args, write_table  # noqa: E402
+from selection_table import mean_se, parse_args, write_table  # noqa: E402
 
 # (summary key, column heading); "{t}" is the run's truncation: pca, or prefix for Matryoshka runs.
 TEXT = (("d_eff", "d_eff"), ("report_spearman", "Spearman full"), ("report_spearman_{t}16", "Spearman @16"),
@@ -44,12 +43,6 @@ def _run(path: Path) -> dict:
     return {"run": str(path), "model": method_label(summary["head"], summary.get("loss")),
             "seed": config["optim"]["seed"], "modality": summary["modality"], "report": report,
             "figures": {heading: summary["final"].get(key.format(t=t)) for key, heading in columns}}
-
-
-def _mean_se(values: list[float]) -> tuple[float, float | None]:
-    """Return the mean and its standard error (None for a single value)."""
-    a = np.asarray(values, dtype=np.float64)
-    return float(a.mean()), (float(a.std(ddof=1) / math.sqrt(len(a))) if len(a) > 1 else None)
 
 
 def _cell(mean: float, se: float | None, scale: float, digits: int) -> str:
@@ -88,7 +81,7 @@ def seed_table(runs: list[Path]) -> dict:
         for h in headings:
             values = [m["figures"][h] for m in members if m["figures"][h] is not None]
             if values:
-                mean, se = _mean_se(values)
+                mean, se = mean_se(values)
                 entry[h] = {"mean": mean, "se": se, "values": values}
         models[model] = entry
     paired: dict[str, dict] = {}
@@ -101,7 +94,7 @@ def seed_table(runs: list[Path]) -> dict:
             pairs = [(m["seed"], mono[m["seed"]]["figures"][h] - m["figures"][h]) for m in members
                      if m["seed"] in mono and m["figures"][h] is not None and mono[m["seed"]]["figures"][h] is not None]
             if pairs:
-                mean, se = _mean_se([d for _, d in pairs])
+                mean, se = mean_se([d for _, d in pairs])
                 diffs[h] = {"mean": mean, "se": se, "seeds": [s for s, _ in pairs]}
         if diffs:
             paired[model] = diffs

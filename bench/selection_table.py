@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -23,8 +24,8 @@ DEFAULTS = {section: {f.name: f.default for f in dataclasses.fields(cls)}
 
 TEXT = ("spearman", "spearman_pca16", "recall@1", "recall@1_pca16")
 VISION = ("val_knn5", "val_recall@1", "val_recall@1_pca16", "val_recall@1_pca64")
-OPTIONS = (("model", "head"), ("optim", "loss"), ("data", "hard_negatives"), ("model", "negative_slope"), ("model", "head_init"), ("model", "head_standardize"),
-           ("optim", "distill"), ("optim", "temperature"),
+OPTIONS = (("model", "head"), ("optim", "loss"), ("data", "hard_negatives"), ("model", "negative_slope"),
+           ("model", "head_init"), ("model", "head_standardize"), ("optim", "distill"), ("optim", "temperature"),
            ("optim", "batch_size"), ("optim", "lr_head"), ("optim", "lr_warmup"), ("optim", "lr_encoder"),
            ("optim", "epochs"), ("optim", "warmup_epochs"), ("optim", "seed"))
 
@@ -61,11 +62,17 @@ def write_table(out: Path, markdown: str, data: object) -> None:
     print(markdown, end="")
 
 
+def mean_se(values: list[float]) -> tuple[float, float | None]:
+    """Return the mean and its standard error (sample std / sqrt(n); None for a single value)."""
+    mean = sum(values) / len(values)
+    if len(values) < 2:
+        return mean, None
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1) / len(values))
+
+
 def seed_means(rows: list[dict], options: list[str], metrics: tuple[str, ...]) -> list[str]:
     """Return Markdown lines of the mean ± standard error over seeds of each group of runs that differ only by
     seed (one row per group with two seeds or more; no lines when no group has two)."""
-    import math
-
     groups: dict[str, list[dict]] = {}
     for r in rows:
         groups.setdefault(json.dumps([r[k] for k in options]), []).append(r)
@@ -76,9 +83,7 @@ def seed_means(rows: list[dict], options: list[str], metrics: tuple[str, ...]) -
             continue
         cells = [str(members[0][k]) for k in options] + [", ".join(str(m["seed"]) for m in members)]
         for c in ("d_eff", *metrics):
-            values = [m[c] for m in members if m[c] is not None]
-            mean = sum(values) / len(values)
-            se = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1) / len(values))
+            mean, se = mean_se([m[c] for m in members if m[c] is not None])
             digits = 1 if c == "d_eff" else 4
             cells.append(f"{mean:.{digits}f} ± {se:.{digits}f}")
         out.append("| " + " | ".join(cells) + " |")

@@ -186,12 +186,11 @@ def train(
             if data is not None:
                 data_kind = "npz" if data.endswith(".npz") else "pairs" if ".tsv" in data else None
             cfg = override(cfg, "data", path=data or data_dir, kind=data_kind, val_path=val_data,
-                           report_path=report_data, report_fraction=report_fraction, split_seed=split_seed, hard_negatives=hard_negatives,
-                           download=download or None, augment=augment, max_train=max_train,
-                           m_per_class=m_per_class)
+                           report_path=report_data, report_fraction=report_fraction, split_seed=split_seed,
+                           hard_negatives=hard_negatives, download=download or None, augment=augment,
+                           max_train=max_train, m_per_class=m_per_class)
             cfg = override(cfg, "model", encoder=encoder, width=width, weights=weights, head_init=head_init,
-                           negative_slope=negative_slope,
-                           head_standardize=head_standardize)
+                           negative_slope=negative_slope, head_standardize=head_standardize)
             cfg = override(cfg, "optim", epochs=epochs, warmup_epochs=warmup_epochs, batch_size=batch_size,
                            lr_encoder=lr_encoder, lr_head=lr_head, lr_warmup=lr_warmup, temperature=temperature,
                            eval_every=eval_every, patience=patience, freeze_encoder=freeze_encoder, seed=seed,

@@ -39,6 +39,8 @@ TEXT_CANDIDATES = ("dynamic", "dynamic-t4", "nbits8", "mixed", "dynamic-smooth",
 # SmoothQuant-equalised dynamic int8 schemes -> the bits of their largest Gather table (word embeddings).
 SMOOTH_SCHEMES = {"dynamic-smooth": 8, "dynamic-smooth-t4": 4}
 VISION_CANDIDATES = ("static", "static-head")
+# Every scheme --int8-scheme can force.
+SCHEMES = VISION_CANDIDATES + TEXT_CANDIDATES
 # Vision schemes that calibrate static activation ranges (image models only).
 STATIC_SCHEMES = ("static", "static-head")
 # Counts of top-ranked MatMuls the mixed scheme may keep fp32, tried in order; the first that recovers enough wins.
@@ -59,8 +61,6 @@ def candidates_for(modality: str) -> tuple[str, ...]:
 
 def check_scheme(name: str, modality: str) -> None:
     """Raise MonoconError unless ``name`` is "auto" or a scheme that fits ``modality``."""
-    from .quantize import SCHEMES
-
     if name == "auto":
         return
     if name not in SCHEMES:

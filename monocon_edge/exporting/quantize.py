@@ -1,6 +1,6 @@
 """int8 (and 4-bit) graphs with onnxruntime's quantization tools, as candidates for measurement.
 
-Schemes (``SCHEMES``): static QDQ for CNNs — ``static`` (encoder only) and ``static-head`` (the folded head's
+Schemes (``int8_select.SCHEMES``): static QDQ for CNNs — ``static`` (encoder only) and ``static-head`` (the folded head's
 Gemm/MatMul weights quantized too); for transformers dynamic per-channel QOperator int8, MatMulNBits
 8-bit with int8 compute (``accuracy_level=4``), and a mixed dynamic scheme that keeps named MatMuls fp32 (the
 most sensitive ones, chosen by ``int8_select`` from a measurement); ``int4`` is MatMulNBits 4-bit + 4-bit
@@ -40,7 +40,6 @@ TABLE_4BIT_ELEMENTS = 1 << 18
 # MatMulNBits block (input channels per scale) and the int8-compute kernel level (4 = int8 activations).
 NBITS_BLOCK = 32
 NBITS_ACCURACY_LEVEL = 4
-SCHEMES = ("static", "static-head", "dynamic", "dynamic-t4", "nbits8", "mixed", "dynamic-smooth", "dynamic-smooth-t4")
 # SmoothQuant migration strength: s_j = max|X_j|^alpha / max|W_j|^(1 - alpha) (Xiao et al. 2023 use 0.5 for
 # BERT-like encoders); int8_select tries SMOOTH_ALPHAS and keeps the one with the least simulated loss.
 SMOOTH_ALPHA = 0.5

@@ -439,15 +439,14 @@ class Trainer:
         standardizer = getattr(self.model.head, "standardizer", None)
         if standardizer is None and self.cfg.optim.distill <= 0:
             return
-        train = self.encoder_features()["train"] if self.dist.is_main else None
-        train = broadcast_object(train, self.dist)
-        features = torch.from_numpy(np.ascontiguousarray(train, dtype=np.float32))
+        # The batch rows: the train examples first (the standardisation's statistics), then any hard negatives.
+        rows = broadcast_object((self._batch_features(), len(self.encoder_features()["train"]))
+                                if self.dist.is_main else None, self.dist)
+        features = torch.from_numpy(np.ascontiguousarray(rows[0], dtype=np.float32))
         if standardizer is not None:
-            standardizer.set_statistics(features.to(standardizer.shift.device))
+            standardizer.set_statistics(features[:rows[1]].to(standardizer.shift.device))
         if self.cfg.optim.distill > 0:
-            batch_rows = self._batch_features() if self.dist.is_main else None
-            self._reference = torch.from_numpy(np.ascontiguousarray(broadcast_object(batch_rows, self.dist),
-                                                                    dtype=np.float32))
+            self._reference = features
 
     # ----- the loop ----------------------------------------------------------------------------------------
     def fit(self, stop_after_epoch: int | None = None) -> TrainResult:

@@ -73,8 +73,9 @@ class TextTask:
         """Yield this rank's shuffled batches of B pairs as 2B examples [anchors; positives], labels [0..B-1]*2;
         with hard negatives, the pairs' negatives follow as further examples, labels B, B+1, ...
 
-        Inputs are cached ``features`` rows (the train sentences, then ``negative_sentences``), else ``token_states`` of the train sentences (states, mask), else
-        token ids and mask. Sharded across ranks like ``VisionTask.train_batches``.
+        Inputs are cached ``features`` rows (the train sentences, then ``negative_sentences``), else
+        ``token_states`` of the train sentences (states, mask), else token ids and mask. Sharded across ranks like
+        ``VisionTask.train_batches``.
         """
         generator = torch.Generator().manual_seed(epoch_seed)
         pair_lab = pair_labels(batch_size)
