@@ -55,10 +55,12 @@ def parse_args(doc: str) -> argparse.Namespace:
 
 
 def write_table(out: Path, markdown: str, data: object) -> None:
-    """Write ``out``.md (the Markdown) and ``out``.json (``data``), creating the folder; print the Markdown."""
+    """Write ``out``.md (the Markdown) and ``out``.json (``data``), creating the folder; print the Markdown.
+
+    The suffixes are appended, not substituted: a name such as ``seeds-slope0.01`` keeps its last part."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".md").write_text(markdown)
-    out.with_suffix(".json").write_text(json.dumps(data, indent=1) + "\n")
+    out.with_name(out.name + ".md").write_text(markdown)
+    out.with_name(out.name + ".json").write_text(json.dumps(data, indent=1) + "\n")
     print(markdown, end="")
 
 

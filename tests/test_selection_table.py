@@ -53,10 +53,11 @@ def test_runs_that_differ_only_by_seed_get_a_mean_row(tmp_path, monkeypatch) -> 
     a = _fake_run(tmp_path / "a", "default", 0.05, 0.76, 42)
     b = _fake_run(tmp_path / "b", "default", 0.05, 0.78, 1)
     c = _fake_run(tmp_path / "c", "identity", 0.05, 0.90, 2)
-    out = tmp_path / "sel"
+    out = tmp_path / "sel-slope0.01"  # a dot in the name: the files are sel-slope0.01.md / .json
     monkeypatch.setattr(sys, "argv", ["selection_table.py", str(a), str(b), str(c), "--out", str(out)])
     _load().main()
-    text = out.with_suffix(".md").read_text()
+    assert sorted(p.name for p in tmp_path.glob("sel-*")) == ["sel-slope0.01.json", "sel-slope0.01.md"]
+    text = (tmp_path / "sel-slope0.01.md").read_text()
     means = text.split("Mean ± standard error over the seeds")[1]
     # (0.76 + 0.78) / 2 = 0.77, standard error 0.01; the identity run has no second seed, so no mean row.
     assert "| default | 42, 1 | 40.0 ± 0.0 | 0.7700 ± 0.0100 |" in means
