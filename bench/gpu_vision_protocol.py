@@ -133,13 +133,38 @@ class Protocol:
         out: Path = self.args.results
         out.parent.mkdir(parents=True, exist_ok=True)
         self.record["elapsed_s"] = round(self.elapsed(), 1)
-        out.with_suffix(".json").write_text(json.dumps(self.record, indent=1) + "\n")
-        out.with_suffix(".md").write_text(markdown(self.record))
+        # Appended, not with_suffix: a result name with a dot ("...-lr1e-2") keeps its whole name.
+        (out.parent / f"{out.name}.json").write_text(json.dumps(self.record, indent=1) + "\n")
+        (out.parent / f"{out.name}.md").write_text(markdown(self.record))
 
 
 def _fig(final: dict, key: str) -> str:
     value = final.get(key)
     return "-" if value is None else f"{100 * value:.1f}"
+
+
+def _seed_means(record: dict) -> list[str]:
+    """Return Markdown rows of mean ± standard error over the training seeds of each fine-tune (none if one seed)."""
+    groups: dict[str, list[dict]] = {}
+    for name, r in record["runs"].items():
+        if name.startswith("tin-") and "final" in r:
+            groups.setdefault(name.split("-seed")[0], []).append(r)
+    if all(len(runs) < 2 for runs in groups.values()):
+        return []
+    lines = ["", "Mean ± standard error over the training seeds (same split, same pre-trained encoder):", "",
+             "| run | seeds | d_eff | report R@1 full | report R@1 @16 | selection R@1 |", "|---|---:|---:|---:|---:|---:|"]
+    for head, runs in groups.items():
+        trunc = "prefix" if runs[0].get("truncation") == "prefix" else "pca"
+        cells = []
+        for key, scale in (("d_eff", 1.0), ("report_recall@1", 100.0), (f"report_recall@1_{trunc}16", 100.0),
+                           ("val_recall@1", 100.0)):
+            values = [scale * r["final"][key] for r in runs if r["final"].get(key) is not None]
+            mean = sum(values) / len(values) if values else float("nan")
+            se = (sum((v - mean) ** 2 for v in values) / (len(values) - 1) / len(values)) ** 0.5 \
+                if len(values) > 1 else float("nan")
+            cells.append(f"{mean:.1f} ± {se:.1f}")
+        lines.append(f"| {head} | {len(runs)} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def markdown(record: dict) -> str:
@@ -162,12 +187,23 @@ def markdown(record: dict) -> str:
             f"| {name} | {f.get('d_eff', '-')} | {_fig(f, 'report_recall@1')} | {_fig(f, f'report_recall@1_{trunc}16')} "
             f"| {_fig(f, 'val_recall@1')} | {_fig(f, 'recall@1')} | {r['epochs_run']} ({r['best_epoch']}) "
             f"| {r.get('examples_per_s', 0):.0f} | {r.get('epoch_s', 0):.2f} | {r['wall_s']} |")
+    lines += _seed_means(record)
     lines += ["", "Commands (each with the run's `--out`):", ""] + [f"    {c}" for c in record["commands"]]
     return "\n".join(lines) + "\n"
 
 
+def finetune_runs(seeds: list[int]) -> list[tuple[str, list[str], str]]:
+    """Return (run name, train options, head name) of every fine-tune, seed by seed, all on seed 42's split.
+
+    Seed by seed, so a protocol cut short by its time limit still holds every head of the first seed.
+    """
+    return [(f"tin-{name}" + ("" if seed == 42 else f"-seed{seed}"),
+             [*opts, *([] if seed == 42 else ["--seed", str(seed), "--split-seed", "42"])], name)
+            for seed in seeds for name, opts in FINETUNES]
+
+
 def plan_pretrain_epochs(probe_rate: float, probe_overhead_s: float, budget_left_s: float, finetune_epochs: int,
-                         parallel: int, max_epochs: int) -> tuple[int, float]:
+                         parallel: int, max_epochs: int, finetunes: int = len(FINETUNES)) -> tuple[int, float]:
     """Return (pre-training epochs, estimated fine-tune seconds) that fit ``budget_left_s`` at ``probe_rate``.
 
     A fine-tune run costs its start-up (``probe_overhead_s``, evaluation included) plus its end-to-end epochs and
@@ -176,7 +212,7 @@ def plan_pretrain_epochs(probe_rate: float, probe_overhead_s: float, budget_left
     """
     ft_epoch = FINETUNE_EXAMPLES / probe_rate
     one_ft = probe_overhead_s + (finetune_epochs + 1) * ft_epoch
-    waves = -(-len(FINETUNES) // parallel)
+    waves = -(-finetunes // parallel)
     ft_total = 1.25 * waves * one_ft * (1.0 if parallel == 1 else 0.75 * parallel)
     pre_epoch = PRETRAIN_EXAMPLES / probe_rate
     epochs = int((budget_left_s - ft_total - probe_overhead_s) / (1.25 * pre_epoch))
@@ -198,6 +234,8 @@ def main() -> int:
     p.add_argument("--probe-examples", type=int, default=8000)
     p.add_argument("--finetune-epochs", type=int, help="end-to-end fine-tune epochs (default: the preset's)")
     p.add_argument("--warmup-epochs", type=int, help="head warm-up epochs (default: the preset's)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[42],
+                   help="training seeds of the fine-tunes, all on the split of seed 42 (runs tin-HEAD[-seedS])")
     p.add_argument("--max-train", type=int, help="stratified subset of every data file (smoke tests)")
     p.add_argument("--data-note", default="../shared/data/tiny_imagenet32_jpg as shipped")
     args = p.parse_args()
@@ -219,19 +257,20 @@ def main() -> int:
         rate = proto.record["runs"]["probe"]["examples_per_s"]
         overhead = proto.record["runs"]["probe"]["wall_s"] - 3 * int(0.9 * args.probe_examples) / rate
         epochs, ft_s = plan_pretrain_epochs(rate, max(overhead, 5.0), args.budget_s - proto.elapsed(),
-                                            finetune_epochs, args.parallel, args.max_pretrain_epochs)
+                                            finetune_epochs, args.parallel, args.max_pretrain_epochs,
+                                            len(FINETUNES) * len(args.seeds))
         proto.record["plan"] = {"probe_examples_per_s": round(rate), "probe_overhead_s": round(overhead, 1),
                                 "pretrain_epochs": epochs, "finetune_estimate_s": round(ft_s)}
     proto.write()
     proto.finish(proto.train("pretrain", ["--preset", "tiny-imagenet-pretrain", "--head", "none",
                                           "--epochs", str(epochs)]))
-    pending = list(FINETUNES)
+    pending = finetune_runs(args.seeds)
     while pending:
         wave, pending = pending[:args.parallel], pending[args.parallel:]
-        started = [proto.train(f"tin-{name}", ["--preset", "tiny-imagenet-100", *opts,
-                                               "--init-from", str(args.runs / "pretrain"),
-                                               *_finetune_budget(name, finetune_epochs, warmup_epochs)])
-                   for name, opts in wave]
+        started = [proto.train(run, ["--preset", "tiny-imagenet-100", *opts,
+                                     "--init-from", str(args.runs / "pretrain"),
+                                     *_finetune_budget(name, finetune_epochs, warmup_epochs)])
+                   for run, opts, name in wave]
         for training in started:
             proto.finish(training)
     print(markdown(proto.record))

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from helpers import bench_script
 
 REPO = Path(__file__).resolve().parents[1]
 TIN = "tiny_imagenet32_jpg"
@@ -60,3 +61,21 @@ def test_protocol_runs_pretrain_then_four_heads_from_it(shared_data, tmp_path):
             assert config["preset"] == "tiny-imagenet-100" and config["init_from"] == pretrained
     table = results.with_suffix(".md").read_text()
     assert "| tin-monotonic |" in table and "report R@1 @16" in table
+
+
+def test_protocol_seeds_share_seed_42s_split_and_are_averaged():
+    protocol = bench_script("gpu_vision_protocol")
+    runs = protocol.finetune_runs([42, 7])
+    assert [name for name, _, _ in runs] == ["tin-none", "tin-monotonic", "tin-mlp", "tin-matryoshka", "tin-none-seed7",
+                                             "tin-monotonic-seed7", "tin-mlp-seed7", "tin-matryoshka-seed7"]
+    assert all("--seed" not in opts for _, opts, _ in runs[:4])
+    assert all(opts[-4:] == ["--seed", "7", "--split-seed", "42"] for _, opts, _ in runs[4:])
+    record = {"device": "d", "encoder": "e", "data_note": "n", "python": "3", "plan": {}, "commands": [], "runs": {
+        name: {"rc": 0, "wall_s": 1, "epochs_run": 1, "best_epoch": 1, "truncation": "pca",
+               "final": {"d_eff": d, "report_recall@1": r, "report_recall@1_pca16": r, "val_recall@1": r}}
+        for name, d, r in (("tin-monotonic", 10, 0.20), ("tin-monotonic-seed7", 14, 0.30))}}
+    table = protocol.markdown(record)
+    # mean 25.0, standard error = sample sd / sqrt(2) = 5.0
+    assert "| tin-monotonic | 2 | 12.0 ± 2.0 | 25.0 ± 5.0 | 25.0 ± 5.0 | 25.0 ± 5.0 |" in table
+    one_seed = {**record, "runs": {"tin-monotonic": record["runs"]["tin-monotonic"]}}
+    assert "Mean ± standard error" not in protocol.markdown(one_seed)
