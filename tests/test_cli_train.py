@@ -93,3 +93,12 @@ def test_imagenet_weights_offline_fail_clearly(tmp_path, monkeypatch) -> None:
 def test_resume_on_a_non_run_directory(tmp_path) -> None:
     (tmp_path / "plain").mkdir()
     _fails_cleanly(["train", "--resume", str(tmp_path / "plain")], "not a monocon-edge run directory")
+
+
+def test_export_help_names_every_int8_scheme() -> None:
+    from monocon_edge.exporting.int8_schemes import SCHEMES
+
+    result = runner.invoke(app, ["export", "--help"], env={"COLUMNS": "400"}, terminal_width=400)
+    assert result.exit_code == 0
+    help_line = " ".join(result.output.split())
+    assert all(f"| {name}" in help_line for name in SCHEMES), help_line

@@ -14,6 +14,8 @@ from typing import Any, Callable, Optional
 import typer
 from rich.console import Console
 
+from ..exporting.int8_schemes import SCHEMES, TEXT_CANDIDATES, VISION_CANDIDATES
+
 app = typer.Typer(add_completion=False, no_args_is_help=False, pretty_exceptions_enable=False,
                   help="Train MonoCon embeddings, export them as one static ONNX graph, benchmark, ship.")
 console = Console()
@@ -235,6 +237,11 @@ def analyze(
     _run_guarded(go)
 
 
+# Built from int8_select's lists, so a new scheme shows up in --help without a second copy of its name.
+_INT8_SCHEME_HELP = (f"auto (measure the candidates: {' and '.join(VISION_CANDIDATES)} (head layers int8 too) QDQ "
+                     f"for CNNs; {', '.join(TEXT_CANDIDATES)} for transformers) | " + " | ".join(SCHEMES))
+
+
 @app.command("export")
 def export_cmd(
     run_dir: Optional[Path] = typer.Argument(None, help="a finished run directory (config.json, best.pt, pca.npz, "
@@ -257,11 +264,7 @@ def export_cmd(
     parity_samples: int = typer.Option(256, help="real inputs for the parity gate"),
     calibration_samples: int = typer.Option(256, help="training inputs for int8 calibration (static ranges, "
                                                       "MatMul sensitivity)"),
-    int8_scheme: str = typer.Option("auto", help="auto (measure the candidates: static and static-head "
-                                                 "(head layers int8 too) QDQ for CNNs; dynamic, "
-                                                 "dynamic-t4, nbits8, mixed, dynamic-smooth, dynamic-smooth-t4 "
-                                                 "for transformers) | static | static-head | dynamic | dynamic-t4 "
-                                                 "| nbits8 | mixed | dynamic-smooth | dynamic-smooth-t4"),
+    int8_scheme: str = typer.Option("auto", help=_INT8_SCHEME_HELP),
     optimize: bool = typer.Option(True, "--optimize/--no-optimize", help="text: try onnxruntime's BERT fusions, "
                                                                         "kept where they measurably help"),
     timing_rounds: int = typer.Option(200, help="timed batch-1 calls per graph (fp32, each int8 candidate), "

@@ -43,7 +43,7 @@ class ExportOptions:
     code_samples: int = 1024
     seed: int = 0
     # int8 scheme: "auto" builds every candidate of the modality (int8_select.candidates_for), times and gates
-    # each, and keeps the fastest that passes; a scheme name (int8_select.SCHEMES) forces that one.
+    # each, and keeps the fastest that passes; a scheme name (int8_schemes.SCHEMES) forces that one.
     int8_scheme: str = "auto"
     int4: bool = False  # also write model.int4.onnx (MatMulNBits 4-bit + 4-bit Gather), same gates
     optimize: bool = True  # transformers: try onnxruntime's BERT fusions, keep them where they measurably help

@@ -29,20 +29,13 @@ import numpy as np
 
 from ..device.errors import GateError, MonoconError
 from .gates import GateThresholds, batch_rows, int8_failures
+from .int8_schemes import SCHEMES, SMOOTH_SCHEMES, STATIC_SCHEMES, TEXT_CANDIDATES, VISION_CANDIDATES
 from .latency import BLOCK_CALLS, REWARM_CALLS, blocked_latency, load_ms, session
 
 Batch = dict[str, np.ndarray]
 EmbedFn = Callable[[Batch], np.ndarray]
 EventFn = Callable[[str, dict[str, Any]], None]
 
-TEXT_CANDIDATES = ("dynamic", "dynamic-t4", "nbits8", "mixed", "dynamic-smooth", "dynamic-smooth-t4")
-# SmoothQuant-equalised dynamic int8 schemes -> the bits of their largest Gather table (word embeddings).
-SMOOTH_SCHEMES = {"dynamic-smooth": 8, "dynamic-smooth-t4": 4}
-VISION_CANDIDATES = ("static", "static-head")
-# Every scheme --int8-scheme can force.
-SCHEMES = VISION_CANDIDATES + TEXT_CANDIDATES
-# Vision schemes that calibrate static activation ranges (image models only).
-STATIC_SCHEMES = ("static", "static-head")
 # Counts of top-ranked MatMuls the mixed scheme may keep fp32, tried in order; the first that recovers enough wins.
 MIXED_LADDER = (1, 2, 3, 4, 6, 8, 12, 16)
 MIXED_LOSS_FRACTION = 0.5

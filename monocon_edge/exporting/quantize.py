@@ -1,6 +1,6 @@
 """int8 (and 4-bit) graphs with onnxruntime's quantization tools, as candidates for measurement.
 
-Schemes (``int8_select.SCHEMES``): static QDQ for CNNs — ``static`` (encoder only) and ``static-head`` (the folded head's
+Schemes (``int8_schemes.SCHEMES``): static QDQ for CNNs — ``static`` (encoder only) and ``static-head`` (the folded head's
 Gemm/MatMul weights quantized too); for transformers dynamic per-channel QOperator int8, MatMulNBits
 8-bit with int8 compute (``accuracy_level=4``), and a mixed dynamic scheme that keeps named MatMuls fp32 (the
 most sensitive ones, chosen by ``int8_select`` from a measurement); ``int4`` is MatMulNBits 4-bit + 4-bit
