@@ -7,12 +7,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from monocon_edge.data.text import read_pair_rows, read_pair_tsv
 from monocon_edge.training.config import NLI_PAIRS, preset
-from monocon_edge.training.text_task import TextTask
+from monocon_edge.training.text_task import NEGATIVES_SET, TextTask
 from test_shared_data import small_sts
 
 SNLI_LIKE = """row\tlabel\tpremise\thypothesis
@@ -61,7 +62,7 @@ def test_each_premise_gets_its_contradiction_as_hard_negative(tmp_path: Path) ->
 def test_batches_carry_each_pairs_negative_as_a_class_of_its_own(tmp_path: Path) -> None:
     task = _tiny_task(tmp_path, hard_negatives=True)
     texts = task.sentences + task.negative_sentences
-    assert set(task.eval_sets()["train_negatives"]) == set(task.negative_sentences)
+    assert NEGATIVES_SET not in task.eval_sets()  # batch rows, never an evaluation set
     rows_feature = torch.arange(len(texts), dtype=torch.float32)[:, None]  # a batch row's feature = its row
     batch_size, seen_negatives = 8, 0
     for batch in task.train_batches(0, batch_size, rows_feature):
@@ -78,9 +79,23 @@ def test_batches_carry_each_pairs_negative_as_a_class_of_its_own(tmp_path: Path)
     assert seen_negatives > 0
 
 
+
+def test_negatives_are_encoded_for_batches_only(tmp_path: Path) -> None:
+    task = _tiny_task(tmp_path, hard_negatives=True)
+    task.tokenize = lambda texts: {"input_ids": torch.zeros(len(texts), 4, dtype=torch.long),
+                                   "attention_mask": torch.ones(len(texts), 4, dtype=torch.long)}
+
+    def length_feature(input_ids: torch.Tensor, mask: torch.Tensor) -> np.ndarray:
+        return mask.sum(1, keepdim=True).float().numpy()
+
+    assert NEGATIVES_SET not in task.encode(length_feature)
+    feats = task.encode(length_feature, with_batch_rows=True)
+    assert set(feats) == set(task.eval_sets()) | {NEGATIVES_SET}
+    assert len(feats[NEGATIVES_SET]) == len(task.negative_sentences) > 0
+
 def test_without_the_flag_batches_hold_pairs_only(tmp_path: Path) -> None:
     task = _tiny_task(tmp_path)
-    assert "train_negatives" not in task.eval_sets()
+    assert NEGATIVES_SET not in task.eval_sets()
     batch = next(iter(task.train_batches(0, 8, torch.zeros(len(task.sentences), 1))))
     assert batch.size == 16 and batch.labels.tolist() == list(range(8)) * 2
 

@@ -32,6 +32,7 @@ from ..models.monocon import MonoConModel, TopLayersModel, build_model, head_out
 from .run_dir import RunDir
 from .dimension_metrics import effective_dims_of
 from .tasks import build_task, encode_eval_sets
+from .text_task import NEGATIVES_SET
 from ..events import EventFn, ignore_events
 
 # Per-epoch seeds of rank r are offset by r * this, so ranks draw different augmentations (rank 0 = 1 process).
@@ -294,7 +295,8 @@ class Trainer:
             self.model.eval()
             start = self._top_start()
             if start is None:
-                self._features = encode_eval_sets(self.task, self._encode_fn, self.model.encoder)
+                self._features = encode_eval_sets(self.task, self._encode_fn, self.model.encoder,
+                                                  with_batch_rows=True)
             else:
                 with torch.no_grad():
                     top = lambda states, mask: self.model.encoder.pooled_from(  # noqa: E731
@@ -304,9 +306,9 @@ class Trainer:
 
     def _batch_features(self) -> np.ndarray:
         """Return the encoder features of the rows that training batches index (``TrainBatch.rows``): the train
-        examples, then the hard negatives where the task has them (``train_negatives``)."""
+        examples, then the hard negatives where the task has them (``NEGATIVES_SET``)."""
         feats = self.encoder_features()
-        extra = feats.get("train_negatives")
+        extra = feats.get(NEGATIVES_SET)
         return feats["train"] if extra is None else np.concatenate([feats["train"], extra])
 
     def _top_start(self) -> int | None:
@@ -339,7 +341,7 @@ class Trainer:
     def evaluate(self, full: bool = True) -> tuple[dict[str, Any], Any]:
         """Return (metrics, train PCA) of the current model on the task's evaluation sets."""
         feats = self.encoder_features()
-        emb = {k: self._head(v) for k, v in feats.items()}
+        emb = {k: self._head(v) for k, v in feats.items() if k != NEGATIVES_SET}
         metrics, pca = self.task.evaluate(emb, full=full, truncation=self.cfg.truncation)
         metrics.update(effective_dims_of(feats["train"], emb["train"]))
         return metrics, pca

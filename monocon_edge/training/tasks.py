@@ -24,8 +24,9 @@ def build_task(cfg: RunConfig, model) -> VisionTask | TextTask:
 
 
 def encode_eval_sets(task: VisionTask | TextTask, encode_fn: Callable[..., np.ndarray],
-                     encoder: torch.nn.Module) -> dict[str, np.ndarray]:
-    """Return the encoder features of ``task``'s evaluation sets computed with ``encode_fn``.
+                     encoder: torch.nn.Module, with_batch_rows: bool = False) -> dict[str, np.ndarray]:
+    """Return the encoder features of ``task``'s evaluation sets computed with ``encode_fn``; with
+    ``with_batch_rows``, also those of the rows only training batches use (a text task's hard negatives).
 
     Text features go through the feature cache, keyed by ``encoder``'s weights (a frozen MiniLM re-encodes the
     same sentences in every run, analysis and export otherwise).
@@ -33,5 +34,5 @@ def encode_eval_sets(task: VisionTask | TextTask, encode_fn: Callable[..., np.nd
     if isinstance(task, TextTask):
         from .feature_cache import fingerprint
 
-        return task.encode(encode_fn, encoder_fingerprint=fingerprint(encoder))
+        return task.encode(encode_fn, encoder_fingerprint=fingerprint(encoder), with_batch_rows=with_batch_rows)
     return task.encode(encode_fn)

@@ -18,6 +18,9 @@ from .token_states import TokenStates, compute_token_states
 from .train_batch import TrainBatch
 from .dimension_metrics import PCA_DIMS, fit_pca_figures, report_figures
 
+# The hard negatives' features (``--hard-negatives``): rows of training batches, not an evaluation set.
+NEGATIVES_SET = "train_negatives"
+
 
 class TextTask:
     """Sentence pairs for SupCon (each pair its own class) and STS-B Spearman / pair retrieval evaluation."""
@@ -99,10 +102,11 @@ class TextTask:
                 yield TrainBatch((tok["input_ids"], tok["attention_mask"]), labels, len(rows), True, rows=rows)
 
     def encode(self, encode_fn: Callable[..., torch.Tensor], batch_size: int = 256,
-               encoder_fingerprint: str | None = None) -> dict[str, np.ndarray]:
+               encoder_fingerprint: str | None = None, with_batch_rows: bool = False) -> dict[str, np.ndarray]:
         """Return encoder features of the train sentences ("train"), the selection pairs ("val_a/b") and STS
-        pairs ("sts_a/b"), and where the run has them the report pairs ("report_a/b"), report STS pairs
-        ("rsts_a/b") and hard negatives of the train pairs ("train_negatives", batch rows only).
+        pairs ("sts_a/b"), and where the run has them the report pairs ("report_a/b") and report STS pairs
+        ("rsts_a/b"); with ``with_batch_rows`` also the hard negatives of the train pairs (``NEGATIVES_SET``:
+        rows of training batches only, never evaluated).
 
         With ``encoder_fingerprint`` (see feature_cache.fingerprint) each set's features are read from /
         written to the disk cache (one entry per sentence list, so a changed split re-encodes only what changed).
@@ -114,13 +118,16 @@ class TextTask:
 
             return in_length_order([len(t) for t in texts], batch_size, embed)
 
+        sets = self.eval_sets()
+        if with_batch_rows and self.negative_sentences:
+            sets[NEGATIVES_SET] = self.negative_sentences
         if encoder_fingerprint is None:
-            return {name: run(texts) for name, texts in self.eval_sets().items()}
+            return {name: run(texts) for name, texts in sets.items()}
         return {name: arrays["x"] for name, arrays in
-                self._cached_sets(encoder_fingerprint, (), lambda texts: {"x": run(texts)}).items()}
+                self._cached_sets(sets, encoder_fingerprint, (), lambda texts: {"x": run(texts)}).items()}
 
     def eval_sets(self) -> dict[str, list[str]]:
-        """Return the sentence lists that ``encode`` encodes, by name (see there)."""
+        """Return the sentence lists that ``evaluate`` scores, by name (see ``encode``)."""
         sets = {"train": self.sentences,
                 "val_a": [a for a, _ in self.val_pairs], "val_b": [b for _, b in self.val_pairs],
                 "sts_a": self.sts.first, "sts_b": self.sts.second}
@@ -129,26 +136,24 @@ class TextTask:
             sets["report_b"] = [b for _, b in self.report_pairs]
         if self.report_sts is not None:
             sets["rsts_a"], sets["rsts_b"] = self.report_sts.first, self.report_sts.second
-        if self.negative_sentences:
-            sets["train_negatives"] = self.negative_sentences
         return sets
 
     def token_states(self, lower: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], upto: int,
                      encoder_fingerprint: str) -> dict[str, TokenStates]:
         """Return the token states after the encoder's first ``upto`` layers (``lower``) of every set of
         ``eval_sets``, read from / written to the feature cache like ``encode``'s features."""
-        cached = self._cached_sets(encoder_fingerprint, (f"token-states-{upto}",),
+        cached = self._cached_sets(self.eval_sets(), encoder_fingerprint, (f"token-states-{upto}",),
                                    lambda texts: compute_token_states(texts, self.tokenize, lower))
         return {name: TokenStates.from_arrays(arrays) for name, arrays in cached.items()}
 
-    def _cached_sets(self, encoder_fingerprint: str, tag: tuple[str, ...],
+    def _cached_sets(self, sets: dict[str, list[str]], encoder_fingerprint: str, tag: tuple[str, ...],
                      compute: Callable[[list[str]], dict[str, np.ndarray]]) -> dict[str, dict[str, np.ndarray]]:
-        """Return {set name: the arrays ``compute`` returns for its sentences}, each set read from / written to the
-        feature cache under the encoder, the sequence length, ``tag`` and the sentences themselves."""
+        """Return {set name: the arrays ``compute`` returns for its sentences} of ``sets``, each read from / written
+        to the feature cache under the encoder, the sequence length, ``tag`` and the sentences themselves."""
         from .feature_cache import key_for, load_or_compute
 
         out = {}
-        for name, texts in self.eval_sets().items():
+        for name, texts in sets.items():
             key = key_for(encoder_fingerprint, str(self.cfg.data.max_seq_len), *tag, texts)
             out[name] = load_or_compute(key, lambda t=texts: compute(t))
         return out

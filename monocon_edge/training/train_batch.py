@@ -16,7 +16,7 @@ class TrainBatch:
     # True when labels only identify examples within this batch (text pairs: 0..B-1), so batches gathered
     # from other processes need their labels offset; False for class labels, which mean the same everywhere.
     batch_local_labels: bool = False
-    # Rows of the task's batch feature matrix (``encode()["train"]``, then ``["train_negatives"]`` where the
-    # text task has hard negatives) that the examples come from, in order:
+    # Rows of the task's batch feature matrix (``encode()["train"]``, then the hard negatives'
+    # ``NEGATIVES_SET`` where the text task has them) that the examples come from, in order:
     # what the similarity-distillation term looks the starting encoder's features up by.
     rows: torch.Tensor | None = None
