@@ -152,7 +152,8 @@ def _seed_means(record: dict) -> list[str]:
     if all(len(runs) < 2 for runs in groups.values()):
         return []
     lines = ["", "Mean ± standard error over the training seeds (same split, same pre-trained encoder):", "",
-             "| run | seeds | d_eff | report R@1 full | report R@1 @16 | selection R@1 |", "|---|---:|---:|---:|---:|---:|"]
+             "| run | seeds | d_eff | report R@1 full | report R@1 @16 | selection R@1 |",
+             "|---|---:|---:|---:|---:|---:|"]
     for head, runs in groups.items():
         trunc = "prefix" if runs[0].get("truncation") == "prefix" else "pca"
         cells = []

@@ -120,3 +120,8 @@ def test_bench_index_cli_on_tiny_sizes(digits_artifact, tmp_path) -> None:
     assert again.returncode == 0, again.stderr[-2000:]
     assert (out / f"{stem}.md").read_text() == md
     assert json.loads((out / f"{stem}.json").read_text())["rows"] == rows
+    dotted = out / "scale-v0.1.json"  # a dot in the name: the .md beside it keeps the whole name
+    dotted.write_text((out / f"{stem}.json").read_text())
+    assert subprocess.run([sys.executable, "-m", "monocon_edge", "bench-index", "--from-json", str(dotted)],
+                          capture_output=True, text=True, env=env, timeout=120, cwd=tmp_path).returncode == 0
+    assert (out / "scale-v0.1.md").read_text() == md

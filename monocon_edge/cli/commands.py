@@ -486,9 +486,9 @@ def bench_index(
 
             result = read_json(from_json)
             result.targets = evaluate_targets(result)
-            stem = from_json.with_suffix("")
-            for kind, path in {"json": json_path or from_json, "md": md or stem.with_suffix(".md"),
-                               "png": plot or stem.with_suffix(".png")}.items():
+            # with_name, not with_suffix: "scale-v0.1.json" -> "scale-v0.1.md", not "scale-v0.md"
+            for kind, path in {"json": json_path or from_json, "md": md or from_json.with_name(f"{from_json.stem}.md"),
+                               "png": plot or from_json.with_name(f"{from_json.stem}.png")}.items():
                 writers[kind](path, result)
                 console.print(f"wrote {path}", highlight=False)
             return
