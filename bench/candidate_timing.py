@@ -4,8 +4,8 @@ now, monocon_edge/exporting/latency.py) — on a text run's real timing sentence
 
 Usage: python3 bench/candidate_timing.py RUN_DIR REFERENCE.onnx OTHER.onnx [...] [--calls 200] [--block 20]
          [--rewarm 5] [--repeats 2] [--json OUT.json]
-Prints, per schedule and repeat, each graph's CPU p50 (ms), wall p50 and its speed-up over REFERENCE; the load
-average is printed before and after. The schedules alternate (interleaved, blocked, interleaved, ...).
+Prints, per schedule and repeat, each graph's CPU p50 (ms), wall p50 and its speed-up over REFERENCE, and its
+per-round CPU-time ratio to REFERENCE with a 90 % interval (export's tie rule); the load average before and after. The schedules alternate (interleaved, blocked, interleaved, ...).
 """
 from __future__ import annotations
 
@@ -44,7 +44,7 @@ def feeds_for(run_dir: str, graphs: list[Path]) -> list | None:
 
 def main(argv: list[str]) -> int:
     """Run the comparison; return the process exit status."""
-    from monocon_edge.exporting.latency import BLOCK_CALLS, REWARM_CALLS, blocked_latency
+    from monocon_edge.exporting.latency import BLOCK_CALLS, REWARM_CALLS, blocked_latency, paired_ratio
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("run")
@@ -72,6 +72,11 @@ def main(argv: list[str]) -> int:
             print(f"{schedule} (block {block}), repeat {repeat}: " + ", ".join(
                 f"{n} {t['cpu_p50_ms']:.2f} ms cpu / {t['p50_ms']:.2f} wall "
                 f"({timed[ref]['cpu_p50_ms'] / t['cpu_p50_ms']:.2f}x)" for n, t in timed.items()), flush=True)
+            # CPU time per round of each graph over the reference's (what export's tie rule reads)
+            print("  per-round ratio to " + ref + ": " + ", ".join(
+                "{} {:.3f} (90 % interval {:.3f}-{:.3f})".format(n, *paired_ratio(t["cpu_block_ms"],
+                                                                                 timed[ref]["cpu_block_ms"]))
+                for n, t in timed.items() if n != ref), flush=True)
     out["load_average_after"] = os.getloadavg()
     print(f"load average after: {out['load_average_after']}")
     if args.json:

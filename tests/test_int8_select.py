@@ -12,7 +12,7 @@ import pytest
 import torch
 from onnx import TensorProto, numpy_helper
 
-from monocon_edge.exporting import int8_select
+from monocon_edge.exporting import int8_select, latency
 from monocon_edge.device.errors import GateError, MonoconError
 from monocon_edge.exporting.fold import FoldedHead, FoldedTail, FoldedTextModel
 from monocon_edge.exporting.gates import GateThresholds, Retrieval, compare_figures
@@ -166,6 +166,39 @@ def test_unknown_or_unfit_scheme_is_refused(tiny_text, tmp_path) -> None:
         _select(tiny_text, tmp_path / "w", forced="static")
 
 
+def _smallest_of_the_tied(rows) -> str:
+    """Return the name the selection rule must pick from recorded rows: the per-round ratios recomputed from each
+    row's block timings; tied = not measurably more than FASTER_MARGIN slower than the fastest."""
+    rows = list(rows)
+    fastest = min(rows, key=lambda r: r["cpu_p50_ms"])
+    tied = []
+    for r in rows:
+        ratio, low, high = latency.paired_ratio(r["cpu_block_ms"], fastest["cpu_block_ms"])
+        assert r["vs_fastest"] == {"ratio": ratio, "low": low, "high": high}
+        if r is fastest or low <= 1 + int8_select.FASTER_MARGIN:
+            tied.append(r)
+    return min(tied, key=lambda r: (r["bytes"], r["cpu_p50_ms"]))["name"]
+
+
+def _row(name: str, mb: float, slowdown: float, noise: float) -> dict:
+    drift = np.array([1.0, 1.3, 0.9, 1.6, 1.1, 1.0, 1.2, 0.95])  # shared by every graph of a round
+    wobble = 1 + noise * np.array([1, -1, 0.5, -0.5, 0.8, -0.8, 0.2, -0.2])
+    blocks = (slowdown * drift * wobble).tolist()
+    return {"name": name, "bytes": mb * 1e6, "cpu_p50_ms": float(np.median(blocks)), "cpu_block_ms": blocks}
+
+
+def test_a_smaller_candidate_wins_unless_measurably_slower() -> None:
+    fastest = _row("fast", 25.6, 1.0, 0.0)
+    close = _row("close-but-smaller", 20.8, 1.055, 0.04)  # 5.5 % slower: over the margin, but not measurably
+    clearly = _row("clearly-slower", 10.0, 1.25, 0.04)
+    steady = _row("steadily-6-percent", 15.0, 1.06, 0.0)  # just over the margin on every round
+    assert int8_select._fastest_then_smallest([fastest, close, clearly, steady])["name"] == "close-but-smaller"
+    assert steady["vs_fastest"]["low"] == pytest.approx(1.06) and clearly["vs_fastest"]["low"] > 1.15
+    assert close["vs_fastest"]["low"] <= 1.05 < close["vs_fastest"]["ratio"] < close["vs_fastest"]["high"]
+    # without per-round timings (or with no noise) the medians alone decide
+    assert int8_select._fastest_then_smallest([fastest, steady])["name"] == "fast"
+
+
 def test_candidate_failing_a_gate_is_skipped_and_named(tiny_text, tmp_path) -> None:
     first = _select(tiny_text, tmp_path / "a")
     rows = {r["name"]: r for r in first.record["candidates"]}
@@ -173,9 +206,7 @@ def test_candidate_failing_a_gate_is_skipped_and_named(tiny_text, tmp_path) -> N
     assert all(r["passed"] for r in rows.values())
     # the fastest of those passing (CPU time per batch-1 call at one thread); of those within the timing margin
     # of the fastest, the smallest file
-    fastest = min(r["cpu_p50_ms"] for r in rows.values())
-    tied = [r for r in rows.values() if r["cpu_p50_ms"] <= fastest * (1 + int8_select.FASTER_MARGIN)]
-    assert first.name == min(tied, key=lambda r: r["bytes"])["name"]
+    assert first.name == _smallest_of_the_tied(rows.values())
     assert rows["dynamic-smooth"]["alpha"] in Q.SMOOTH_ALPHAS
     for r in rows.values():
         assert r["bytes"] > 0 and r["p50_ms"] > 0 and r["cpu_p50_ms"] > 0 and r["min_cosine"] <= r["mean_cosine"]

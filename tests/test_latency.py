@@ -33,6 +33,7 @@ def test_each_graph_runs_in_blocks_of_consecutive_calls(calls, block, rewarm) ->
         assert all(fs == want for _, fs in in_round)  # same inputs for every graph
     assert {t["calls"] for t in timed.values()} == {calls}
     assert all(t["cpu_p50_ms"] >= 0 and t["p50_ms"] >= 0 for t in timed.values())
+    assert all(len(t["cpu_block_ms"]) == rounds for t in timed.values())  # one median per block, round order
 
 
 def test_graph_order_changes_between_rounds() -> None:
@@ -51,3 +52,16 @@ def test_one_call_blocks_without_rewarm_are_the_old_interleaving() -> None:
 def test_bad_timing_settings_are_refused(calls, block, rewarm, feeds) -> None:
     with pytest.raises(MonoconError):
         latency.time_blocks({"x": lambda f: None}, [{"id": np.array([0])}] * feeds, calls, block, rewarm)
+
+
+def test_paired_ratio_cancels_drift_shared_by_a_round() -> None:
+    drift = np.array([1.0, 1.4, 0.9, 2.0, 1.1, 1.0, 1.3, 0.95])  # the machine slows down and speeds up
+    ratio, low, high = latency.paired_ratio(1.04 * drift, drift)
+    assert ratio == pytest.approx(1.04) and low == pytest.approx(1.04) and high == pytest.approx(1.04)
+    # unpaired medians of the same blocks would mix the drift in; per-round noise widens the interval instead
+    noisy = 1.04 * drift * np.array([1.03, 0.97, 1.02, 0.98, 1.01, 0.99, 1.04, 0.96])
+    ratio, low, high = latency.paired_ratio(noisy, drift)
+    assert low < 1.04 < high and low <= ratio <= high
+    assert latency.paired_ratio(noisy, drift) == (ratio, low, high)  # a fixed seed: the same interval again
+    with pytest.raises(MonoconError):
+        latency.paired_ratio([], [])

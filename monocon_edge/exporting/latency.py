@@ -60,7 +60,8 @@ def block_schedule(names: Sequence[str], calls: int, block: int, seed: int = 0) 
 def time_blocks(runners: dict[str, Callable[[Batch], Any]], feeds: Sequence[Batch], calls: int,
                 block: int = BLOCK_CALLS, rewarm: int = REWARM_CALLS,
                 seed: int = 0) -> dict[str, dict[str, float]]:
-    """Return {name: {p50_ms, p90_ms, cpu_p50_ms, calls, block, rewarm}} of ``calls`` timed calls of each runner.
+    """Return {name: {p50_ms, p90_ms, cpu_p50_ms, cpu_block_ms, calls, block, rewarm}} of ``calls`` timed calls of
+    each runner (``cpu_block_ms``: the median CPU time of each of its blocks, in round order).
 
     Rounds come from ``block_schedule``; in a round, every graph runs ``rewarm`` untimed then ``block`` timed
     calls in a row on the same inputs as the others (input i of a round: ``feeds[(round * block + i) % n]``).
@@ -74,23 +75,26 @@ def time_blocks(runners: dict[str, Callable[[Batch], Any]], feeds: Sequence[Batc
         raise MonoconError("rewarm calls must be >= 0")
     wall: dict[str, list[float]] = {name: [] for name in runners}
     cpu: dict[str, list[float]] = {name: [] for name in runners}
+    block_cpu: dict[str, list[float]] = {name: [] for name in runners}
     for r, order in enumerate(block_schedule(list(runners), calls, block, seed)):
         for name in order:
             run = runners[name]
             for i in range(rewarm):
                 run(feeds[(r * block + i) % len(feeds)])
-            for i in range(min(block, calls - r * block)):
+            timed = min(block, calls - r * block)
+            for i in range(timed):
                 feed = feeds[(r * block + i) % len(feeds)]
                 start, start_cpu = time.perf_counter(), time.thread_time()
                 run(feed)
                 cpu[name].append(time.thread_time() - start_cpu)
                 wall[name].append(time.perf_counter() - start)
+            block_cpu[name].append(float(np.median(cpu[name][-timed:]) * 1e3))
     out = {}
     for name in runners:
         ms = np.asarray(wall[name]) * 1e3
         out[name] = {"p50_ms": float(np.percentile(ms, 50)), "p90_ms": float(np.percentile(ms, 90)),
-                     "cpu_p50_ms": float(np.median(cpu[name]) * 1e3), "calls": len(ms), "block": block,
-                     "rewarm": rewarm}
+                     "cpu_p50_ms": float(np.median(cpu[name]) * 1e3), "cpu_block_ms": block_cpu[name],
+                     "calls": len(ms), "block": block, "rewarm": rewarm}
     return out
 
 
@@ -107,3 +111,18 @@ def blocked_latency(paths: dict[str, Path], feeds: Sequence[Batch], calls: int, 
             s.run(None, feed)
     runners = {name: (lambda feed, s=s: s.run(None, feed)) for name, s in sessions.items()}
     return time_blocks(runners, feeds, calls, block, rewarm, seed)
+
+
+def paired_ratio(blocks: Sequence[float], reference_blocks: Sequence[float], confidence: float = 0.9,
+                 resamples: int = 2000, seed: int = 0) -> tuple[float, float, float]:
+    """Return (median, low, high) of the per-round ratio ``blocks[r] / reference_blocks[r]`` of two graphs timed in
+    the same rounds (``time_blocks``' ``cpu_block_ms``): the median over rounds and a bootstrap ``confidence``
+    interval of that median (rounds resampled with replacement; a fixed seed, so the same timings give the same
+    interval). Pairing by round cancels the machine's drift, which falls on both graphs of a round alike."""
+    ratios = np.asarray(blocks, dtype=np.float64) / np.asarray(reference_blocks, dtype=np.float64)
+    if ratios.size == 0:
+        raise MonoconError("a paired ratio needs at least one round")
+    rng = np.random.default_rng(seed)
+    medians = np.median(rng.choice(ratios, size=(resamples, ratios.size), replace=True), axis=1)
+    tail = (1 - confidence) / 2
+    return (float(np.median(ratios)), float(np.quantile(medians, tail)), float(np.quantile(medians, 1 - tail)))
