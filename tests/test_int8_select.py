@@ -197,6 +197,9 @@ def test_a_smaller_candidate_wins_unless_measurably_slower() -> None:
     assert close["vs_fastest"]["low"] <= 1.05 < close["vs_fastest"]["ratio"] < close["vs_fastest"]["high"]
     # without per-round timings (or with no noise) the medians alone decide
     assert int8_select._fastest_then_smallest([fastest, steady])["name"] == "fast"
+    # --int8-prefer size: the smallest that passes, however much slower
+    assert int8_select._choose([fastest, clearly, steady], "size")["name"] == "clearly-slower"
+    assert int8_select._choose([fastest, clearly, steady], "speed")["name"] == "fast"
 
 
 def test_candidate_failing_a_gate_is_skipped_and_named(tiny_text, tmp_path) -> None:
@@ -207,6 +210,7 @@ def test_candidate_failing_a_gate_is_skipped_and_named(tiny_text, tmp_path) -> N
     # the fastest of those passing (CPU time per batch-1 call at one thread); of those within the timing margin
     # of the fastest, the smallest file
     assert first.name == _smallest_of_the_tied(rows.values())
+    assert first.record["prefer"] == "speed"
     assert rows["dynamic-smooth"]["alpha"] in Q.SMOOTH_ALPHAS
     for r in rows.values():
         assert r["bytes"] > 0 and r["p50_ms"] > 0 and r["cpu_p50_ms"] > 0 and r["min_cosine"] <= r["mean_cosine"]
@@ -437,3 +441,11 @@ def test_attention_fusion_is_exact_and_passes_the_checker(tiny_text, tmp_path) -
     # a graph without that pattern is left alone
     again = onnx.load(str(path))
     assert fuse_attention(again) == [] and len(again.graph.node) == len(model.graph.node)
+
+
+def test_prefer_size_ships_the_smallest_passing_candidate(tiny_text, tmp_path) -> None:
+    small = _select(tiny_text, tmp_path / "s", prefer="size")
+    rows = [r for r in small.record["candidates"] if r.get("passed")]
+    assert small.name == min(rows, key=lambda r: r["bytes"])["name"] and small.record["prefer"] == "size"
+    assert small.record["reason"].startswith(f"{small.name} is the smallest") and "--int8-prefer size" in \
+        small.record["reason"]

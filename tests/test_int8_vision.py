@@ -121,3 +121,15 @@ def test_static_head_is_vision_only_and_needs_a_head(tiny_runs, tmp_path) -> Non
     with pytest.raises(MonoconError, match="no folded head to quantize"):
         _export(tiny_runs["none"], tmp_path / "baseline", scheme="static-head")
     assert not (tmp_path / "baseline").exists()
+
+
+def test_prefer_size_through_the_cli_ships_the_smallest_passing(tiny_runs, tmp_path) -> None:
+    out = tmp_path / "small"
+    result = runner.invoke(app, ["export", str(tiny_runs["mlp"]), "--dims", "8", "--int8", "--int8-prefer", "size",
+                                 "--int8-max-recall-drop", "100", "--timing-rounds", "20", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    selection = json.loads((out / MANIFEST).read_text())["models"]["int8"]["selection"]
+    passing = [c for c in selection["candidates"] if c.get("passed")]
+    assert selection["prefer"] == "size" and len(passing) == 2
+    assert selection["winner"] == min(passing, key=lambda c: c["bytes"])["name"]
+    assert (out / INT8_FILE).stat().st_size < min(passing, key=lambda c: c["bytes"])["bytes"] + 64 * 1024

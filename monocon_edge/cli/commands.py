@@ -265,6 +265,9 @@ def export_cmd(
     calibration_samples: int = typer.Option(256, help="training inputs for int8 calibration (static ranges, "
                                                       "MatMul sensitivity)"),
     int8_scheme: str = typer.Option("auto", help=_INT8_SCHEME_HELP),
+    int8_prefer: str = typer.Option("speed", help="auto: speed (the fastest candidate that passes every gate; of "
+                                                  "those as fast, the smallest file) | size (the smallest that "
+                                                  "passes)"),
     optimize: bool = typer.Option(True, "--optimize/--no-optimize", help="text: try onnxruntime's BERT fusions, "
                                                                         "kept where they measurably help"),
     timing_rounds: int = typer.Option(200, help="timed batch-1 calls per graph (fp32, each int8 candidate), "
@@ -286,7 +289,8 @@ def export_cmd(
                              thresholds=GateThresholds(parity_atol, int8_min_cosine, int8_max_recall_drop,
                                                        int8_cosine_floor),
                              parity_samples=parity_samples, calibration_samples=calibration_samples,
-                             int8_scheme=int8_scheme, int4=int4, optimize=optimize, timing_rounds=timing_rounds)
+                             int8_scheme=int8_scheme, int8_prefer=int8_prefer, int4=int4, optimize=optimize,
+                             timing_rounds=timing_rounds)
         with console.status("exporting") as status:
             result = export_run(source, opts, on_event=lambda kind, info: status.update(info.get("name", kind)))
         print_export(console, result.path, result.manifest)

@@ -45,6 +45,7 @@ class ExportOptions:
     # int8 scheme: "auto" builds every candidate of the modality (int8_select.candidates_for), times and gates
     # each, and keeps the fastest that passes; a scheme name (int8_schemes.SCHEMES) forces that one.
     int8_scheme: str = "auto"
+    int8_prefer: str = "speed"  # auto: the fastest that passes ("speed") or the smallest that passes ("size")
     int4: bool = False  # also write model.int4.onnx (MatMulNBits 4-bit + 4-bit Gather), same gates
     optimize: bool = True  # transformers: try onnxruntime's BERT fusions, keep them where they measurably help
     timing_rounds: int = 200  # timed batch-1 calls per graph (fp32 and each int8 candidate), in blocks
@@ -99,9 +100,12 @@ def _check_options(opts: ExportOptions, modality: str) -> None:
         raise MonoconError("sample counts and --timing-rounds must be >= 1")
     if opts.int4 and modality != "text":
         raise MonoconError("--int4 (MatMulNBits 4-bit) is for transformer (text) runs")
+    from .int8_schemes import PREFERENCES
     from .int8_select import check_scheme
 
     check_scheme(opts.int8_scheme, modality)
+    if opts.int8_prefer not in PREFERENCES:
+        raise MonoconError(f"--int8-prefer must be one of {', '.join(PREFERENCES)}, got {opts.int8_prefer!r}")
 
 
 def export_run(run_dir: str | Path, opts: ExportOptions, on_event: EventFn | None = None,
@@ -203,7 +207,8 @@ def _build(loaded: Any, dims: int, opts: ExportOptions, tmp: Path, emit: EventFn
         with tempfile.TemporaryDirectory(prefix="candidates.", dir=tmp) as work:
             chosen = int8_select.select(tmp / FP32_FILE, Path(work), cfg.modality, gate_in.calibration,
                                         gate_in.timing, evaluate, thr, forced=opts.int8_scheme, int4=opts.int4,
-                                        only_int4=not opts.int8, calls=opts.timing_rounds, emit=emit)
+                                        only_int4=not opts.int8, calls=opts.timing_rounds, emit=emit,
+                                        prefer=opts.int8_prefer)
             if opts.int8:
                 os.replace(chosen.path, tmp / INT8_FILE)
                 stamp_metadata(tmp / INT8_FILE, _metadata(facts, "int8"))

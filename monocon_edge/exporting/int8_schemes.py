@@ -12,3 +12,6 @@ VISION_CANDIDATES = ("static", "static-head")
 SCHEMES = VISION_CANDIDATES + TEXT_CANDIDATES
 # Vision schemes that calibrate static activation ranges (image models only).
 STATIC_SCHEMES = ("static", "static-head")
+# What auto selection optimises among the candidates that pass every gate (--int8-prefer): "speed", the fastest
+# (of the equally fast, the smallest file), or "size", the smallest file.
+PREFERENCES = ("speed", "size")

@@ -29,7 +29,8 @@ import numpy as np
 
 from ..device.errors import GateError, MonoconError
 from .gates import GateThresholds, batch_rows, int8_failures
-from .int8_schemes import SCHEMES, SMOOTH_SCHEMES, STATIC_SCHEMES, TEXT_CANDIDATES, VISION_CANDIDATES
+from .int8_schemes import (PREFERENCES, SCHEMES, SMOOTH_SCHEMES, STATIC_SCHEMES, TEXT_CANDIDATES,
+                           VISION_CANDIDATES)
 from .latency import BLOCK_CALLS, REWARM_CALLS, blocked_latency, load_ms, paired_ratio, session
 
 Batch = dict[str, np.ndarray]
@@ -273,8 +274,9 @@ class Selection:
 def select(fp32: Path, work: Path, modality: str, calibration: Sequence[Batch], timing_feeds: Sequence[Batch],
            evaluate: Callable[[Path], dict], thresholds: GateThresholds, forced: str = "auto",
            int4: bool = False, only_int4: bool = False, calls: int = 200,
-           emit: EventFn | None = None) -> Selection:
-    """Build, time and gate the int8 candidates of ``fp32`` in ``work``; return the fastest that passes.
+           emit: EventFn | None = None, prefer: str = "speed") -> Selection:
+    """Build, time and gate the int8 candidates of ``fp32`` in ``work``; return the fastest that passes (``prefer``
+    "size": the smallest that passes).
 
     ``evaluate(path)`` returns a candidate's gate figures against fp32 (mean/min cosine, Recall@1 drop, and
     for text the Spearman drop). ``forced`` (a scheme name) builds and gates only that one. ``int4`` also
@@ -335,10 +337,10 @@ def select(fp32: Path, work: Path, modality: str, calibration: Sequence[Batch], 
                           wall_speedup_vs_fp32=fp32_row["p50_ms"] / timed[name]["p50_ms"],
                           size_vs_fp32=fp32_row["bytes"] / rows[name]["bytes"])
     eligible = [rows[n] for n in names if rows[n]["eligible"] and rows[n].get("passed")]
-    winner = _fastest_then_smallest(eligible)
+    winner = _choose(eligible, prefer)
     record = {
         "candidates": [rows[n] for n in names], "fp32": fp32_row, "winner": winner["name"] if winner else None,
-        "forced": forced != "auto", "thresholds": thresholds.to_dict(),
+        "forced": forced != "auto", "prefer": prefer, "thresholds": thresholds.to_dict(),
         **({"not_applicable": not_applicable} if not_applicable else {}),
         "timing": {"batch": 1, "threads": 1, "calls": calls, "block": BLOCK_CALLS, "rewarm": REWARM_CALLS,
                    "inputs": len(timing_feeds),
@@ -350,7 +352,7 @@ def select(fp32: Path, work: Path, modality: str, calibration: Sequence[Batch], 
                           "wall-time one); load_ms = median of 3 session creations"},
     }
     if winner is not None:
-        record["reason"] = _reason(winner, [rows[n] for n in names if rows[n]["eligible"]], forced != "auto")
+        record["reason"] = _reason(winner, [rows[n] for n in names if rows[n]["eligible"]], forced != "auto", prefer)
     extra: dict[str, dict[str, Any]] = {}
     if "int4" in paths:
         extra["int4"] = {"path": paths["int4"], "scheme": schemes["int4"], "figures": figures["int4"],
@@ -442,6 +444,15 @@ def try_transformer_fusion(fp32: Path, parity: Sequence[Batch], feeds: Sequence[
     return record
 
 
+def _choose(rows: list[dict], prefer: str) -> dict | None:
+    """Return the winner of the rows that pass every gate: ``_fastest_then_smallest`` (which also records each
+    row's ratio to the fastest), or for ``prefer`` "size" the smallest file (the faster of equal sizes)."""
+    winner = _fastest_then_smallest(rows)
+    if prefer == "size" and rows:
+        winner = min(rows, key=lambda r: (r["bytes"], r[SPEED_KEY]))
+    return winner
+
+
 def _fastest_then_smallest(rows: list[dict]) -> dict | None:
     """Return the row with the least SPEED_KEY; of the rows as fast as it at the resolution of the timing, the
     smallest file.
@@ -464,13 +475,17 @@ def _fastest_then_smallest(rows: list[dict]) -> dict | None:
     return min(tied, key=lambda r: (r["bytes"], r[SPEED_KEY]))
 
 
-def _reason(winner: dict, rows: list[dict], forced: bool) -> str:
+def _reason(winner: dict, rows: list[dict], forced: bool, prefer: str = "speed") -> str:
     if forced:
         return f"{winner['name']} was forced (--int8-scheme) and passes every gate"
     failed = [f"{r['name']} ({'; '.join(r.get('failures') or [])})" for r in rows if not r.get("passed")]
     others = [f"{r['name']} {r[SPEED_KEY]:.2f} ms" for r in rows if r.get("passed") and r is not winner]
     fastest = min((r for r in rows if r.get("passed")), key=lambda r: r[SPEED_KEY])
-    if fastest is not winner:
+    if prefer == "size":
+        text = (f"{winner['name']} is the smallest ({winner['bytes'] / 1e6:.1f} MB) of the candidates that pass "
+                f"every gate (--int8-prefer size; the fastest: {fastest['name']} {fastest[SPEED_KEY]:.2f} ms, "
+                f"{fastest['bytes'] / 1e6:.1f} MB): CPU time p50 ")
+    elif fastest is not winner:
         vs = winner["vs_fastest"]
         text = (f"{winner['name']} is the smallest ({winner['bytes'] / 1e6:.1f} MB) of the candidates that pass "
                 f"every gate and are not measurably more than {FASTER_MARGIN:.0%} slower than the fastest "
