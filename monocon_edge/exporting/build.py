@@ -100,12 +100,10 @@ def _check_options(opts: ExportOptions, modality: str) -> None:
         raise MonoconError("sample counts and --timing-rounds must be >= 1")
     if opts.int4 and modality != "text":
         raise MonoconError("--int4 (MatMulNBits 4-bit) is for transformer (text) runs")
-    from .int8_schemes import PREFERENCES
-    from .int8_select import check_scheme
+    from .int8_select import check_prefer, check_scheme
 
     check_scheme(opts.int8_scheme, modality)
-    if opts.int8_prefer not in PREFERENCES:
-        raise MonoconError(f"--int8-prefer must be one of {', '.join(PREFERENCES)}, got {opts.int8_prefer!r}")
+    check_prefer(opts.int8_prefer)
 
 
 def export_run(run_dir: str | Path, opts: ExportOptions, on_event: EventFn | None = None,

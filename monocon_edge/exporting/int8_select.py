@@ -53,6 +53,12 @@ def candidates_for(modality: str) -> tuple[str, ...]:
     return VISION_CANDIDATES if modality == "vision" else TEXT_CANDIDATES
 
 
+def check_prefer(prefer: str) -> None:
+    """Raise MonoconError unless ``prefer`` is one of PREFERENCES (what auto selection optimises)."""
+    if prefer not in PREFERENCES:
+        raise MonoconError(f"--int8-prefer must be one of {', '.join(PREFERENCES)}, got {prefer!r}")
+
+
 def check_scheme(name: str, modality: str) -> None:
     """Raise MonoconError unless ``name`` is "auto" or a scheme that fits ``modality``."""
     if name == "auto":
@@ -287,6 +293,7 @@ def select(fp32: Path, work: Path, modality: str, calibration: Sequence[Batch], 
 
     emit = emit or (lambda kind, info: None)
     check_scheme(forced, modality)
+    check_prefer(prefer)
     names = list(candidates_for(modality)) if forced == "auto" else [forced]
     not_applicable: dict[str, str] = {}
     if forced == "auto" and "static-head" in names and not has_head(fp32):
@@ -460,7 +467,9 @@ def _fastest_then_smallest(rows: list[dict]) -> dict | None:
     "As fast": not measurably more than FASTER_MARGIN slower — the lower end of the 90 % interval of the row's
     per-round CPU-time ratio to the fastest (``latency.paired_ratio`` over ``cpu_block_ms``) is within the margin.
     Each row gets that ratio as ``vs_fastest``. Two exports of one run on a shared machine timed the same two graphs
-    1.03x and 1.06x apart, so a fixed cut at 1.05 on the medians alone picked either one by chance.
+    1.03x and 1.06x apart, so a fixed cut at 1.05 on the medians alone picked either one by chance. The interval
+    takes out the noise within one export; between processes the cost itself can differ (six exports:
+    bench/results/int8-text-slope0.3/export-repeats.txt), which ``--int8-prefer size`` does not depend on.
     """
     if not rows:
         return None
