@@ -5,7 +5,8 @@ now, monocon_edge/exporting/latency.py) — on a text run's real timing sentence
 Usage: python3 bench/candidate_timing.py RUN_DIR REFERENCE.onnx OTHER.onnx [...] [--calls 200] [--block 20]
          [--rewarm 5] [--repeats 2] [--json OUT.json]
 Prints, per schedule and repeat, each graph's CPU p50 (ms), wall p50 and its speed-up over REFERENCE, and its
-per-round CPU-time ratio to REFERENCE with a 90 % interval (export's tie rule); the load average before and after. The schedules alternate (interleaved, blocked, interleaved, ...).
+per-round CPU-time ratio to REFERENCE with a 90 % interval (export's tie rule); the load average before and after.
+The schedules alternate (interleaved, blocked, interleaved, ...).
 """
 from __future__ import annotations
 
