@@ -449,3 +449,20 @@ def test_prefer_size_ships_the_smallest_passing_candidate(tiny_text, tmp_path) -
     assert small.name == min(rows, key=lambda r: r["bytes"])["name"] and small.record["prefer"] == "size"
     assert small.record["reason"].startswith(f"{small.name} is the smallest") and "--int8-prefer size" in \
         small.record["reason"]
+
+
+@pytest.mark.parametrize("speedup, noted", [(0.71, True), (3.2, False)])
+def test_export_table_notes_an_int8_graph_slower_than_fp32(speedup, noted) -> None:
+    from rich.console import Console
+
+    from monocon_edge.cli.render import print_int8_selection
+
+    row = {"name": "static", "bytes": 1e5, "cpu_p50_ms": 0.02, "p50_ms": 0.02, "load_ms": 2.0, "passed": True,
+           "speedup_vs_fp32": speedup, "mean_cosine": 0.999, "min_cosine": 0.99, "recall_drop_points": 0.0}
+    record = {"timing": {"batch": 1, "threads": 1, "calls": 20, "block": 25}, "candidates": [row],
+              "thresholds": {"int8_min_cosine": 0.99, "int8_max_recall_drop_points": 1.0, "int8_cosine_floor": None},
+              "fp32": {"bytes": 2e5, "cpu_p50_ms": 0.014, "p50_ms": 0.014, "load_ms": 1.0}, "winner": "static",
+              "reason": "static is the fastest candidate that passes every gate"}
+    console = Console(record=True, width=400)
+    print_int8_selection(console, record)
+    assert ("int8 graph is slower than fp32 here (0.71x" in console.export_text()) is noted

@@ -147,6 +147,12 @@ def print_int8_selection(console: Console, record: dict[str, Any]) -> None:
         console.print(f"not built: {name} ({why})", highlight=False)
     if record.get("reason"):
         console.print(f"chosen: {record['reason']}", highlight=False)
+    winner = next((r for r in record["candidates"] if r["name"] == record.get("winner")), None)
+    if winner and winner.get("speedup_vs_fp32") is not None and winner["speedup_vs_fp32"] < 1:
+        # Tiny graphs (the embedded digits default) spend their time in per-node overhead, which QDQ adds to.
+        console.print(f"[yellow]note:[/] the int8 graph is slower than fp32 here ({winner['speedup_vs_fp32']:.2f}x at "
+                      "batch 1, one thread): the model is too small for int8 kernels to pay off; the int8 file is "
+                      "still the smaller one, and model.onnx in the same artifact is the faster", highlight=False)
 
 
 def print_export(console: Console, path: Any, manifest: dict[str, Any]) -> None:
