@@ -180,6 +180,9 @@ def markdown(record: dict) -> str:
              "| run | d_eff | report R@1 full | report R@1 @16 | selection R@1 | train-split R@1 | epochs (best) "
              "| images/s | s/epoch | wall s |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name, r in record["runs"].items():
+        if "skipped" in r:
+            lines.append(f"| {name} | not started ({r['skipped']}) | | | | | | | | |")
+            continue
         if "final" not in r:
             lines.append(f"| {name} | failed (exit {r['rc']}) | | | | | | | | {r['wall_s']} |")
             continue
@@ -237,6 +240,9 @@ def main() -> int:
     p.add_argument("--warmup-epochs", type=int, help="head warm-up epochs (default: the preset's)")
     p.add_argument("--seeds", type=int, nargs="+", default=[42],
                    help="training seeds of the fine-tunes, all on the split of seed 42 (runs tin-HEAD[-seedS])")
+    p.add_argument("--deadline-s", type=float,
+                   help="start no fine-tune wave that would end after this many seconds (the last wave's time "
+                        "as the estimate); the runs not started are recorded as such")
     p.add_argument("--max-train", type=int, help="stratified subset of every data file (smoke tests)")
     p.add_argument("--data-note", default="../shared/data/tiny_imagenet32_jpg as shipped")
     args = p.parse_args()
@@ -266,14 +272,24 @@ def main() -> int:
     proto.finish(proto.train("pretrain", ["--preset", "tiny-imagenet-pretrain", "--head", "none",
                                           "--epochs", str(epochs)]))
     pending = finetune_runs(args.seeds)
+    last_wave_s = 0.0
     while pending:
         wave, pending = pending[:args.parallel], pending[args.parallel:]
+        if args.deadline_s is not None and proto.elapsed() + last_wave_s > args.deadline_s:
+            # A wave the time limit would kill leaves nothing; say which runs were not started, and why.
+            for run, _, _ in [*wave, *pending]:
+                proto.record["runs"][run] = {"skipped": f"--deadline-s {args.deadline_s:g}: {proto.elapsed():.0f} s "
+                                                        f"spent, the last wave took {last_wave_s:.0f} s"}
+            proto.write()
+            break
+        wave_start = proto.elapsed()
         started = [proto.train(run, ["--preset", "tiny-imagenet-100", *opts,
                                      "--init-from", str(args.runs / "pretrain"),
                                      *_finetune_budget(name, finetune_epochs, warmup_epochs)])
                    for run, opts, name in wave]
         for training in started:
             proto.finish(training)
+        last_wave_s = proto.elapsed() - wave_start
     print(markdown(proto.record))
     return 0
 

@@ -79,3 +79,18 @@ def test_protocol_seeds_share_seed_42s_split_and_are_averaged():
     assert "| tin-monotonic | 2 | 12.0 ± 2.0 | 25.0 ± 5.0 | 25.0 ± 5.0 | 25.0 ± 5.0 |" in table
     one_seed = {**record, "runs": {"tin-monotonic": record["runs"]["tin-monotonic"]}}
     assert "Mean ± standard error" not in protocol.markdown(one_seed)
+
+
+def test_protocol_records_the_waves_a_deadline_leaves_out(shared_data, tmp_path):
+    runs, results = tmp_path / "runs", tmp_path / "results" / "gpu"
+    done = _script("gpu_vision_protocol.py", "--runs", str(runs), "--results", str(results), "--device", "cpu",
+                   "--encoder", "smallcnn", "--workers", "0", "--pretrain-epochs", "1", "--max-train", "800",
+                   "--deadline-s", "0", env={"OMP_NUM_THREADS": "1", "MONOCON_DATA_ROOT": str(shared_data)})
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    record = json.loads((tmp_path / "results" / "gpu.json").read_text())
+    assert record["runs"]["pretrain"]["rc"] == 0
+    skipped = {name: r for name, r in record["runs"].items() if name != "pretrain"}
+    assert list(skipped) == ["tin-none", "tin-monotonic", "tin-mlp", "tin-matryoshka"]
+    assert all("--deadline-s 0" in r["skipped"] for r in skipped.values())
+    assert not any((runs / name).exists() for name in skipped)
+    assert "| tin-mlp | not started (--deadline-s 0:" in (tmp_path / "results" / "gpu.md").read_text()
