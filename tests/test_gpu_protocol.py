@@ -44,14 +44,19 @@ def test_jpeg_mosaic_missing_input_is_one_line(tmp_path):
     assert done.returncode != 0 and done.stderr.strip().splitlines() == [f"error: {tmp_path / 'absent.npz'} not found"]
 
 
-def test_protocol_runs_pretrain_then_four_heads_from_it(shared_data, tmp_path):
+def _protocol(shared_data: Path, tmp_path: Path, *options: str) -> tuple[Path, Path, dict]:
+    """Run the protocol script on the CPU with a small CNN and 800 images a file; return (runs, results, record)."""
     runs, results = tmp_path / "runs", tmp_path / "results" / "gpu"
     done = _script("gpu_vision_protocol.py", "--runs", str(runs), "--results", str(results), "--device", "cpu",
-                   "--encoder", "smallcnn", "--workers", "0", "--parallel", "4", "--pretrain-epochs", "1",
-                   "--finetune-epochs", "1", "--warmup-epochs", "1", "--max-train", "800",
-                   env={"OMP_NUM_THREADS": "1", "MONOCON_DATA_ROOT": str(shared_data)})
+                   "--encoder", "smallcnn", "--workers", "0", "--pretrain-epochs", "1", "--max-train", "800",
+                   *options, env={"OMP_NUM_THREADS": "1", "MONOCON_DATA_ROOT": str(shared_data)})
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-    record = json.loads(results.with_suffix(".json").read_text())
+    return runs, results, json.loads((results.parent / f"{results.name}.json").read_text())
+
+
+def test_protocol_runs_pretrain_then_four_heads_from_it(shared_data, tmp_path):
+    runs, results, record = _protocol(shared_data, tmp_path, "--parallel", "4", "--finetune-epochs", "1",
+                                      "--warmup-epochs", "1")
     assert list(record["runs"]) == ["pretrain", "tin-none", "tin-monotonic", "tin-mlp", "tin-matryoshka"]
     pretrained = str(runs / "pretrain")
     for name, run in record["runs"].items():
@@ -59,7 +64,7 @@ def test_protocol_runs_pretrain_then_four_heads_from_it(shared_data, tmp_path):
         config = json.loads((runs / name / "config.json").read_text())
         if name != "pretrain":
             assert config["preset"] == "tiny-imagenet-100" and config["init_from"] == pretrained
-    table = results.with_suffix(".md").read_text()
+    table = (results.parent / f"{results.name}.md").read_text()
     assert "| tin-monotonic |" in table and "report R@1 @16" in table
 
 
@@ -82,15 +87,10 @@ def test_protocol_seeds_share_seed_42s_split_and_are_averaged():
 
 
 def test_protocol_records_the_waves_a_deadline_leaves_out(shared_data, tmp_path):
-    runs, results = tmp_path / "runs", tmp_path / "results" / "gpu"
-    done = _script("gpu_vision_protocol.py", "--runs", str(runs), "--results", str(results), "--device", "cpu",
-                   "--encoder", "smallcnn", "--workers", "0", "--pretrain-epochs", "1", "--max-train", "800",
-                   "--deadline-s", "0", env={"OMP_NUM_THREADS": "1", "MONOCON_DATA_ROOT": str(shared_data)})
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-    record = json.loads((tmp_path / "results" / "gpu.json").read_text())
+    runs, results, record = _protocol(shared_data, tmp_path, "--deadline-s", "0")
     assert record["runs"]["pretrain"]["rc"] == 0
     skipped = {name: r for name, r in record["runs"].items() if name != "pretrain"}
     assert list(skipped) == ["tin-none", "tin-monotonic", "tin-mlp", "tin-matryoshka"]
     assert all("--deadline-s 0" in r["skipped"] for r in skipped.values())
     assert not any((runs / name).exists() for name in skipped)
-    assert "| tin-mlp | not started (--deadline-s 0:" in (tmp_path / "results" / "gpu.md").read_text()
+    assert "| tin-mlp | not started (--deadline-s 0:" in (results.parent / f"{results.name}.md").read_text()
