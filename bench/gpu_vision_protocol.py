@@ -32,6 +32,9 @@ from typing import IO
 from monocon_edge.files import read_jsonl
 from monocon_edge.training.config import FINETUNE_EPOCHS, FINETUNE_WARMUP_EPOCHS
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from selection_table import mean_se  # noqa: E402
+
 PRETRAIN_EXAMPLES = 27_000  # 90 % of the 30k disjoint-class images (the preset holds out 10 % for selection)
 FINETUNE_EXAMPLES = 18_000  # 90 % of the 20k tiny-imagenet-100 images
 FINETUNES = (("none", ["--head", "none"]), ("monotonic", ["--head", "monotonic"]), ("mlp", ["--head", "mlp"]),
@@ -160,10 +163,8 @@ def _seed_means(record: dict) -> list[str]:
         for key, scale in (("d_eff", 1.0), ("report_recall@1", 100.0), (f"report_recall@1_{trunc}16", 100.0),
                            ("val_recall@1", 100.0)):
             values = [scale * r["final"][key] for r in runs if r["final"].get(key) is not None]
-            mean = sum(values) / len(values) if values else float("nan")
-            se = (sum((v - mean) ** 2 for v in values) / (len(values) - 1) / len(values)) ** 0.5 \
-                if len(values) > 1 else float("nan")
-            cells.append(f"{mean:.1f} ± {se:.1f}")
+            mean, se = mean_se(values) if values else (None, None)
+            cells.append("-" if mean is None else f"{mean:.1f}" if se is None else f"{mean:.1f} ± {se:.1f}")
         lines.append(f"| {head} | {len(runs)} | " + " | ".join(cells) + " |")
     return lines
 

@@ -48,6 +48,16 @@ def _column(header: list[str], names: tuple[str, ...], path: str) -> int:
 PairRow = tuple[str, str, Optional[str]]
 
 
+def _with_hard_negatives(labelled: list[tuple[str, str, str]]) -> list[PairRow]:
+    """Return the (anchor, positive, hard negative or None) rows of ``labelled`` (anchor, other, label) triples: the
+    ``entailment`` ones, each with the first ``contradiction`` partner of its anchor."""
+    contradiction: dict[str, str] = {}
+    for anchor, other, label in labelled:
+        if label == "contradiction":
+            contradiction.setdefault(anchor, other)
+    return [(anchor, pos, contradiction.get(anchor)) for anchor, pos, label in labelled if label == "entailment"]
+
+
 def read_pair_rows(path: str) -> list[PairRow]:
     """Return the (anchor, positive, hard negative) rows of a TSV file with a header.
 
@@ -60,13 +70,9 @@ def read_pair_rows(path: str) -> list[PairRow]:
     a, b = _column(header, _FIRST, path), _column(header, _SECOND, path)
     lab = header.index("label") if "label" in header else None
     width = max(a, b, lab or 0) + 1
-    usable = [(r[a].strip(), r[b].strip(), r[lab].strip().lower() if lab is not None else "entailment")
-              for r in rows if len(r) >= width and r[a].strip() and r[b].strip()]
-    contradiction: dict[str, str] = {}
-    for anchor, other, label in usable:
-        if label == "contradiction":
-            contradiction.setdefault(anchor, other)
-    pairs = [(anchor, pos, contradiction.get(anchor)) for anchor, pos, label in usable if label == "entailment"]
+    labelled = [(r[a].strip(), r[b].strip(), r[lab].strip().lower() if lab is not None else "entailment")
+                for r in rows if len(r) >= width and r[a].strip() and r[b].strip()]
+    pairs = _with_hard_negatives(labelled)
     if not pairs:
         raise MonoconError(f"{path} holds no usable (entailment) sentence pair")
     return pairs
@@ -89,11 +95,8 @@ def load_pairs(cfg: DataConfig) -> list[PairRow]:
         return pairs
     if cfg.kind == "hf-snli":
         ds = _hf_load("stanfordnlp/snli", "train", cfg.download)
-        contradiction: dict[str, str] = {}
-        for r in ds:
-            if r["label"] == 2:
-                contradiction.setdefault(r["premise"], r["hypothesis"])
-        return [(r["premise"], r["hypothesis"], contradiction.get(r["premise"])) for r in ds if r["label"] == 0]
+        names = {0: "entailment", 2: "contradiction"}
+        return _with_hard_negatives([(r["premise"], r["hypothesis"], names.get(r["label"], "")) for r in ds])
     raise MonoconError(f"{cfg.kind!r} is not a sentence-pair data set")
 
 
