@@ -74,6 +74,9 @@ if [ "$what" = vision ] || [ "$what" = all ]; then
     # squared weights start tiny and the monotonic head was still improving at the end of its warm-up.
     train "tin-$head-warmup20" --preset tiny-imagenet-100 "${model[@]}" --warmup-epochs 20 --epochs 26 \
       --init-from "$pre"
+    # Step 11: early stopping on the selection 5-NN accuracy at 16 dims (`--select-dims 16`: PCA, prefix for
+    # Matryoshka), the width the artifacts ship at, instead of at full width.
+    train "tin-$head-select16" --preset tiny-imagenet-100 "${model[@]}" --select-dims 16 --init-from "$pre"
   done
   train tin-none-tau0.05 --preset tiny-imagenet-100 --head none --temperature 0.05 --init-from "$pre"
   train tin-none-e2e12 --preset tiny-imagenet-100 --head none --epochs 12 --init-from "$pre"

@@ -10,7 +10,9 @@
 # - grid 6, the training budget at the preset's slope 0.3: batches of 64 pairs instead of 128 (twice the steps,
 #   fewer negatives: batches of 256 and 512 lowered MonoCon in grid 1) and 32 epochs instead of 16 (MonoCon's best
 #   epoch is 14-16 of 16 in grid 5, the rivals' 4-10). The slope-0.3 rows of grid 5 are the reference.
-# bench/selection_table.py writes bench/results/selection-nli-pairs-{hardneg,slope,budget}.{md,json}, each ending with the
+# - grid 7, early stopping on the selection Spearman *at 16 dims* (`--select-dims 16`: after PCA truncation, prefix
+#   for Matryoshka), the width the artifacts ship at, instead of at full width. The slope-0.3 rows are the reference.
+# bench/selection_table.py writes bench/results/selection-nli-pairs-{hardneg,slope,budget,select16}.{md,json}, each ending with the
 # mean ± standard error over seeds. The report split is never read. ~30-60 s a run with the MiniLM features cached.
 # Usage: bash bench/select_text_seeded.sh [RUNS_DIR]   (default: runs/select-4)
 set -euo pipefail
@@ -29,6 +31,7 @@ for seed in 42 1 2; do
     done
     train "nli-$head-batch64-seed$seed" "${common[@]}" --batch-size 64
     train "nli-$head-epochs32-seed$seed" "${common[@]}" --epochs 32
+    train "nli-$head-select16-seed$seed" "${common[@]}" --select-dims 16
   done
 done
 refs=("$runs"/nli-{monotonic,mlp,matryoshka}-seed*)
@@ -37,3 +40,5 @@ python3 "$here/selection_table.py" "${refs[@]}" "$runs"/nli-*-hardneg-seed* \
 python3 "$here/selection_table.py" "${refs[@]}" "$runs"/nli-*-slope*-seed* --out "$here/results/selection-nli-pairs-slope"
 python3 "$here/selection_table.py" "$runs"/nli-*-slope0.3-seed* "$runs"/nli-*-{batch64,epochs32}-seed* \
   --out "$here/results/selection-nli-pairs-budget"
+python3 "$here/selection_table.py" "$runs"/nli-*-slope0.3-seed* "$runs"/nli-*-select16-seed* \
+  --out "$here/results/selection-nli-pairs-select16"

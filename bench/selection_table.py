@@ -27,7 +27,7 @@ VISION = ("val_knn5", "val_recall@1", "val_recall@1_pca16", "val_recall@1_pca64"
 OPTIONS = (("model", "head"), ("optim", "loss"), ("data", "hard_negatives"), ("model", "negative_slope"),
            ("model", "head_init"), ("model", "head_standardize"), ("optim", "distill"), ("optim", "temperature"),
            ("optim", "batch_size"), ("optim", "lr_head"), ("optim", "lr_warmup"), ("optim", "lr_encoder"),
-           ("optim", "epochs"), ("optim", "warmup_epochs"), ("optim", "seed"))
+           ("optim", "epochs"), ("optim", "warmup_epochs"), ("optim", "select_dims"), ("optim", "seed"))
 
 
 def _row(run: Path) -> dict:

@@ -96,6 +96,8 @@ CASES = [
     ("train-lr-warmup-neg-inf", "cli", "train --lr-warmup -inf", "--lr-warmup must be a finite number"),
     ("train-batch-over-data", "cli", "train --max-train 300 --batch-size 1000", "not one full batch of 1000"),
     ("train-width-zero", "cli", "train --width 0", "must be >= 1"),
+    ("train-select-dims-negative", "cli", "train --select-dims -1", "--select-dims must be >= 0"),
+    ("train-select-dims-full-width", "cli", "train --select-dims 64", "must be below the embedding width (64)"),
     ("train-top-layers-vision", "cli", "train --train-top-layers 1", "applies to text encoders"),
     ("train-top-layers-frozen", "cli", "train --preset nli-pairs --train-top-layers 1", "needs the encoder to train"),
     ("train-top-layers-too-many", "cli", "train --preset nli-pairs --train-encoder --lr-encoder 1e-5 "

@@ -149,6 +149,9 @@ def train(
     temperature: Optional[float] = typer.Option(None, help="SupCon temperature tau"),
     eval_every: Optional[int] = typer.Option(None),
     patience: Optional[int] = typer.Option(None, help="early stopping: evaluations without improvement"),
+    select_dims: Optional[int] = typer.Option(None, help="early stopping on the selection metric after truncation "
+                                                         "to N dims (PCA; prefix for Matryoshka), the width you "
+                                                         "will export; 0: full width"),
     freeze_encoder: Optional[bool] = typer.Option(None, "--freeze-encoder/--train-encoder"),
     seed: Optional[int] = typer.Option(None),
     device: Optional[str] = typer.Option(None, help="auto | cpu | cuda"),
@@ -195,8 +198,9 @@ def train(
                            negative_slope=negative_slope, head_standardize=head_standardize)
             cfg = override(cfg, "optim", epochs=epochs, warmup_epochs=warmup_epochs, batch_size=batch_size,
                            lr_encoder=lr_encoder, lr_head=lr_head, lr_warmup=lr_warmup, temperature=temperature,
-                           eval_every=eval_every, patience=patience, freeze_encoder=freeze_encoder, seed=seed,
-                           device=device, num_workers=num_workers, amp=amp, channels_last=channels_last,
+                           eval_every=eval_every, patience=patience, select_dims=select_dims,
+                           freeze_encoder=freeze_encoder, seed=seed, device=device, num_workers=num_workers,
+                           amp=amp, channels_last=channels_last,
                            compile=compile_model, deterministic=deterministic, gather_negatives=gather_negatives,
                            sync_bn=sync_bn, distill=distill, train_top_layers=train_top_layers)
             cfg = override(cfg, None, name=name, init_from=str(init_from) if init_from else None)

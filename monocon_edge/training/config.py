@@ -97,6 +97,9 @@ class OptimConfig:
     eval_every: int = 1
     patience: int = 5
     min_delta: float = 0.0
+    # Early stopping on the validation metric after truncation to this many dims (PCA, prefix for Matryoshka),
+    # the width the run will be exported at; 0: at full width.
+    select_dims: int = 0
     freeze_encoder: bool = False
     seed: int = 42
     deterministic: bool = True
@@ -206,6 +209,8 @@ class RunConfig:
             raise MonoconError("--max-seq-len must be >= 1")
         if o.eval_every < 1 or o.patience < 1:
             raise MonoconError("--eval-every and --patience must be >= 1")
+        if o.select_dims < 0:
+            raise MonoconError("--select-dims must be >= 0 (0: early stopping at full width)")
         if o.epochs < 0 or o.warmup_epochs < 0 or o.batch_size < 2:
             raise MonoconError("epochs and warm-up epochs must be >= 0 and the batch size >= 2")
         if o.temperature <= 0:

@@ -25,6 +25,12 @@ def _d_eff(x: np.ndarray, normalize: bool = True) -> int:
     return M.effective_dim(variances)
 
 
+def truncate(x: np.ndarray, pca: M.PCAStats, dims: int, truncation: str) -> np.ndarray:
+    """Return ``x`` cut to ``dims``: its first PCA coordinates, or its first coordinates for ``truncation="prefix"``
+    (Matryoshka runs); re-normalised either way."""
+    return M.prefix_truncate(x, dims) if truncation == "prefix" else M.pca_project(x, pca, dims)
+
+
 def report_figures(task, emb: dict[str, np.ndarray], pca: M.PCAStats, truncation: str) -> dict[str, float]:
     """Return ``task.report_metrics`` at full width and after truncation to 128/64/16 dims (PCA, and prefix for
     Matryoshka runs), the truncated ones suffixed ``_pca{d}`` / ``_prefix{d}`` (Recall@5 only at full width)."""

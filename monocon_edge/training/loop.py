@@ -344,7 +344,17 @@ class Trainer:
         emb = {k: self._head(v) for k, v in feats.items() if k != NEGATIVES_SET}
         metrics, pca = self.task.evaluate(emb, full=full, truncation=self.cfg.truncation)
         metrics.update(effective_dims_of(feats["train"], emb["train"]))
+        if self.cfg.optim.select_dims:
+            metrics[self.validation_key] = self.task.validation_at(emb, pca, self.cfg.optim.select_dims,
+                                                                   self.cfg.truncation)
         return metrics, pca
+
+    @property
+    def validation_key(self) -> str:
+        """Return the metric early stopping follows: the task's, suffixed ``_pca{d}`` / ``_prefix{d}`` with
+        ``--select-dims d``."""
+        d = self.cfg.optim.select_dims
+        return self.task.validation_metric + (f"_{self.cfg.truncation}{d}" if d else "")
 
     def _loss(self, emb: torch.Tensor, labels: torch.Tensor, batch) -> torch.Tensor:
         """Return this rank's SupCon loss on its batch.
@@ -424,7 +434,7 @@ class Trainer:
         self.emit("eval", row)
 
     def _consider_best(self, row: dict[str, Any], in_main: bool) -> None:
-        metric = row[self.task.validation_metric]
+        metric = row[self.validation_key]
         if metric > self.best + self.cfg.optim.min_delta or self.best_epoch < 0:
             self.best, self.best_epoch, self.bad_evals = metric, self.epoch, 0
             if self.dist.is_main:
@@ -506,7 +516,7 @@ class Trainer:
                 "modality": self.cfg.modality, "head": self.cfg.model.head, "encoder": self.cfg.model.encoder,
                 "loss": self.cfg.optim.loss, "truncation": self.cfg.truncation,
                 "d_enc": self.model.d_enc, "best_epoch": self.best_epoch, "epochs_run": self.epoch,
-                "stopped_early": self.stopped_early, "validation_metric": self.task.validation_metric,
+                "stopped_early": self.stopped_early, "validation_metric": self.validation_key,
                 "world_size": self.dist.world_size,
                 "global_batch_size": self.cfg.optim.batch_size * self.dist.world_size,
                 "input": self.task.input_spec(), "final": final, "splits": self.task.split_notes(),
@@ -579,6 +589,9 @@ def _train(cfg: RunConfig, dist: DistContext, device: torch.device, out: str | P
     else:
         init_state = None
     model = build_model(cfg)
+    if cfg.optim.select_dims >= model.d_enc:
+        raise MonoconError(f"--select-dims {cfg.optim.select_dims} must be below the embedding width "
+                           f"({model.d_enc}); 0 stops early at full width")
     if cfg.optim.train_top_layers:
         model.encoder.top_layer_parameters(cfg.optim.train_top_layers)  # refuses a count above the layers
     if init_state is not None:

@@ -16,7 +16,7 @@ from .config import RunConfig
 from .distributed import shard_batches
 from .token_states import TokenStates, compute_token_states
 from .train_batch import TrainBatch
-from .dimension_metrics import PCA_DIMS, fit_pca_figures, report_figures
+from .dimension_metrics import PCA_DIMS, fit_pca_figures, report_figures, truncate
 
 # The hard negatives' features (``--hard-negatives``): rows of training batches, not an evaluation set.
 NEGATIVES_SET = "train_negatives"
@@ -193,6 +193,11 @@ class TextTask:
                             M.prefix_truncate(emb["val_a"], d), M.prefix_truncate(emb["val_b"], d), ks=(1,))[1]
             out.update(report_figures(self, emb, pca, truncation))
         return out, pca
+
+    def validation_at(self, emb: dict[str, np.ndarray], pca: M.PCAStats, dims: int, truncation: str) -> float:
+        """Return the early-stopping metric (selection STS Spearman) of the embeddings cut to ``dims``."""
+        a, b = truncate(emb["sts_a"], pca, dims, truncation), truncate(emb["sts_b"], pca, dims, truncation)
+        return M.spearman(M.cosine_scores(a, b), self.sts.scores)
 
     def report_metrics(self, emb: dict[str, np.ndarray]) -> dict[str, float]:
         """Return report_spearman (report STS file) and report_recall@1/5 (report pairs) of the embeddings as

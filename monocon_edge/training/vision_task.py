@@ -14,7 +14,7 @@ from ..device.errors import MonoconError
 from .config import RunConfig
 from .distributed import shard_batches
 from .train_batch import TrainBatch
-from .dimension_metrics import PCA_DIMS, fit_pca_figures, report_figures
+from .dimension_metrics import PCA_DIMS, fit_pca_figures, report_figures, truncate
 
 
 class VisionTask:
@@ -159,6 +159,13 @@ class VisionTask:
                             ks=(1,))[1]
             out.update(report_figures(self, emb, pca, truncation))
         return out, pca
+
+    def validation_at(self, emb: dict[str, np.ndarray], pca: M.PCAStats, dims: int, truncation: str) -> float:
+        """Return the early-stopping metric (held-out selection images' 5-NN accuracy against the train split)
+        of the embeddings cut to ``dims``."""
+        labels = self.data.labels
+        return M.knn_accuracy(truncate(emb["val"], pca, dims, truncation), labels[self.splits.val],
+                              truncate(emb["train"], pca, dims, truncation), labels[self.splits.train], k=5)
 
     def report_metrics(self, emb: dict[str, np.ndarray]) -> dict[str, float]:
         """Return report_knn5 / report_recall@1 / report_recall@5 of the embeddings as given: held-out report
