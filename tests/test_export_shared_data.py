@@ -60,7 +60,9 @@ def test_text_export_runtime_and_sentence_transformers(shared_data: Path, tmp_pa
     assert result.manifest["input"]["tokenizer"]["max_length"] == 128
 
     # The runtime (tokenizers + onnxruntime) gives what the run's own PyTorch model gives on HF tokenization.
-    texts = ["A man is playing a guitar.", "Two dogs run through the snowy park", "short", ""]
+    # The last text is longer than max_length: truncated to 128 tokens, it reads the last position-table row the
+    # graph keeps (export cuts MiniLM's 512-row table to max_length; the reference below keeps all of it).
+    texts = ["A man is playing a guitar.", "Two dogs run through the snowy park", "short", "", "words " * 300]
     loaded = load_run(run)
     folded, _ = fold(loaded.model, loaded.pca, 64)
     tok = loaded.model.encoder.tokenize(texts, 128)
@@ -69,6 +71,12 @@ def test_text_export_runtime_and_sentence_transformers(shared_data: Path, tmp_pa
     model = runtime.load(out)
     np.testing.assert_allclose(model.embed(texts, batch_size=3), want, atol=1e-5, rtol=0)
     assert (model.tokenize(texts)["input_ids"] == tok["input_ids"].numpy()).all()
+    assert tok["attention_mask"].sum(dim=1).max() == 128
+    import onnx
+
+    tables = {t.name: tuple(t.dims) for t in onnx.load(str(out / "model.onnx")).graph.initializer
+              if "position_embeddings" in t.name}
+    assert list(tables.values()) == [(128, 384)], tables
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from sentence_transformers import SentenceTransformer

@@ -145,8 +145,9 @@ def _build(loaded: Any, dims: int, opts: ExportOptions, tmp: Path, emit: EventFn
     from .onnx_export import OPSET, check_graph, example_inputs, export_onnx
 
     cfg, thr = loaded.cfg, opts.thresholds
-    folded, spec = fold(loaded.model, loaded.pca, dims)
     input_spec = _input_spec(loaded)
+    max_tokens = input_spec["tokenizer"]["max_length"] if cfg.modality == "text" else None
+    folded, spec = fold(loaded.model, loaded.pca, dims, max_positions=max_tokens)
     facts = _facts(loaded, dims, input_spec)
     metadata = _metadata(facts, "fp32")
 

@@ -136,10 +136,31 @@ def check_dims(dims: int, pca: PCAStats, d_enc: int) -> int:
     return int(dims)
 
 
-def fold(model: MonoConModel, pca: PCAStats, dims: int) -> tuple[nn.Module, FoldSpec]:
+def limit_positions(transformer: nn.Module, max_positions: int) -> None:
+    """Cut a BERT-like ``transformer``'s position table (and its position / token-type id buffers) to the first
+    ``max_positions`` rows, in place; nothing changes where the table is not longer.
+
+    The artifact's tokenizer truncates every input to ``max_positions`` tokens, so the other rows can never be
+    read: for MiniLM (512 rows, 128 tokens) this drops 0.59 MB of fp32 from every graph and changes no output.
+    Longer inputs given to the graph directly are refused by onnxruntime instead of embedded.
+    """
+    emb = transformer.embeddings
+    table = emb.position_embeddings.weight
+    if max_positions >= table.shape[0]:
+        return
+    emb.position_embeddings = nn.Embedding.from_pretrained(table[:max_positions].detach().clone(), freeze=True)
+    for name in ("position_ids", "token_type_ids"):
+        ids = getattr(emb, name, None)
+        if ids is not None:
+            setattr(emb, name, ids[:, :max_positions].clone())
+
+
+def fold(model: MonoConModel, pca: PCAStats, dims: int,
+         max_positions: int | None = None) -> tuple[nn.Module, FoldSpec]:
     """Return (the folded eval module, its FoldSpec) for ``model`` truncated to ``dims`` PCA coordinates.
 
-    The model itself is left untouched: the encoder is deep-copied into the folded module.
+    The model itself is left untouched: the encoder is deep-copied into the folded module. ``max_positions``
+    (text): the longest input in tokens the graph must take (see ``limit_positions``); None keeps the table.
     """
     dims = check_dims(dims, pca, model.d_enc)
     if pca.mean.shape[0] != model.d_enc or pca.components.shape[1] != model.d_enc:
@@ -150,6 +171,8 @@ def fold(model: MonoConModel, pca: PCAStats, dims: int) -> tuple[nn.Module, Fold
         folded: nn.Module = FoldedVisionModel(copy.deepcopy(model.encoder), tail)
     else:
         folded = FoldedTextModel(copy.deepcopy(model.encoder.transformer), tail)
+        if max_positions is not None:
+            limit_positions(folded.transformer, max_positions)
     folded.eval()
     for p in folded.parameters():
         p.requires_grad_(False)

@@ -46,8 +46,9 @@ def write_sentence_transformer(model: Any, folded: nn.Module, out: Path, input_s
         warnings.simplefilter("ignore")
         transformer = Transformer(model.encoder.source_path,
                                   max_seq_length=int(input_spec["tokenizer"]["max_length"]))
-        # The run's transformer weights (fine-tuned or not), not the ones in the source folder.
-        transformer.auto_model.load_state_dict(folded.transformer.state_dict())
+        # The run's transformer weights (fine-tuned or not), not the ones in the source folder; from the run's model,
+        # whose position table is whole (the folded graph's is cut to max_length: fold.limit_positions).
+        transformer.auto_model.load_state_dict(model.encoder.transformer.state_dict())
         modules: list[nn.Module] = [transformer, Pooling(transformer.get_word_embedding_dimension(), "mean")]
         for i, layer in enumerate(head_layers):
             last = i == len(head_layers) - 1
