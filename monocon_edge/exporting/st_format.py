@@ -3,6 +3,11 @@
 Modules: Transformer → mean Pooling → the folded head as Dense layers (effective weights W², LeakyReLU between)
 → Normalize → the PCA projection as a Dense layer (weight P_d, bias −P_d·μ) → Normalize. Only built-in
 sentence-transformers modules, each with its own config, so the folder loads without monocon_edge installed.
+
+Dense saves its activation as a class path and rebuilds it without arguments, so a LeakyReLU slope other than
+PyTorch's default 0.01 (the nli-pairs preset's 0.3) cannot be saved as such. Such a head is written through the
+identity LeakyReLU_a(h) = ReLU(h) − a·ReLU(−h): each hidden Dense outputs [h; −h] through ReLU (twice the width)
+and the next reads it with the weights [W, −a·W] — the same function, in built-in modules.
 """
 from __future__ import annotations
 
@@ -16,18 +21,38 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..device.errors import MonoconError
 
 # Dense saves its activation as a class path and rebuilds it without arguments: LeakyReLU() has this slope.
 _DEFAULT_LEAKY_SLOPE = 0.01
 
 
-def _dense(layer: nn.Linear, activation: nn.Module, bias: torch.Tensor | None = None) -> Any:
+def _dense(weight: torch.Tensor, bias: torch.Tensor, activation: nn.Module) -> Any:
+    """Return a sentence-transformers Dense computing activation(weight · x + bias)."""
     from sentence_transformers.sentence_transformer.modules import Dense
 
-    bias = layer.bias if bias is None else bias
-    return Dense(layer.in_features, layer.out_features, bias=True, activation_function=activation,
-                 init_weight=layer.weight.detach().clone(), init_bias=bias.detach().clone())
+    return Dense(weight.shape[1], weight.shape[0], bias=True, activation_function=activation,
+                 init_weight=weight.detach().clone(), init_bias=bias.detach().clone())
+
+
+def head_dense_layers(layers: list[nn.Linear], slope: float) -> list[Any]:
+    """Return Dense modules computing the folded head (``layers`` with LeakyReLU(``slope``) between them).
+
+    At PyTorch's default slope, one Dense per layer with ``nn.LeakyReLU()``; at any other slope, every hidden
+    layer doubled into [h; −h] under ReLU and read by the next as [W, −slope·W] (see the module docstring)."""
+    if abs(slope - _DEFAULT_LEAKY_SLOPE) <= 1e-12:
+        return [_dense(l.weight, l.bias, nn.Identity() if i == len(layers) - 1 else nn.LeakyReLU())
+                for i, l in enumerate(layers)]
+    out, split = [], False
+    for i, layer in enumerate(layers):
+        w, b = layer.weight.detach(), layer.bias.detach()
+        if split:  # the input is [ReLU(h); ReLU(-h)]: W·LeakyReLU(h) = [W, -slope·W]·[ReLU(h); ReLU(-h)]
+            w = torch.cat([w, -slope * w], dim=1)
+        if i == len(layers) - 1:
+            out.append(_dense(w, b, nn.Identity()))
+        else:
+            out.append(_dense(torch.cat([w, -w]), torch.cat([b, -b]), nn.ReLU()))
+            split = True
+    return out
 
 
 def write_sentence_transformer(model: Any, folded: nn.Module, out: Path, input_spec: dict[str, Any]) -> None:
@@ -37,11 +62,6 @@ def write_sentence_transformer(model: Any, folded: nn.Module, out: Path, input_s
     from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
 
     tail = folded.tail
-    head_layers = list(tail.head_layers.layers)
-    slope = tail.head_layers.negative_slope
-    if len(head_layers) > 1 and abs(slope - _DEFAULT_LEAKY_SLOPE) > 1e-12:
-        raise MonoconError(f"--format sentence-transformers supports LeakyReLU slope {_DEFAULT_LEAKY_SLOPE} only "
-                           f"(this run uses {slope})")
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
         transformer = Transformer(model.encoder.source_path,
@@ -50,10 +70,8 @@ def write_sentence_transformer(model: Any, folded: nn.Module, out: Path, input_s
         # whose position table is whole (the folded graph's is cut to max_length: fold.limit_positions).
         transformer.auto_model.load_state_dict(model.encoder.transformer.state_dict())
         modules: list[nn.Module] = [transformer, Pooling(transformer.get_word_embedding_dimension(), "mean")]
-        for i, layer in enumerate(head_layers):
-            last = i == len(head_layers) - 1
-            modules.append(_dense(layer, nn.Identity() if last else nn.LeakyReLU(_DEFAULT_LEAKY_SLOPE)))
+        modules += head_dense_layers(list(tail.head_layers.layers), tail.head_layers.negative_slope)
         # A Dense layer has no "subtract first" form: the PCA step is its affine equivalent P_d·z − P_d·μ.
-        modules += [Normalize(), _dense(tail.projection, nn.Identity(), tail.projection_bias()), Normalize()]
+        modules += [Normalize(), _dense(tail.projection.weight, tail.projection_bias(), nn.Identity()), Normalize()]
         st = SentenceTransformer(modules=modules, device="cpu")
         st.save(str(out))
