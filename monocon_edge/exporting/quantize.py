@@ -32,7 +32,7 @@ from .gates import batch_rows
 
 TAIL_PREFIX = "tail."
 # A constant Gather table with at least this many elements is stored quantized (MiniLM: the 30522 x 384 word
-# embeddings and the 512 x 384 position embeddings; the 2 x 384 token types stay fp32).
+# embeddings; the position table, cut to the tokenizer's 128 rows by export, and the 2 x 384 token types stay fp32).
 LARGE_GATHER_ELEMENTS = 1 << 16
 # With table_bits=4 a table of at least this many elements (MiniLM's 30522 x 384 word embeddings, not the
 # 512 x 384 position table) is stored in 4-bit blocks instead of int8 rows.
