@@ -18,8 +18,9 @@ from monocon_edge.exporting.fold import FoldedHead, FoldedTail, FoldedTextModel
 from monocon_edge.exporting.gates import GateThresholds, Retrieval, compare_figures
 from monocon_edge.exporting.onnx_export import example_inputs, export_onnx
 from monocon_edge.exporting import quantize as Q
-from monocon_edge.exporting.quantize import (LARGE_GATHER_ELEMENTS, quantize_dynamic_int8, quantize_gathers_int8,
-                                   quantize_nbits, tail_nodes, weight_matmuls)
+from monocon_edge.exporting.quantize import (LARGE_GATHER_ELEMENTS, quantize_dynamic_int8, quantize_gathers_4bit,
+                                   quantize_gathers_int8, quantize_nbits, tail_nodes, unpack_block_quantized_gathers,
+                                   weight_matmuls)
 
 VOCAB, HIDDEN = 8192, 32
 WORD_TABLE = "transformer.embeddings.word_embeddings.weight"
@@ -112,7 +113,9 @@ def test_gather_table_is_quantized_and_the_tail_stays_fp32(tiny_text, tmp_path, 
     # The 8192 x 32 word-embedding table is no longer stored in fp32 ...
     assert WORD_TABLE not in inits
     if scheme in ("int4", "dynamic-t4", "dynamic-smooth-t4"):
-        assert any(n.op_type == "GatherBlockQuantized" for n in model.graph.node)
+        # 4-bit blocks as packed nibbles unpacked by standard ops (not onnxruntime's slower GatherBlockQuantized)
+        assert inits[f"{WORD_TABLE}.q4"].data_type == TensorProto.UINT8
+        assert not any(n.op_type == "GatherBlockQuantized" for n in model.graph.node)
     else:
         assert inits[f"{WORD_TABLE}.int8"].data_type == TensorProto.INT8
     assert all(not (i.data_type == TensorProto.FLOAT and int(np.prod(i.dims)) >= LARGE_GATHER_ELEMENTS)
@@ -144,6 +147,35 @@ def test_gather_int8_rows_round_trip() -> None:
     got = int8_select.session(model.SerializeToString()).run(None, {"ids": ids})[0]
     want = table[ids]
     assert np.abs(got - want).max(axis=1).tolist() <= (np.abs(want).max(axis=1) / 127 * 0.51).tolist()
+
+
+@pytest.mark.parametrize("ids_rank", [2, 1])
+def test_gather_4bit_unpacked_by_standard_ops_equals_gather_block_quantized(ids_rank) -> None:
+    from onnx import helper
+
+    rng = np.random.default_rng(0)
+    table = rng.standard_normal((600, 128)).astype(np.float32)
+    table[5] *= 50  # a row far larger than the others: its blocks keep their own scales
+    shape = [None, None] if ids_rank == 2 else [None]
+    graph = helper.make_graph([helper.make_node("Gather", ["table", "ids"], ["out"], name="g")], "g",
+                              [helper.make_tensor_value_info("ids", TensorProto.INT64, shape)],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)],
+                              [numpy_helper.from_array(table, "table")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)])
+    assert quantize_gathers_4bit(model, min_elements=1) == ["table"]
+    blocked = model.SerializeToString()  # onnxruntime's GatherBlockQuantized
+    unpacked = unpack_block_quantized_gathers(model)
+    ids = np.array([[0, 5, 599], [5, 17, 0]]) if ids_rank == 2 else np.array([0, 5, 599, 5])
+    want = int8_select.session(blocked).run(None, {"ids": ids})[0]
+    got = int8_select.session(model.SerializeToString()).run(None, {"ids": ids})[0]
+    ops = {n.op_type for n in model.graph.node}
+    if ids_rank == 2:  # rewritten: the same 4-bit values and scales, so the same numbers
+        assert unpacked == ["table"] and "GatherBlockQuantized" not in ops
+        assert "table.q4" in {i.name for i in model.graph.initializer}
+        np.testing.assert_array_equal(got, want)
+    else:  # indices of another rank: left to GatherBlockQuantized
+        assert unpacked == [] and "GatherBlockQuantized" in ops
+    assert np.abs(want - table[ids]).max() <= np.abs(table).max() / 7  # 4 bits: a coarse copy, not another table
 
 
 def test_forced_scheme_is_the_only_candidate_and_wins(tiny_text, tmp_path) -> None:
