@@ -115,6 +115,8 @@ def test_gather_table_is_quantized_and_the_tail_stays_fp32(tiny_text, tmp_path, 
     if scheme in ("int4", "dynamic-t4", "dynamic-smooth-t4"):
         # 4-bit blocks as packed nibbles unpacked by standard ops (not onnxruntime's slower GatherBlockQuantized)
         assert inits[f"{WORD_TABLE}.q4"].data_type == TensorProto.UINT8
+        # its block scales stay the fp32 ones the 4-bit quantizer chose (the int8 Gather pass must not requantize them)
+        assert inits[f"{WORD_TABLE}_scales"].data_type == TensorProto.FLOAT
         assert not any(n.op_type == "GatherBlockQuantized" for n in model.graph.node)
     else:
         assert inits[f"{WORD_TABLE}.int8"].data_type == TensorProto.INT8
@@ -176,6 +178,28 @@ def test_gather_4bit_unpacked_by_standard_ops_equals_gather_block_quantized(ids_
     else:  # indices of another rank: left to GatherBlockQuantized
         assert unpacked == [] and "GatherBlockQuantized" in ops
     assert np.abs(want - table[ids]).max() <= np.abs(table).max() / 7  # 4 bits: a coarse copy, not another table
+
+
+def test_t4_block_scales_are_not_quantized_again(tmp_path) -> None:
+    # A word table wide enough that its 4-bit block scales (rows x width/32) are themselves a "large" float table:
+    # the int8 Gather pass must leave them as the 4-bit quantizer chose them.
+    from onnx import helper
+
+    rows, width = 4096, 512
+    assert rows * width // 32 >= LARGE_GATHER_ELEMENTS
+    table = np.random.default_rng(1).standard_normal((rows, width)).astype(np.float32)
+    graph = helper.make_graph([helper.make_node("Gather", ["table", "ids"], ["out"], name="g")], "g",
+                              [helper.make_tensor_value_info("ids", TensorProto.INT64, [None, None])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)],
+                              [numpy_helper.from_array(table, "table")])
+    onnx.save_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)]), str(tmp_path / "f.onnx"))
+    info = quantize_dynamic_int8(tmp_path / "f.onnx", tmp_path / "q.onnx", table_bits=4)
+    assert info["gather_tables_4bit"] == ["table"]
+    inits = _initializers(tmp_path / "q.onnx")
+    assert inits["table_scales"].data_type == TensorProto.FLOAT and "table_scales.int8" not in inits
+    ids = np.array([[0, 9, 4095]])
+    got = int8_select.session(tmp_path / "q.onnx").run(None, {"ids": ids})[0]
+    assert np.abs(got - table[ids]).max() <= np.abs(table).max() / 7
 
 
 def test_forced_scheme_is_the_only_candidate_and_wins(tiny_text, tmp_path) -> None:

@@ -232,8 +232,10 @@ def quantize_dynamic_int8(fp32: Path, out: Path, keep_fp32: Sequence[str] = (), 
                          weight_type=QuantType.QInt8, nodes_to_exclude=exclude)
     model = onnx.load(str(out))
     gathers4 = quantize_gathers_4bit(model) if table_bits == 4 else []
-    unpack_block_quantized_gathers(model)
     gathers = quantize_gathers_int8(model)
+    # After the int8 pass: unpacked, the 4-bit table's block scales are a float table read by a Gather, which that
+    # pass would quantize again.
+    unpack_block_quantized_gathers(model)
     onnx.save_model(model, str(out))
     scheme = dict(DYNAMIC_SCHEME, gather_tables=gathers4 + gathers)
     if gathers4:
