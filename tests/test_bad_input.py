@@ -98,6 +98,8 @@ CASES = [
     ("train-width-zero", "cli", "train --width 0", "must be >= 1"),
     ("train-select-dims-negative", "cli", "train --select-dims -1", "--select-dims must be >= 0"),
     ("train-select-dims-full-width", "cli", "train --select-dims 64", "must be below the embedding width (64)"),
+    ("train-select-dims-over-pca", "cli", "train --max-train 40 --batch-size 8 --select-dims 60",
+     "needs a PCA of at least 60 axes"),
     ("train-top-layers-vision", "cli", "train --train-top-layers 1", "applies to text encoders"),
     ("train-top-layers-frozen", "cli", "train --preset nli-pairs --train-top-layers 1", "needs the encoder to train"),
     ("train-top-layers-too-many", "cli", "train --preset nli-pairs --train-encoder --lr-encoder 1e-5 "

@@ -344,9 +344,12 @@ class Trainer:
         emb = {k: self._head(v) for k, v in feats.items() if k != NEGATIVES_SET}
         metrics, pca = self.task.evaluate(emb, full=full, truncation=self.cfg.truncation)
         metrics.update(effective_dims_of(feats["train"], emb["train"]))
-        if self.cfg.optim.select_dims:
-            metrics[self.validation_key] = self.task.validation_at(emb, pca, self.cfg.optim.select_dims,
-                                                                   self.cfg.truncation)
+        d = self.cfg.optim.select_dims
+        if d:
+            if self.cfg.truncation == "pca" and d > pca.components.shape[0]:
+                raise MonoconError(f"--select-dims {d} needs a PCA of at least {d} axes, and this run's "
+                                   f"{pca.components.shape[0]} training embeddings give fewer")
+            metrics[self.validation_key] = self.task.validation_at(emb, pca, d, self.cfg.truncation)
         return metrics, pca
 
     @property
