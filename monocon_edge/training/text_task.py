@@ -182,15 +182,11 @@ class TextTask:
         if full:
             for d in PCA_DIMS:
                 if d < emb["train"].shape[1] and d <= pca.components.shape[0]:
-                    a, b = M.pca_project(emb["sts_a"], pca, d), M.pca_project(emb["sts_b"], pca, d)
-                    out[f"spearman_pca{d}"] = M.spearman(M.cosine_scores(a, b), self.sts.scores)
-                    out[f"recall@1_pca{d}"] = M.pair_recall_at_k(
-                        M.pca_project(emb["val_a"], pca, d), M.pca_project(emb["val_b"], pca, d), ks=(1,))[1]
-                    if truncation == "prefix":
-                        a, b = M.prefix_truncate(emb["sts_a"], d), M.prefix_truncate(emb["sts_b"], d)
-                        out[f"spearman_prefix{d}"] = M.spearman(M.cosine_scores(a, b), self.sts.scores)
-                        out[f"recall@1_prefix{d}"] = M.pair_recall_at_k(
-                            M.prefix_truncate(emb["val_a"], d), M.prefix_truncate(emb["val_b"], d), ks=(1,))[1]
+                    # Matryoshka runs: the PCA figures too, beside the prefix ones
+                    for cut in ("pca", "prefix") if truncation == "prefix" else ("pca",):
+                        out[f"spearman_{cut}{d}"] = self.validation_at(emb, pca, d, cut)
+                        out[f"recall@1_{cut}{d}"] = M.pair_recall_at_k(
+                            truncate(emb["val_a"], pca, d, cut), truncate(emb["val_b"], pca, d, cut), ks=(1,))[1]
             out.update(report_figures(self, emb, pca, truncation))
         return out, pca
 

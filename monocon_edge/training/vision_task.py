@@ -145,11 +145,10 @@ class VisionTask:
             # Selection-split retrieval (held-out selection images -> train gallery): what recipes are chosen on.
             vq, vl, tl = emb["val"], labels[s.val], labels[s.train]
             out["val_recall@1"] = M.recall_at_k(vq, vl, train, tl, ks=(1,))[1]
-            val_cut = M.prefix_truncate if truncation == "prefix" else (lambda x, d: M.pca_project(x, pca, d))
             for d in PCA_DIMS:
                 if d < train.shape[1] and d <= pca.components.shape[0]:
-                    out[f"val_recall@1_{truncation}{d}"] = M.recall_at_k(val_cut(vq, d), vl, val_cut(train, d), tl,
-                                                                         ks=(1,))[1]
+                    out[f"val_recall@1_{truncation}{d}"] = M.recall_at_k(
+                        truncate(vq, pca, d, truncation), vl, truncate(train, pca, d, truncation), tl, ks=(1,))[1]
                     out[f"recall@1_pca{d}"] = M.recall_at_k(
                         M.pca_project(q, pca, d), labels[s.query], M.pca_project(g, pca, d), labels[s.gallery], ks=(1,)
                     )[1]
