@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -117,3 +118,50 @@ def test_ctrl_c_exits_130_with_one_line(tmp_path) -> None:
     assert err.strip() == "interrupted" and "Traceback" not in out
     # Interrupted before its first checkpoint, the run removed what it created; after it, it stays resumable.
     assert not run.exists() or (run / "last.pt").is_file()
+
+
+def _file_size_limit(limit: int):
+    """Return a preexec_fn capping every file the child writes at ``limit`` bytes (a short write, as on a full
+    disk: SIGXFSZ ignored, so write() fails with EFBIG instead of killing the process)."""
+    def apply() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    return apply
+
+
+def test_a_checkpoint_that_cannot_be_written_is_one_line_and_leaves_no_half_run(tmp_path) -> None:
+    # The tiny run's last.pt is ~200 kB, its config and metrics a few kB: the first checkpoint write comes up short,
+    # as it did in CI on a full disk (torch's zip writer: "unexpected pos").
+    run = tmp_path / "run"
+    done = subprocess.run(CLI + TRAIN + ["--epochs", "2", "--out", str(run)], capture_output=True, text=True,
+                          env=_env(), cwd=tmp_path, timeout=600, preexec_fn=_file_size_limit(100_000))
+    assert done.returncode == 1, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in done.stderr, done.stderr
+    assert lines[0].startswith("error: cannot write checkpoint") and "full disk" in lines[0], lines[0]
+    # No first checkpoint: nothing to resume, so the run removed what it created (no temp file left either).
+    assert [p.name for p in tmp_path.iterdir()] == []
+
+
+def test_a_failed_checkpoint_write_keeps_the_last_good_one_and_says_how_to_resume(tmp_path, monkeypatch) -> None:
+    from monocon_edge.device.errors import MonoconError
+    from monocon_edge.training.run_dir import RunDir
+
+    run = RunDir(tmp_path)
+    run.save_checkpoint(run.last_path, {"model": {"w": torch.ones(3)}, "epoch": 1})
+
+    def short_write(obj, f, *args, **kwargs) -> None:
+        Path(f).write_bytes(b"PK\x03\x04 half")
+        raise RuntimeError("[enforce fail at inline_container.cc:603] . unexpected pos 98880 vs 98768")
+
+    monkeypatch.setattr(torch, "save", short_write)
+    try:
+        run.save_checkpoint(run.last_path, {"model": {"w": torch.zeros(3)}, "epoch": 2})
+    except MonoconError as exc:
+        message = str(exc)
+    else:
+        raise AssertionError("a failed write raised nothing")
+    assert "unexpected pos 98880 vs 98768" in message and f"--resume {tmp_path}" in message
+    monkeypatch.undo()
+    assert run.load_checkpoint(run.last_path)["epoch"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]

@@ -16,6 +16,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import shutil
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -84,9 +85,21 @@ class RunDir:
         write_text_atomic(self.path / "metrics.csv", buf.getvalue())
 
     def save_checkpoint(self, path: Path, state: dict[str, Any]) -> None:
-        """Write a checkpoint atomically (temp file + os.replace)."""
-        with atomic_path(path) as tmp:
-            torch.save({"format": CHECKPOINT_FORMAT, **state}, tmp)
+        """Write a checkpoint atomically (temp file + os.replace); raise MonoconError when the write fails.
+
+        torch's zip writer reports a short write (a full disk, a quota) as ``RuntimeError: ... unexpected pos``;
+        the partial temp file is removed and the message says where and how much room was left.
+        """
+        try:
+            with atomic_path(path) as tmp:
+                torch.save({"format": CHECKPOINT_FORMAT, **state}, tmp)
+        except (RuntimeError, OSError) as exc:
+            lines = str(exc).strip().splitlines()
+            reason = lines[-1].strip(" .") if lines else type(exc).__name__
+            kept = (f"; the last good checkpoint is kept: make room, then monocon-edge train --resume {self.path}"
+                    if self.last_path.is_file() else "")
+            raise MonoconError(f"cannot write checkpoint {path} ({reason}; {_free_space(path.parent)} free there: "
+                               f"a full disk or a file-size limit?){kept}") from None
 
     def load_checkpoint(self, path: Path) -> dict[str, Any]:
         """Return a checkpoint's contents (loaded with weights_only=True); raise MonoconError if corrupt."""
@@ -134,3 +147,12 @@ def _savez_atomic(path: Path, arrays: dict[str, np.ndarray]) -> None:
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as fh:
             np.savez(fh, **arrays)
+
+
+def _free_space(folder: Path) -> str:
+    """Return the free space of ``folder``'s file system in words ("unknown" where it cannot be read)."""
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return "unknown"
+    return f"{free / 2**20:.0f} MiB"
