@@ -165,3 +165,15 @@ def test_a_failed_checkpoint_write_keeps_the_last_good_one_and_says_how_to_resum
     monkeypatch.undo()
     assert run.load_checkpoint(run.last_path)["epoch"] == 1
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+
+
+def test_an_export_with_no_room_to_write_is_one_line_and_leaves_nothing(tiny_runs, tmp_path) -> None:
+    out = tmp_path / "art"
+    done = subprocess.run(CLI + ["export", str(tiny_runs["none"]), "--dims", "16", "--int8",
+                                 "--int8-max-recall-drop", "100", "--out", str(out)],
+                          capture_output=True, text=True, env=_env(), cwd=tmp_path, timeout=600,
+                          preexec_fn=_file_size_limit(20_000))
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.strip().splitlines() == ["error: cannot write a file: File too large - make room, then run "
+                                                "it again"], done.stderr
+    assert [p.name for p in tmp_path.iterdir()] == []  # neither the artifact nor its staging folder

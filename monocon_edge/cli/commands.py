@@ -6,6 +6,7 @@ errors are found alike on every rank); the other ranks report only unexpected er
 """
 from __future__ import annotations
 
+import errno
 import os
 import sys
 from pathlib import Path
@@ -46,14 +47,31 @@ def _run_guarded(fn: Callable[[], Any]) -> Any:
         raise typer.Exit(130) from None
     except (typer.Exit, typer.Abort, SystemExit):
         raise
-    except Exception as exc:  # anything unexpected: still one line unless debugging
-        if os.environ.get("MONOCON_DEBUG"):
-            raise
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        where = "" if main else f"(rank {os.environ.get('RANK')}) "
-        err_console.print(f"[bold red]error:[/] {where}{type(exc).__name__}: {msg} "
-                          "(MONOCON_DEBUG=1 shows the traceback)", markup=True, highlight=False, soft_wrap=True)
+    except OSError as exc:
+        if exc.errno not in _NO_ROOM or os.environ.get("MONOCON_DEBUG"):
+            _report_unexpected(exc, main)
+        if main:
+            where = f" {exc.filename}" if exc.filename else " a file"
+            err_console.print(f"[bold red]error:[/] cannot write{where}: {exc.strerror} - make room, then run it "
+                              "again", markup=True, highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None
+    except Exception as exc:  # anything unexpected: still one line unless debugging
+        _report_unexpected(exc, main)
+
+
+# A full disk, a quota, a file-size limit: the machine's state, not a bug, so no "unexpected" wording.
+_NO_ROOM = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+
+
+def _report_unexpected(exc: Exception, main: bool) -> None:
+    """Print one line naming ``exc`` (re-raise it under MONOCON_DEBUG=1); always raises."""
+    if os.environ.get("MONOCON_DEBUG"):
+        raise exc
+    msg = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    where = "" if main else f"(rank {os.environ.get('RANK')}) "
+    err_console.print(f"[bold red]error:[/] {where}{type(exc).__name__}: {msg} "
+                      "(MONOCON_DEBUG=1 shows the traceback)", markup=True, highlight=False, soft_wrap=True)
+    raise typer.Exit(1) from None
 
 
 def _say(message: str) -> None:
