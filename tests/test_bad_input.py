@@ -90,7 +90,12 @@ CASES = [
      "UTF-8"),
     ("train-text-empty", "cli", "train --preset nli-pairs --data {ws}/empty.tsv --val-data {ws}/empty.tsv",
      "empty"),
+    # Neither .npz nor .tsv: the default preset would have trained on digits and ignored the file.
+    ("train-data-not-npz-or-tsv", "cli", "train --data {ws}/not-npy.npy", "the embedded default (digits) reads no"),
+    ("train-data-dir-on-default", "cli", "train --data-dir {ws}/images", "the embedded default (digits) reads no"),
+    ("train-out-uncreatable", "cli", "train --out /proc/monocon-run", "cannot create the run directory /proc/"),
     # ----- train: numbers -----
+    ("train-seed-negative", "cli", "train --seed -1", "--seed must be >= 0"),
     ("train-lr-nan", "cli", "train --lr-head nan", "--lr-head must be a finite number"),
     ("train-temperature-inf", "cli", "train --temperature inf", "--temperature must be a finite number"),
     ("train-lr-warmup-neg-inf", "cli", "train --lr-warmup -inf", "--lr-warmup must be a finite number"),

@@ -184,6 +184,13 @@ class RunConfig:
                 value = getattr(section, f.name)
                 if isinstance(value, float) and not math.isfinite(value):
                     raise MonoconError(f"--{f.name.replace('_', '-')} must be a finite number, got {value}")
+        if self.data.kind == "digits" and self.data.path is not None:
+            # Otherwise `--data my.csv` or `--data-dir DIR` on the default preset would train on digits silently.
+            raise MonoconError(f"the embedded default (digits) reads no file, but got {self.data.path}: --data takes "
+                               "an .npz of images and labels or pair .tsv files, --data-dir a CIFAR folder (with "
+                               "--preset cifar10 or cifar100)")
+        if o.seed < 0:
+            raise MonoconError(f"--seed must be >= 0, got {o.seed}")
         if self.data.split_seed is not None and self.data.split_seed < 0:
             raise MonoconError(f"--split-seed must be >= 0, got {self.data.split_seed}")
         if o.distill < 0 or o.weight_decay < 0 or o.grad_clip <= 0:

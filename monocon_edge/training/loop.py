@@ -144,7 +144,10 @@ def _new_run_dir(path: str | Path | None, cfg: RunConfig, runs_root: str | Path,
         raise MonoconError(f"{path} already exists and is not empty: choose another --out, or --resume it")
     if made is not None:
         made.update(path=path, created=_first_missing(path))
-    path.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise MonoconError(f"cannot create the run directory {path}: {exc.strerror or type(exc).__name__}") from None
     return RunDir(path)
 
 
