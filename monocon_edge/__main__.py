@@ -1,4 +1,6 @@
 """``python -m monocon_edge``: the same command line as ``monocon-edge``."""
+import sys
+
 from .cli import main
 
-main()
+sys.exit(main())

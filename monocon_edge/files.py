@@ -46,7 +46,10 @@ def staging_dir(target: str | os.PathLike, parent: str | os.PathLike | None = No
         pid = old.name[len(target.name) + 2:].split(".", 1)[0]
         if old.is_dir() and pid.isdigit() and not _process_runs(int(pid)):
             shutil.rmtree(old, ignore_errors=True)
-    return Path(tempfile.mkdtemp(prefix=f".{target.name}.{os.getpid()}.", suffix=".tmp", dir=parent))
+    try:
+        return Path(tempfile.mkdtemp(prefix=f".{target.name}.{os.getpid()}.", suffix=".tmp", dir=parent))
+    except OSError as exc:
+        raise MonoconError(f"cannot write {target}: {exc.strerror or type(exc).__name__}") from None
 
 
 def _process_runs(pid: int) -> bool:

@@ -80,6 +80,11 @@ def ws(tiny_runs, digits_artifact, tmp_path_factory) -> Path:
 
 # (id, command, arguments with {ws} for the inputs folder, expected text on stderr)
 CASES = [
+    # ----- the command line itself: typer's usage errors, one line too -----
+    ("usage-unknown-option", "cli", "train --bogus", "No such option: --bogus"),
+    ("usage-not-a-number", "cli", "train --epochs abc", "Invalid value for '--epochs'"),
+    ("usage-missing-argument", "cli", "analyze", "Missing argument 'runs'"),
+    ("usage-unknown-command", "cli", "fly", "No such command 'fly'"),
     # ----- train: data -----
     ("train-data-missing", "cli", "train --data {ws}/missing.npz", "data file not found"),
     ("train-data-corrupt", "cli", "train --data {ws}/junk.npz", "cannot read"),
@@ -117,6 +122,8 @@ CASES = [
     # ----- export -----
     ("export-best-truncated", "cli", "export {ws}/run-best-truncated --dims 8", "corrupt or truncated"),
     ("export-pca-truncated", "cli", "export {ws}/run-pca-truncated --dims 8", "pca.npz"),
+    ("export-out-uncreatable", "cli", "export {ws}/run-good --dims 8 --out /proc/monocon-art",
+     "cannot write /proc/monocon-art"),
     ("export-dims-zero", "cli", "export {ws}/run-good --dims 0", "between 1 and 32"),
     ("export-dims-too-many", "cli", "export {ws}/run-good --dims 33", "between 1 and 32"),
     ("export-atol-nan", "cli", "export {ws}/run-good --dims 8 --parity-atol nan", "--parity-atol > 0"),
@@ -135,6 +142,7 @@ CASES = [
     ("bench-onnx-truncated", "cli", "bench {ws}/art-onnx-truncated --dims 16 --json {ws}/bench.json --no-memory "
                                     "--no-reference", "does not match its sha256"),
     # ----- the device script -----
+    ("device-usage", "device", "query {ws}/art --top-k many", "argument --top-k: invalid int value: 'many'"),
     ("device-onnx-truncated", "device", "check {ws}/art-onnx-truncated", "does not match its sha256"),
     ("device-manifest-edited", "device", "check {ws}/art-manifest-edited", "manifest"),
     ("device-nan", "device", "embed {ws}/art --images {ws}/nan.npy --out {ws}/e.npy", "NaN or inf"),
@@ -174,3 +182,11 @@ def test_bad_input_fails_with_one_line_and_leaves_nothing(ws, tmp_path, case, to
     # The CLI's catch-all for unexpected exceptions says this: an input error must be a designed message.
     assert "(MONOCON_DEBUG=1 shows the traceback)" not in stderr, stderr
     assert _state(ws, cwd) == before, sorted(set(_state(ws, cwd)) ^ set(before))
+
+
+def test_bare_command_prints_the_help(tmp_path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "COLUMNS": "120"}
+    done = subprocess.run(CLI, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+    assert "Usage: monocon-edge" in done.stdout and "train" in done.stdout and "export" in done.stdout
+    assert list(tmp_path.iterdir()) == []

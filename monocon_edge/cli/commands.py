@@ -17,7 +17,7 @@ from rich.console import Console
 
 from ..exporting.int8_schemes import SCHEMES, TEXT_CANDIDATES, VISION_CANDIDATES
 
-app = typer.Typer(add_completion=False, no_args_is_help=False, pretty_exceptions_enable=False,
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Train MonoCon embeddings, export them as one static ONNX graph, benchmark, ship.")
 console = Console()
 err_console = Console(stderr=True)
@@ -534,9 +534,26 @@ def bench_index(
     _run_guarded(go)
 
 
-def main() -> None:
-    """Console-script entry point."""
-    app(prog_name="monocon-edge")
+def main() -> int:
+    """Console-script entry point; return the exit status.
+
+    Usage errors (an unknown option, a value of the wrong type, a missing argument) are one line on stderr and
+    exit 2, like every other input error, instead of click's multi-line panel.
+    """
+    try:
+        status = app(prog_name="monocon-edge", standalone_mode=False)
+    except typer.Abort:
+        err_console.print("interrupted", highlight=False)
+        return 130
+    except typer.TyperException as exc:  # typer's own click: usage errors and other parse-time failures
+        message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+        if type(exc).__name__ == "NoArgsIsHelpError":  # bare `monocon-edge`: the help was the answer
+            return 0
+        ctx = getattr(exc, "ctx", None)
+        hint = f" (see {ctx.command_path} --help)" if ctx is not None else ""
+        err_console.print(f"[bold red]error:[/] {message}{hint}", markup=True, highlight=False, soft_wrap=True)
+        return int(getattr(exc, "exit_code", 2))
+    return status if isinstance(status, int) else 0
 
 
 if __name__ == "__main__":

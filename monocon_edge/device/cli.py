@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from typing import NoReturn
 from pathlib import Path
 
 import numpy as np
@@ -79,12 +80,20 @@ def _default_artifact(home: str | os.PathLike | None) -> str:
     return "."
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse with its usage errors as one line on stderr (exit 2), like every other input error here."""
+
+    def error(self, message: str) -> NoReturn:
+        """Print ``error: MESSAGE (see PROG --help)`` and exit 2; never returns."""
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
 def main(argv: list[str] | None = None, home: str | os.PathLike | None = None) -> int:
     """Run one device command; return the exit status (errors are one line on stderr).
 
     ``home``: the folder of the launching monocon_device.py, the artifact when none is given.
     """
-    parser = argparse.ArgumentParser(prog="monocon_device.py", description=__doc__.split("\n\n")[0])
+    parser = _OneLineParser(prog="monocon_device.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("command", choices=["check", "embed", "index", "query"])
     parser.add_argument("artifact", nargs="?", default=None,
                         help="artifact folder (default: the folder monocon_device.py is in, else .)")
