@@ -97,6 +97,19 @@ def test_bench_trains_the_missing_default_baseline(tiny_runs, tmp_path, monkeypa
     assert "side by side (" in benched.output
 
 
+@pytest.mark.parametrize("args, expected", [(["--device", "tpu"], "--device must be cpu or cuda, got 'tpu'"),
+                                            (["--threads", "0"], "--threads and --also-threads must be >= 1")])
+def test_bench_refuses_bad_options_before_training_the_baseline(tiny_runs, tmp_path, monkeypatch, args,
+                                                                expected) -> None:
+    monkeypatch.chdir(tmp_path)
+    mono = _place(tiny_runs["monotonic"], tmp_path / "runs" / "mono", 10)
+    assert runner.invoke(app, ["export", *LOOSE_EXPORT]).exit_code == 0
+    before = tree_state(tmp_path)
+    _one_clear_line(runner.invoke(app, ["bench", *args]), expected)
+    assert tree_state(tmp_path) == before  # no baseline trained for a bench that cannot run
+    assert [r.path.name for r in finished_runs("runs")] == [mono.name]
+
+
 def _fake_run(folder: Path, head: str, age_s: float, preset: str = "default", max_train: int | None = 400,
               loss: str = "supcon") -> Path:
     folder.mkdir(parents=True)

@@ -395,6 +395,8 @@ def bench(
     """
 
     def go() -> None:
+        import dataclasses
+
         from ..bench.output import result_stem, write_json, write_markdown, write_plot
         from ..bench.runner import BenchOptions, run_bench
         from ..device.errors import MonoconError
@@ -406,18 +408,17 @@ def bench(
             extra = tuple(int(t) for t in also_threads.split(",") if t.strip())
         except ValueError:
             raise MonoconError(f"--also-threads takes comma-separated integers, got {also_threads!r}") from None
-        targets, chosen_dims = list(paths or []), dims
-        if not targets:
-            _check_output_folders(json_path, md, plot)  # before anything is trained
-            targets, art = default_bench_paths(runs_dir, _say)
-            chosen_dims = dims or str(art.manifest["output"]["dims"])
-        opts = BenchOptions(dims=chosen_dims or "128,64,16,deff", int8=int8, device=device, threads=threads,
+        opts = BenchOptions(dims=dims or "128,64,16,deff", int8=int8, device=device, threads=threads,
                             extra_threads=extra, warmup=warmup,
                             iterations=iterations, batch=batch, batch_iterations=batch_iterations,
                             search_iterations=search_iterations, max_queries=max_queries, memory_probe=memory,
                             torch_reference=reference, parity_atol=parity_atol, suite=suite)
-        opts.check()
+        opts.check()  # before anything is trained or exported
         _check_output_folders(json_path, md, plot)
+        targets = list(paths or [])
+        if not targets:
+            targets, art = default_bench_paths(runs_dir, _say)
+            opts = dataclasses.replace(opts, dims=dims or str(art.manifest["output"]["dims"]))
         with console.status("benchmarking") as status:
             result = run_bench(targets, opts, on_event=lambda kind, info: status.update(info.get("name", kind)))
         outputs = _output_paths(json_path, md, plot, results_dir, result_stem(result))
