@@ -270,3 +270,22 @@ def test_shards_are_disjoint_slices_that_keep_m_per_class_groups_whole() -> None
             groups = labels[parts[rank][step]].view(-1, 4)  # each rank's 8 examples: two whole groups of 4
             assert bool((groups == groups[:, :1]).all())
     assert shard_batches(global_batches, 0, 1) is global_batches
+
+
+def test_a_torchrun_rank_exits_without_interpreter_finalisation(tmp_path) -> None:
+    # gloo's threads can abort a rank's interpreter shutdown after a finished run (SIGABRT, reported by torchrun
+    # as a failed run): a rank leaves through os._exit once its output is flushed. An atexit handler stands for
+    # that shutdown here: it must not run, and the status and the one error line must still come through.
+    repo = Path(__file__).resolve().parents[1]
+    code = ("import atexit, sys; atexit.register(lambda: print('finalised', flush=True)); "
+            "sys.argv = ['monocon-edge', 'runs']; from monocon_edge.cli import main; sys.exit(main())")
+    env = {**os.environ, "PYTHONPATH": str(repo), "WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0"}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path,
+                          env=env)
+    assert done.returncode == 1 and "finalised" not in done.stdout, (done.stdout, done.stderr)
+    assert done.stderr.strip().startswith("error: no finished run or artifact under runs/"), done.stderr
+    # A single process finalises as usual.
+    env["WORLD_SIZE"] = "1"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path,
+                          env=env)
+    assert done.returncode == 1 and "finalised" in done.stdout, (done.stdout, done.stderr)

@@ -541,6 +541,19 @@ def main() -> int:
     Usage errors (an unknown option, a value of the wrong type, a missing argument) are one line on stderr and
     exit 2, like every other input error, instead of click's multi-line panel.
     """
+    status = _main()
+    if "WORLD_SIZE" in os.environ and os.environ["WORLD_SIZE"] not in ("", "0", "1"):
+        # A torchrun rank: with its files written and its process group destroyed, gloo's threads can still
+        # abort the interpreter's shutdown ("terminate called without an active exception", SIGABRT: 2 runs in
+        # 12 on a loaded 2-core machine), which torchrun reports as a failed run. Nothing is left to finalise.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+    return status
+
+
+def _main() -> int:
+    """Run the typer app without its own exit handling; return the exit status."""
     try:
         status = app(prog_name="monocon-edge", standalone_mode=False)
     except typer.Abort:
