@@ -15,8 +15,8 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import NoReturn
 from pathlib import Path
+from typing import NoReturn
 
 import numpy as np
 

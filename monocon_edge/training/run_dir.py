@@ -30,6 +30,8 @@ from ..files import atomic_path, read_jsonl, write_json_atomic, write_text_atomi
 from ..metrics import PCAStats
 
 CHECKPOINT_FORMAT = 1
+# What torch's zip writer says when a write comes up short (a full disk, a quota, a file-size limit).
+_SHORT_WRITE = ("unexpected pos", "file write failed", "PytorchStreamWriter failed")
 
 
 class RunDir:
@@ -94,6 +96,8 @@ class RunDir:
             with atomic_path(path) as tmp:
                 torch.save({"format": CHECKPOINT_FORMAT, **state}, tmp)
         except (RuntimeError, OSError) as exc:
+            if isinstance(exc, RuntimeError) and not any(m in str(exc) for m in _SHORT_WRITE):
+                raise
             lines = str(exc).strip().splitlines()
             reason = lines[-1].strip(" .") if lines else type(exc).__name__
             kept = (f"; the last good checkpoint is kept: make room, then monocon-edge train --resume {self.path}"
