@@ -232,3 +232,17 @@ def test_text_recall_is_named_pair_sts_in_rows_and_tables() -> None:
     vision_row = dict(model="v", modality="vision", dims=2, precision="fp32", index_codes="float32", recall_at_1=0.5)
     md = markdown(BenchResult(header, [vision_row, text_row]))
     assert "| codes | R@1 | R@5 | pair+STS R@1 | pair+STS R@5 | 5-NN |" in md
+
+
+def test_dims_that_cannot_be_measured_are_said_not_dropped_silently(tiny_runs, digits_artifact, tmp_path) -> None:
+    from monocon_edge.bench.runner import _Bench
+
+    run = tmp_path / "monotonic"
+    shutil.copytree(tiny_runs["monotonic"], run)
+    bench = _Bench(BenchOptions(**{**FAST, "dims": "999,8"}), lambda kind, info: None)
+    targets = bench.targets([digits_artifact, run])
+    assert sorted(targets[0].artifacts) == [16] and 999 not in targets[1].artifacts and 8 in targets[1].artifacts
+    notes = " ".join(bench.result.notes)
+    assert "an artifact is measured at its own 16 dims (--dims applies to run directories)" in notes
+    assert f"--dims 999 skipped (not below the embedding width {targets[1].d_enc} " in notes
+    assert "--dims 8" not in notes

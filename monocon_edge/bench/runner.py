@@ -178,13 +178,23 @@ class _Bench:
 
     def targets(self, paths: Sequence[str | Path]) -> list[Target]:
         labels = parse_dims(self.opts.dims)
+        asked = [int(label) for label in labels if label.isdigit()]
         out = []
         for p in (Path(x) for x in paths):
             if classify(p) == "artifact":
-                out.append(artifact_target(p))
+                target = artifact_target(p)
+                (dims,) = target.artifacts
+                if dims not in asked:
+                    self.result.notes.append(f"{target.name}: an artifact is measured at its own {dims} dims "
+                                             "(--dims applies to run directories)")
             else:
-                out.append(run_target(p, labels, self.opts.int8, self.load(p), export_thresholds(self.opts.parity_atol),
-                                      self.emit))
+                target = run_target(p, labels, self.opts.int8, self.load(p), export_thresholds(self.opts.parity_atol),
+                                    self.emit)
+                skipped = [d for d in asked if d not in target.artifacts]
+                if skipped:
+                    self.result.notes.append(f"{target.name}: --dims {', '.join(map(str, skipped))} skipped (not "
+                                             f"below the embedding width {target.d_enc} or the PCA's axes)")
+            out.append(target)
         return out
 
     def bench_target(self, target: Target) -> None:
