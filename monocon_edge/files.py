@@ -19,7 +19,10 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; on success it is renamed onto ``path``, on error removed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise MonoconError(f"cannot write {path}: {exc.strerror or type(exc).__name__}") from None
     os.close(fd)
     tmp_path = Path(tmp)
     # mkstemp creates owner-only files; give the result the permissions an ordinary file would get.

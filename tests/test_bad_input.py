@@ -141,6 +141,8 @@ CASES = [
     ("verify-manifest-edited", "cli", "verify {ws}/art-manifest-edited", "manifest"),
     ("bench-onnx-truncated", "cli", "bench {ws}/art-onnx-truncated --dims 16 --json {ws}/bench.json --no-memory "
                                     "--no-reference", "does not match its sha256"),
+    ("bench-json-unwritable", "cli", "bench {ws}/art --dims 16 --json /proc/monocon-bench.json --no-memory "
+                                     "--no-reference", "cannot write /proc/monocon-bench.json"),
     # ----- the device script -----
     ("device-usage", "device", "query {ws}/art --top-k many", "argument --top-k: invalid int value: 'many'"),
     ("device-onnx-truncated", "device", "check {ws}/art-onnx-truncated", "does not match its sha256"),

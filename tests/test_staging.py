@@ -4,6 +4,8 @@ from __future__ import annotations
 import os
 import subprocess
 
+import pytest
+
 from monocon_edge.files import staging_dir
 
 
@@ -24,3 +26,12 @@ def test_staging_dir_sweeps_dead_processes_leftovers_only(tmp_path) -> None:
     assert new.is_dir() and new.parent == tmp_path and new.name.startswith(f".art.{os.getpid()}.")
     assert not dead.exists()
     assert live.exists() and other_target.exists() and atomic_write_leftover.exists()
+
+
+def test_an_atomic_write_where_no_file_can_be_made_is_a_clear_error() -> None:
+    from monocon_edge.device.errors import MonoconError
+    from monocon_edge.files import write_text_atomic
+
+    # /proc exists but takes no new file: mkstemp fails before anything is written.
+    with pytest.raises(MonoconError, match=r"^cannot write /proc/monocon-x\.txt: "):
+        write_text_atomic("/proc/monocon-x.txt", "x")

@@ -80,13 +80,22 @@ def _say(message: str) -> None:
 
 
 def _check_output_folders(*paths: Optional[Path]) -> None:
-    """Return None when the folder of every given path (None: not asked for) exists; raise MonoconError naming
-    the first path whose folder does not."""
+    """Return None when the folder of every given path (None: not asked for) exists and takes a new file; raise
+    MonoconError naming the first path whose folder does not (checked before the work, not after it)."""
+    import tempfile
+
     from ..device.errors import MonoconError
 
     for p in paths:
-        if p is not None and not p.parent.is_dir():
+        if p is None:
+            continue
+        if not p.parent.is_dir():
             raise MonoconError(f"the folder for {p} does not exist")
+        try:
+            with tempfile.TemporaryFile(dir=p.parent):
+                pass
+        except OSError as exc:
+            raise MonoconError(f"cannot write {p}: {exc.strerror or type(exc).__name__}") from None
 
 
 def _output_paths(json_path: Optional[Path], md: Optional[Path], plot: Optional[Path], results_dir: Optional[Path],
