@@ -72,6 +72,7 @@ def ws(tiny_runs, digits_artifact, tmp_path_factory) -> Path:
     np.save(ws / "empty.npy", np.zeros((0, 8, 8, 1), np.uint8))
     np.save(ws / "int32.npy", np.zeros((2, 8, 8, 1), np.int32))
     np.save(ws / "rgb.npy", np.zeros((2, 8, 8, 3), np.uint8))
+    np.save(ws / "gray.npy", np.zeros((2, 8, 8, 1), np.uint8))  # good images, for the bad-output cases
     (ws / "not-npy.npy").write_bytes(b"\x93NUMPY garbage")
     (ws / "images").mkdir()
     (ws / "images" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
@@ -145,6 +146,11 @@ CASES = [
                                      "--no-reference", "cannot write /proc/monocon-bench.json"),
     # ----- the device script -----
     ("device-usage", "device", "query {ws}/art --top-k many", "argument --top-k: invalid int value: 'many'"),
+    ("device-threads-zero", "device", "check {ws}/art --threads 0", "threads must be >= 1"),
+    ("device-embed-unwritable", "device", "embed {ws}/art --images {ws}/gray.npy --out /proc/monocon-e.npy",
+     "cannot write /proc/monocon-e.npy"),
+    ("device-index-unwritable", "device", "index {ws}/art --images {ws}/gray.npy --out /proc/monocon-g.npz",
+     "cannot write /proc/monocon-g.npz"),
     ("device-onnx-truncated", "device", "check {ws}/art-onnx-truncated", "does not match its sha256"),
     ("device-manifest-edited", "device", "check {ws}/art-manifest-edited", "manifest"),
     ("device-nan", "device", "embed {ws}/art --images {ws}/nan.npy --out {ws}/e.npy", "NaN or inf"),

@@ -161,6 +161,9 @@ def _save_atomic(path: str, write) -> None:
         with open(tmp, "wb") as fh:
             write(fh)
         os.replace(tmp, target)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise MonoconError(f"cannot write {path}: {exc.strerror or type(exc).__name__}") from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

@@ -19,7 +19,7 @@ import numpy as np
 
 from . import embedding_codes
 from .artifact import FP32_FILE, OUTPUT_NAME, open_artifact, read_manifest
-from .errors import ArtifactError, RuntimeInputError
+from .errors import ArtifactError, MonoconError, RuntimeInputError
 
 DEFAULT_BATCH = 64
 INDEX_FORMAT = 1
@@ -195,6 +195,8 @@ def load(folder: str | os.PathLike, precision: str = "fp32", threads: int | None
         precision = "int8" if "int8" in manifest["models"] else "fp32"
     if precision not in ("fp32", "int8", "int4"):
         raise RuntimeInputError(f"precision must be fp32, int8, int4 or best, got {precision!r}")
+    if threads is not None and threads < 1:
+        raise RuntimeInputError(f"threads must be >= 1 (leave it out for onnxruntime's default), got {threads}")
     return Embedder(folder, manifest, precision, threads, providers)
 
 
@@ -278,12 +280,19 @@ class Index:
         """Write the index to ``path`` (.npz) atomically."""
         path = Path(path)
         tmp = path.with_name(f".{path.name}.tmp")
-        with open(tmp, "wb") as fh:
-            np.savez(fh, format=np.asarray(INDEX_FORMAT), kind=np.asarray(self.kind), dims=np.asarray(self.dims),
-                     scales=self.scales if self.scales is not None else np.zeros(0, np.float32),
-                     data=self._data, ids=np.asarray(self.ids, dtype=np.str_),
-                     fingerprint=np.asarray(self.fingerprint))
-        os.replace(tmp, path)
+        try:
+            with open(tmp, "wb") as fh:
+                np.savez(fh, format=np.asarray(INDEX_FORMAT), kind=np.asarray(self.kind), dims=np.asarray(self.dims),
+                         scales=self.scales if self.scales is not None else np.zeros(0, np.float32),
+                         data=self._data, ids=np.asarray(self.ids, dtype=np.str_),
+                         fingerprint=np.asarray(self.fingerprint))
+            os.replace(tmp, path)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise MonoconError(f"cannot write {path}: {exc.strerror or type(exc).__name__}") from None
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
 
     @staticmethod
     def load(path: str | os.PathLike) -> "Index":
