@@ -21,6 +21,7 @@ from typing import NoReturn
 import numpy as np
 
 from . import runtime
+from .atomic import write_atomic
 from .errors import MonoconError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
@@ -123,7 +124,7 @@ def main(argv: list[str] | None = None, home: str | os.PathLike | None = None) -
         if args.command == "embed":
             if not args.out:
                 raise MonoconError("embed needs --out FILE.npy")
-            _save_atomic(args.out, lambda fh: np.save(fh, emb))
+            write_atomic(args.out, lambda fh: np.save(fh, emb))
             print(f"{emb.shape[0]} embeddings ({emb.shape[1]} dims) -> {args.out}")
         elif args.command == "index":
             if not args.out:
@@ -149,24 +150,6 @@ def main(argv: list[str] | None = None, home: str | os.PathLike | None = None) -
     except (OSError, ValueError, KeyError) as exc:  # unreadable or malformed input files
         print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
-
-
-def _save_atomic(path: str, write) -> None:
-    """Write ``path`` through a temporary file renamed at the end (nothing half-written on failure)."""
-    target = Path(path)
-    if not target.parent.is_dir():
-        raise MonoconError(f"the folder for {path} does not exist")
-    tmp = target.with_name(f".{target.name}.tmp")
-    try:
-        with open(tmp, "wb") as fh:
-            write(fh)
-        os.replace(tmp, target)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise MonoconError(f"cannot write {path}: {exc.strerror or type(exc).__name__}") from None
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 if __name__ == "__main__":

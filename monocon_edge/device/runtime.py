@@ -19,7 +19,8 @@ import numpy as np
 
 from . import embedding_codes
 from .artifact import FP32_FILE, OUTPUT_NAME, open_artifact, read_manifest
-from .errors import ArtifactError, MonoconError, RuntimeInputError
+from .atomic import write_atomic
+from .errors import ArtifactError, RuntimeInputError
 
 DEFAULT_BATCH = 64
 INDEX_FORMAT = 1
@@ -278,21 +279,10 @@ class Index:
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the index to ``path`` (.npz) atomically."""
-        path = Path(path)
-        tmp = path.with_name(f".{path.name}.tmp")
-        try:
-            with open(tmp, "wb") as fh:
-                np.savez(fh, format=np.asarray(INDEX_FORMAT), kind=np.asarray(self.kind), dims=np.asarray(self.dims),
-                         scales=self.scales if self.scales is not None else np.zeros(0, np.float32),
-                         data=self._data, ids=np.asarray(self.ids, dtype=np.str_),
-                         fingerprint=np.asarray(self.fingerprint))
-            os.replace(tmp, path)
-        except OSError as exc:
-            tmp.unlink(missing_ok=True)
-            raise MonoconError(f"cannot write {path}: {exc.strerror or type(exc).__name__}") from None
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        write_atomic(path, lambda fh: np.savez(
+            fh, format=np.asarray(INDEX_FORMAT), kind=np.asarray(self.kind), dims=np.asarray(self.dims),
+            scales=self.scales if self.scales is not None else np.zeros(0, np.float32), data=self._data,
+            ids=np.asarray(self.ids, dtype=np.str_), fingerprint=np.asarray(self.fingerprint)))
 
     @staticmethod
     def load(path: str | os.PathLike) -> "Index":
