@@ -1,40 +1,18 @@
-"""Atomic file writes (a reader never sees a half-written file, and a failed write leaves the old one intact) and
-the JSON-lines reader. Checksums are the artifact format's: ``device.artifact.sha256_file``."""
+"""Atomic file writes (``atomic_path``, from ``device.atomic``: a reader never sees a half-written file, and a
+failed write leaves the old one intact), staging folders and the JSON-lines reader. Checksums are the artifact
+format's: ``device.artifact.sha256_file``."""
 from __future__ import annotations
 
-import contextlib
 import glob
 import json
 import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
+from .device.atomic import atomic_path, write_error
 from .device.errors import MonoconError
-
-
-@contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; on success it is renamed onto ``path``, on error removed."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as exc:
-        raise MonoconError(f"cannot write {path}: {exc.strerror or type(exc).__name__}") from None
-    os.close(fd)
-    tmp_path = Path(tmp)
-    # mkstemp creates owner-only files; give the result the permissions an ordinary file would get.
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp_path, 0o666 & ~umask)
-    try:
-        yield tmp_path
-        os.replace(tmp_path, path)
-    except BaseException:
-        tmp_path.unlink(missing_ok=True)
-        raise
 
 
 def staging_dir(target: str | os.PathLike, parent: str | os.PathLike | None = None) -> Path:
@@ -52,7 +30,7 @@ def staging_dir(target: str | os.PathLike, parent: str | os.PathLike | None = No
     try:
         return Path(tempfile.mkdtemp(prefix=f".{target.name}.{os.getpid()}.", suffix=".tmp", dir=parent))
     except OSError as exc:
-        raise MonoconError(f"cannot write {target}: {exc.strerror or type(exc).__name__}") from None
+        raise write_error(target, exc) from None
 
 
 def _process_runs(pid: int) -> bool:

@@ -84,6 +84,7 @@ def _check_output_folders(*paths: Optional[Path]) -> None:
     MonoconError naming the first path whose folder does not (checked before the work, not after it)."""
     import tempfile
 
+    from ..device.atomic import write_error
     from ..device.errors import MonoconError
 
     for p in paths:
@@ -95,7 +96,7 @@ def _check_output_folders(*paths: Optional[Path]) -> None:
             with tempfile.TemporaryFile(dir=p.parent):
                 pass
         except OSError as exc:
-            raise MonoconError(f"cannot write {p}: {exc.strerror or type(exc).__name__}") from None
+            raise write_error(p, exc) from None
 
 
 def _output_paths(json_path: Optional[Path], md: Optional[Path], plot: Optional[Path], results_dir: Optional[Path],
