@@ -38,14 +38,12 @@ def report_figures(task, emb: dict[str, np.ndarray], pca: M.PCAStats, truncation
     if not out:
         return out
     width = emb["train"].shape[1]
-    for d in PCA_DIMS:
-        cuts = []
-        if d < width and d <= pca.components.shape[0]:
-            cuts.append((f"_pca{d}", {k: M.pca_project(v, pca, d) for k, v in emb.items()}))
-        if truncation == "prefix" and d < width:
-            cuts.append((f"_prefix{d}", {k: M.prefix_truncate(v, d) for k, v in emb.items()}))
-        for suffix, small in cuts:
-            out.update({f"{k}{suffix}": v for k, v in task.report_metrics(small).items() if "@5" not in k})
+    for d in (d for d in PCA_DIMS if d < width):
+        for cut in ("pca", "prefix") if truncation == "prefix" else ("pca",):
+            if cut == "pca" and d > pca.components.shape[0]:
+                continue
+            small = {k: truncate(v, pca, d, cut) for k, v in emb.items()}
+            out.update({f"{k}_{cut}{d}": v for k, v in task.report_metrics(small).items() if "@5" not in k})
     return out
 
 
