@@ -18,6 +18,28 @@ def tiny_digits(head: str = "monotonic", **optim) -> RunConfig:
     return override(cfg, "optim", **{"epochs": 3, "warmup_epochs": 1, "batch_size": 64, **optim})
 
 
+def tiny_text_graph(path: Path, vocab: int = 8192, hidden: int = 32) -> Path:
+    """Write the fp32 ONNX graph of a 2-layer BERT + monotonic-style head + PCA tail (8 dims) at ``path``; return
+    it."""
+    import numpy as np
+    import torch
+    from transformers import BertConfig, BertModel
+
+    from monocon_edge.exporting.fold import FoldedHead, FoldedTail, FoldedTextModel
+    from monocon_edge.exporting.onnx_export import example_inputs, export_onnx
+
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=2, num_attention_heads=2,
+                     intermediate_size=2 * hidden, max_position_embeddings=64)
+    bert = BertModel(cfg, add_pooling_layer=False).eval()
+    rng = np.random.default_rng(0)
+    head = FoldedHead([torch.rand(hidden, hidden) * 0.1], [torch.zeros(hidden)], 0.01)
+    components = np.linalg.qr(rng.standard_normal((hidden, 8)))[0].T.astype(np.float32)
+    tail = FoldedTail(head, components, rng.standard_normal(hidden).astype(np.float32) * 0.01)
+    export_onnx(FoldedTextModel(bert, tail).eval(), "text", example_inputs("text"), path, {})
+    return path
+
+
 def with_name(cfg: RunConfig, name: str) -> RunConfig:
     """Return ``cfg`` renamed."""
     return dataclasses.replace(cfg, name=name)

@@ -134,6 +134,8 @@ CASES = [
      "--int8-cosine-floor must be between 0 and 1"),
     ("export-prefer-unknown", "cli", "export {ws}/run-good --dims 8 --int8 --int8-prefer fast",
      "--int8-prefer must be one of speed, size"),
+    ("export-fp32-layout-unknown", "cli", "export {ws}/run-good --dims 8 --fp32-layout fast",
+     "--fp32-layout must be one of auto, transposed, plain"),
     # ----- analyze (a good run first: the bad one fails after the first run's figures were made) -----
     ("analyze-best-truncated", "cli", "analyze {ws}/run-good {ws}/run-best-truncated", "corrupt or truncated"),
     ("analyze-best-junk", "cli", "analyze {ws}/run-good {ws}/run-best-junk", "corrupt or truncated"),

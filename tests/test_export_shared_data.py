@@ -44,9 +44,11 @@ def test_text_export_runtime_and_sentence_transformers(shared_data: Path, tmp_pa
     run = train(cfg, tmp_path / "run").run_dir
     out = tmp_path / "art"
     # One forced scheme keeps this test short; the selection itself is tested on a tiny BERT (test_int8_select).
+    # The fp32 graph ships with its weight MatMuls as Gemm(Wᵀ, x) (forced: whether it pays is the machine's call),
+    # so everything below (runtime, device script) runs that layout.
     result = export_run(run, ExportOptions(dims=64, int8=True, out=out, formats=("onnx", "sentence-transformers"),
                                            thresholds=LOOSE_DROP, int8_scheme="nbits8", optimize=False,
-                                           timing_rounds=20))
+                                           fp32_layout="transposed", timing_rounds=20))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["art", "run", "stsb_small.tsv"]
     manifest = json.loads((out / MANIFEST).read_text())
     assert manifest["gates"]["fp32_parity"]["max_abs_diff"] <= 1e-5
@@ -58,6 +60,16 @@ def test_text_export_runtime_and_sentence_transformers(shared_data: Path, tmp_pa
     assert {"min_cosine", "spearman_drop_points"} <= set(manifest["gates"]["int8_model"])
     assert "tokenizer.json" in manifest["files"] and "sentence-transformers/modules.json" in manifest["files"]
     assert result.manifest["input"]["tokenizer"]["max_length"] == 128
+    layout = manifest["models"]["fp32"]["weight_layout"]
+    assert layout["kept"] and layout["stats"]["matmuls"] == 36 and layout["max_abs_diff_to_plain"] <= 2.5e-6
+    import onnx
+
+    shipped = onnx.load(str(out / "model.onnx"))
+    weights = {i.name for i in shipped.graph.initializer}
+    assert not [n for n in shipped.graph.node if n.op_type == "MatMul" and n.input[1] in weights]
+    # the int8 candidates quantized the graph as exported (its 36 MatMuls), not the rewritten one
+    assert sum(n.op_type == "MatMulNBits" for n in onnx.load(str(out / "model.int8.onnx")).graph.node) == 36
+    assert not any(p.name.startswith("plain.") for p in out.iterdir())
 
     # The runtime (tokenizers + onnxruntime) gives what the run's own PyTorch model gives on HF tokenization.
     # The last text is longer than max_length: truncated to 128 tokens, it reads the last position-table row the
@@ -72,8 +84,6 @@ def test_text_export_runtime_and_sentence_transformers(shared_data: Path, tmp_pa
     np.testing.assert_allclose(model.embed(texts, batch_size=3), want, atol=1e-5, rtol=0)
     assert (model.tokenize(texts)["input_ids"] == tok["input_ids"].numpy()).all()
     assert tok["attention_mask"].sum(dim=1).max() == 128
-    import onnx
-
     tables = {t.name: tuple(t.dims) for t in onnx.load(str(out / "model.onnx")).graph.initializer
               if "position_embeddings" in t.name}
     assert list(tables.values()) == [(128, 384)], tables

@@ -9,14 +9,11 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-import torch
 from onnx import TensorProto, numpy_helper
 
 from monocon_edge.exporting import int8_select, latency
 from monocon_edge.device.errors import GateError, MonoconError
-from monocon_edge.exporting.fold import FoldedHead, FoldedTail, FoldedTextModel
 from monocon_edge.exporting.gates import GateThresholds, Retrieval, compare_figures
-from monocon_edge.exporting.onnx_export import example_inputs, export_onnx
 from monocon_edge.exporting import quantize as Q
 from monocon_edge.exporting.quantize import (LARGE_GATHER_ELEMENTS, quantize_dynamic_int8, quantize_gathers_4bit,
                                    quantize_gathers_int8, quantize_nbits, tail_nodes, unpack_block_quantized_gathers,
@@ -30,19 +27,9 @@ LOOSE = GateThresholds(int8_min_cosine=-1.0, int8_max_recall_drop_points=100.0)
 @pytest.fixture(scope="module")
 def tiny_text(tmp_path_factory) -> Path:
     """Return the fp32 ONNX graph of a 2-layer BERT (vocab 8192, hidden 32) + monotonic-style head + PCA tail."""
-    from transformers import BertConfig, BertModel
+    from helpers import tiny_text_graph
 
-    torch.manual_seed(0)
-    cfg = BertConfig(vocab_size=VOCAB, hidden_size=HIDDEN, num_hidden_layers=2, num_attention_heads=2,
-                     intermediate_size=64, max_position_embeddings=64)
-    bert = BertModel(cfg, add_pooling_layer=False).eval()
-    rng = np.random.default_rng(0)
-    head = FoldedHead([torch.rand(HIDDEN, HIDDEN) * 0.1], [torch.zeros(HIDDEN)], 0.01)
-    components = np.linalg.qr(rng.standard_normal((HIDDEN, 8)))[0].T.astype(np.float32)
-    tail = FoldedTail(head, components, rng.standard_normal(HIDDEN).astype(np.float32) * 0.01)
-    path = tmp_path_factory.mktemp("tiny-text") / "model.onnx"
-    export_onnx(FoldedTextModel(bert, tail).eval(), "text", example_inputs("text"), path, {})
-    return path
+    return tiny_text_graph(tmp_path_factory.mktemp("tiny-text") / "model.onnx", VOCAB, HIDDEN)
 
 
 def _batches(seed: int, n: int = 4, batch: int = 8, length: int = 12) -> list[dict[str, np.ndarray]]:

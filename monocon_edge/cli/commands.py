@@ -300,8 +300,12 @@ def export_cmd(
     int8_prefer: str = typer.Option("speed", help="auto: speed (the fastest candidate that passes every gate; of "
                                                   "those as fast, the smallest file) | size (the smallest that "
                                                   "passes)"),
-    optimize: bool = typer.Option(True, "--optimize/--no-optimize", help="text: try onnxruntime's BERT fusions, "
-                                                                        "kept where they measurably help"),
+    optimize: bool = typer.Option(True, "--optimize/--no-optimize", help="try onnxruntime's BERT fusions (text) "
+                                                                        "and residual Adds as Sum, each kept where "
+                                                                        "it measurably helps"),
+    fp32_layout: str = typer.Option("auto", help="fp32 weight MatMuls as Gemm(Wᵀ, x), the weights as the GEMM's "
+                                                 "left operand: auto (kept where it measurably helps at batch 1) | "
+                                                 "transposed (always) | plain (as exported)"),
     timing_rounds: int = typer.Option(200, help="timed batch-1 calls per graph (fp32, each int8 candidate), "
                                                    "in blocks of consecutive calls"),
     runs_dir: Path = typer.Option(Path("runs"), help="where to look for runs when no RUN_DIR is given"),
@@ -322,7 +326,7 @@ def export_cmd(
                                                        int8_cosine_floor),
                              parity_samples=parity_samples, calibration_samples=calibration_samples,
                              int8_scheme=int8_scheme, int8_prefer=int8_prefer, int4=int4, optimize=optimize,
-                             timing_rounds=timing_rounds)
+                             fp32_layout=fp32_layout, timing_rounds=timing_rounds)
         with console.status("exporting") as status:
             result = export_run(source, opts, on_event=lambda kind, info: status.update(info.get("name", kind)))
         print_export(console, result.path, result.manifest)

@@ -172,6 +172,14 @@ def print_export(console: Console, path: Any, manifest: dict[str, Any]) -> None:
     if opt:
         console.print(f"transformer optimizer: {'kept' if opt['kept'] else 'not kept'} ({opt.get('reason', '')})",
                       highlight=False)
+    residual = manifest["models"]["fp32"].get("residual_sum")
+    if residual and residual.get("sums"):
+        console.print(f"residual Add as Sum: {'kept' if residual['kept'] else 'not kept'} "
+                      f"({residual.get('reason', '')})", highlight=False)
+    layout = manifest["models"]["fp32"].get("weight_layout")
+    if layout and layout.get("stats", {}).get("matmuls"):
+        console.print(f"fp32 weight layout (Gemm(Wᵀ, x)): {'kept' if layout['kept'] else 'not kept'} "
+                      f"({layout.get('reason', '')})", highlight=False)
     for precision in ("int8", "int4"):
         record = manifest["models"].get(precision, {}).get("selection")
         if record:

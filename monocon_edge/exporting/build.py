@@ -47,7 +47,11 @@ class ExportOptions:
     int8_scheme: str = "auto"
     int8_prefer: str = "speed"  # auto: the fastest that passes ("speed") or the smallest that passes ("size")
     int4: bool = False  # also write model.int4.onnx (MatMulNBits 4-bit + 4-bit Gather), same gates
-    optimize: bool = True  # transformers: try onnxruntime's BERT fusions, keep them where they measurably help
+    # try onnxruntime's BERT fusions (transformers) and the residual Sum rewrite, keep them where they measurably help
+    optimize: bool = True
+    # fp32 weight MatMuls as Gemm(Wᵀ, x): "auto" keeps the rewrite where it measurably helps (weight_layout.py),
+    # "transposed" forces it, "plain" leaves the graph as exported
+    fp32_layout: str = "auto"
     timing_rounds: int = 200  # timed batch-1 calls per graph (fp32 and each int8 candidate), in blocks
 
 
@@ -101,9 +105,11 @@ def _check_options(opts: ExportOptions, modality: str) -> None:
     if opts.int4 and modality != "text":
         raise MonoconError("--int4 (MatMulNBits 4-bit) is for transformer (text) runs")
     from .int8_select import check_prefer, check_scheme
+    from .weight_layout import check_mode
 
     check_scheme(opts.int8_scheme, modality)
     check_prefer(opts.int8_prefer)
+    check_mode(opts.fp32_layout)
 
 
 def export_run(run_dir: str | Path, opts: ExportOptions, on_event: EventFn | None = None,
@@ -174,11 +180,34 @@ def _build(loaded: Any, dims: int, opts: ExportOptions, tmp: Path, emit: EventFn
         stamp_metadata(tmp / FP32_FILE, metadata)
         check_graph(tmp / FP32_FILE)
 
+    residual = None
+    if opts.optimize:
+        from .residual_sum import try_residual_sum
+
+        emit("stage", {"name": "residual Add as Sum (no SkipLayerNormalization)"})
+        residual = try_residual_sum(tmp / FP32_FILE, gate_in.parity, gate_in.timing, opts.timing_rounds,
+                                    thr.parity_atol)
+
+    # The int8 candidates quantize the graph as exported (MatMuls), whatever layout the fp32 graph ships in.
+    plain_dir = Path(tempfile.mkdtemp(prefix="plain.", dir=tmp))
+    quantize_source = tmp / FP32_FILE
+    emit("stage", {"name": "fp32 weight layout"})
+    from .weight_layout import try_weight_layout
+
+    layout = try_weight_layout(tmp / FP32_FILE, plain_dir / FP32_FILE, gate_in.parity, gate_in.timing,
+                               opts.timing_rounds, thr.parity_atol, opts.fp32_layout)
+    if layout["kept"]:
+        quantize_source = plain_dir / FP32_FILE
+        check_graph(tmp / FP32_FILE)
+
     fp32 = _runner(_session(ort, tmp / FP32_FILE))
     scales = embedding_codes.calibrate_scales(embed_batches(fp32, gate_in.code_calibration))
     models: dict[str, Any] = {"fp32": {"file": FP32_FILE, "precision": "fp32", "opset": OPSET}}
     if graph_opt is not None:
         models["fp32"]["graph_optimization"] = graph_opt
+    if residual is not None:
+        models["fp32"]["residual_sum"] = residual
+    models["fp32"]["weight_layout"] = layout
 
     emit("stage", {"name": f"gates ({gate_in.parity_source})"})
     gates: dict[str, Any] = {"thresholds": thr.to_dict()}
@@ -204,10 +233,10 @@ def _build(loaded: Any, dims: int, opts: ExportOptions, tmp: Path, emit: EventFn
             return fig
 
         with tempfile.TemporaryDirectory(prefix="candidates.", dir=tmp) as work:
-            chosen = int8_select.select(tmp / FP32_FILE, Path(work), cfg.modality, gate_in.calibration,
+            chosen = int8_select.select(quantize_source, Path(work), cfg.modality, gate_in.calibration,
                                         gate_in.timing, evaluate, thr, forced=opts.int8_scheme, int4=opts.int4,
                                         only_int4=not opts.int8, calls=opts.timing_rounds, emit=emit,
-                                        prefer=opts.int8_prefer)
+                                        prefer=opts.int8_prefer, reference=tmp / FP32_FILE)
             if opts.int8:
                 os.replace(chosen.path, tmp / INT8_FILE)
                 stamp_metadata(tmp / INT8_FILE, _metadata(facts, "int8"))
@@ -226,6 +255,7 @@ def _build(loaded: Any, dims: int, opts: ExportOptions, tmp: Path, emit: EventFn
                     models["int4"]["selection"] = chosen.record
                 gates["int4_model"] = int4["figures"]
 
+    shutil.rmtree(plain_dir)
     if cfg.modality == "text":
         _copy_tokenizer(Path(loaded.model.encoder.source_path), tmp)
     if "sentence-transformers" in opts.formats:

@@ -280,9 +280,10 @@ class Selection:
 def select(fp32: Path, work: Path, modality: str, calibration: Sequence[Batch], timing_feeds: Sequence[Batch],
            evaluate: Callable[[Path], dict], thresholds: GateThresholds, forced: str = "auto",
            int4: bool = False, only_int4: bool = False, calls: int = 200,
-           emit: EventFn | None = None, prefer: str = "speed") -> Selection:
+           emit: EventFn | None = None, prefer: str = "speed", reference: Path | None = None) -> Selection:
     """Build, time and gate the int8 candidates of ``fp32`` in ``work``; return the fastest that passes (``prefer``
-    "size": the smallest that passes).
+    "size": the smallest that passes). ``reference``: the fp32 graph that ships, when it is not ``fp32`` itself
+    (its weight layout rewritten): the candidates are timed against it.
 
     ``evaluate(path)`` returns a candidate's gate figures against fp32 (mean/min cosine, Recall@1 drop, and
     for text the Spearman drop). ``forced`` (a scheme name) builds and gates only that one. ``int4`` also
@@ -336,8 +337,9 @@ def select(fp32: Path, work: Path, modality: str, calibration: Sequence[Batch], 
         row.update(passed=not fails, failures=fails)
     emit("stage", {"name": f"timing {len(paths)} candidates against fp32 (batch 1, 1 thread, blocks of "
                            f"{BLOCK_CALLS} calls)"})
-    timed = blocked_latency({"fp32": fp32, **paths}, timing_feeds, calls) if paths else {}
-    fp32_row = {"name": "fp32", "bytes": fp32.stat().st_size, "load_ms": load_ms(fp32), **timed.get("fp32", {})}
+    shipped = reference if reference is not None else fp32
+    timed = blocked_latency({"fp32": shipped, **paths}, timing_feeds, calls) if paths else {}
+    fp32_row = {"name": "fp32", "bytes": shipped.stat().st_size, "load_ms": load_ms(shipped), **timed.get("fp32", {})}
     for name, path in paths.items():
         rows[name].update(timed[name], load_ms=load_ms(path),
                           speedup_vs_fp32=fp32_row["cpu_p50_ms"] / timed[name]["cpu_p50_ms"],

@@ -1,0 +1,125 @@
+"""Issue 12: the fp32 text graph with its weight MatMuls as exported (plain) against the same graph rewritten to
+Gemm(Wᵀ, x) (transposed, monocon_edge/exporting/weight_layout.py), per sentence length, one thread.
+
+Usage: python3 bench/weight_layout.py GRAPH.onnx [--tokens 4,8,13,16,17,24,32,48,64,128] [--calls 150]
+         [--batch 64] [--batch-tokens 32] [--json OUT.json]
+GRAPH: an fp32 text graph with plain weight MatMuls (an artifact exported with ``--fp32-layout plain``). The
+transposed graph is made from it here. Each length T is one sentence of T tokens (fixed random ids, CLS ... SEP,
+no padding) at batch 1; each graph runs it ``--calls`` times in a row after 10 untimed calls — as a device calls
+one model — in the order plain, transposed, transposed, plain; the figure is the median CPU time of the calling
+thread over both of its runs. Then batch ``--batch`` x ``--batch-tokens``, 3 calls per graph. Prints a table (and
+writes it as JSON with ``--json``) with the load average before and after.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def sentence(tokens: int, batch: int = 1, seed: int = 0) -> dict[str, np.ndarray]:
+    """Return model feeds of ``batch`` sentences of ``tokens`` ids each (101 ... 102), all unmasked."""
+    rng = np.random.default_rng(seed + tokens)
+    ids = rng.integers(1000, 2000, (batch, tokens)).astype(np.int64)  # ordinary word pieces in any BERT vocabulary
+    ids[:, 0], ids[:, -1] = 101, 102
+    return {"input_ids": ids, "attention_mask": np.ones_like(ids)}
+
+
+def cpu_times(run, feeds: dict, calls: int, warmup: int = 10) -> list[float]:
+    """Return the calling thread's CPU ms of ``calls`` consecutive calls of ``run(feeds)`` after ``warmup`` ones."""
+    for _ in range(warmup):
+        run(feeds)
+    out = []
+    for _ in range(calls):
+        start = time.thread_time()
+        run(feeds)
+        out.append((time.thread_time() - start) * 1e3)
+    return out
+
+
+def main(argv: list[str]) -> int:
+    """Time both layouts; print the table; return the exit status."""
+    import onnx
+
+    from monocon_edge.device.errors import MonoconError
+    from monocon_edge.exporting.latency import session
+    from monocon_edge.exporting.weight_layout import weights_as_left_operand
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("graph", type=Path)
+    ap.add_argument("--tokens", default="4,8,13,16,17,24,32,48,64,128")
+    ap.add_argument("--calls", type=int, default=150)
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--batch-tokens", type=int, default=32)
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args(argv)
+    try:
+        lengths = [int(t) for t in args.tokens.split(",")]
+        if min(lengths) < 2 or args.calls < 1 or args.batch < 1 or args.batch_tokens < 2:
+            raise ValueError
+    except ValueError:
+        print("error: --tokens takes integers >= 2 separated by commas; --calls, --batch >= 1, --batch-tokens >= 2",
+              file=sys.stderr)
+        return 2
+    if not args.graph.is_file():
+        print(f"error: no graph at {args.graph}", file=sys.stderr)
+        return 1
+    try:
+        model = onnx.load(str(args.graph))
+        stats = weights_as_left_operand(model)
+        if not stats["matmuls"]:
+            raise MonoconError(f"{args.graph} has no plain weight MatMul (already rewritten? export with "
+                               "--fp32-layout plain)")
+        with tempfile.TemporaryDirectory() as tmp:
+            transposed = Path(tmp) / "transposed.onnx"
+            onnx.save_model(model, str(transposed))
+            del model
+            runs = {"plain": session(args.graph, threads=1), "transposed": session(transposed, threads=1)}
+    except MonoconError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:  # not an ONNX file, or not a text graph onnxruntime can run
+        print(f"error: {args.graph}: {type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc) else ''}",
+              file=sys.stderr)
+        return 1
+    out = {"graph": str(args.graph), "machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
+           "rewrite": stats, "load_average_before": os.getloadavg(), "calls": args.calls, "rows": []}
+    print(f"load average before: {out['load_average_before']}")
+    print(f"rewrite: {stats}")
+    print("tokens  plain ms  transposed ms  transposed / plain   (batch 1, one thread, CPU time, median)")
+    for tokens in lengths:
+        feeds = sentence(tokens)
+        times: dict[str, list[float]] = {"plain": [], "transposed": []}
+        for name in ("plain", "transposed", "transposed", "plain"):
+            times[name] += cpu_times(lambda f, s=runs[name]: s.run(None, f), feeds, args.calls)
+        row = {"tokens": tokens, "batch": 1, **{f"{k}_ms": float(np.median(v)) for k, v in times.items()}}
+        row["ratio"] = row["transposed_ms"] / row["plain_ms"]
+        out["rows"].append(row)
+        print(f"{tokens:6d}  {row['plain_ms']:8.2f}  {row['transposed_ms']:13.2f}  {row['ratio']:18.2f}", flush=True)
+    feeds = sentence(args.batch_tokens, args.batch)
+    times = {"plain": [], "transposed": []}
+    for name in ("plain", "transposed", "transposed", "plain"):
+        times[name] += cpu_times(lambda f, s=runs[name]: s.run(None, f), feeds, 3, warmup=1)
+    row = {"tokens": args.batch_tokens, "batch": args.batch, **{f"{k}_ms": float(np.median(v)) for k, v in times.items()}}
+    row["ratio"] = row["transposed_ms"] / row["plain_ms"]
+    out["rows"].append(row)
+    print(f"batch {args.batch} x {args.batch_tokens} tokens: plain {row['plain_ms']:.1f} ms, transposed "
+          f"{row['transposed_ms']:.1f} ms ({row['ratio']:.2f})")
+    out["load_average_after"] = os.getloadavg()
+    print(f"load average after: {out['load_average_after']}")
+    if args.json:
+        from monocon_edge.files import write_json_atomic
+
+        write_json_atomic(args.json, out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
