@@ -155,7 +155,8 @@ def test_a_graph_without_weight_matmuls_is_unchanged(tmp_path) -> None:
 
 @pytest.mark.parametrize("mode, batch1, batch64, kept", [
     ("auto", 0.80, 1.05, True),  # faster at batch 1, batch 64 within its allowance
-    ("auto", 0.97, 1.00, False),  # not 5 % faster at batch 1
+    ("auto", 0.97, 1.00, True),  # 3 % faster: the rewrite is exact, only the direction has to be clear
+    ("auto", 0.99, 1.00, False),  # not 2 % faster at batch 1
     ("auto", 0.80, 1.20, False),  # the batch path loses too much
     ("transposed", 1.30, 1.30, True),  # forced: kept whatever the timings
 ])

@@ -3,7 +3,7 @@
 At load, onnxruntime fuses every ``Add`` of two computed tensors that feeds a ``LayerNormalization`` into one
 ``SkipLayerNormalization`` kernel. At batch 1 on the CPU this project measures on, that kernel is slower than the
 two it replaces: the MiniLM int8 graph runs ~20 % faster without it, the fp32 graph ~5 %
-(bench/results/int8-text-residual-sum). ``Sum`` of two inputs is the same addition (an exact rewrite) but is not
+(the export records both timings: bench/results/int8-text-layout). ``Sum`` of two inputs is the same addition (an exact rewrite) but is not
 what the fusion looks for, so any onnxruntime that loads the file — the device runtime or someone else's code —
 runs Sum + LayerNormalization. Whether the rewrite ships is measured per graph (``try_residual_sum``).
 """
