@@ -40,6 +40,34 @@ def tiny_text_graph(path: Path, vocab: int = 8192, hidden: int = 32) -> Path:
     return path
 
 
+def graph_copy(src: Path, folder: Path) -> tuple[Path, str]:
+    """Copy the graph ``src`` to ``folder``/model.onnx; return (the copy, its sha256) — to tell later whether a
+    measured rewrite replaced it."""
+    import shutil
+
+    from monocon_edge.device.artifact import sha256_file
+
+    dst = folder / "model.onnx"
+    shutil.copyfile(src, dst)
+    return dst, sha256_file(dst)
+
+
+def token_batches(seed: int, n: int, batch: int, length: int, vocab: int) -> list[dict]:
+    """Return ``n`` text feeds of random token ids in [1000, vocab) (101 first); the first half of each batch's rows
+    padded from the middle on (mask 0, id 0)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        ids = rng.integers(1000, vocab, (batch, length)).astype(np.int64)
+        ids[:, 0] = 101
+        mask = np.ones_like(ids)
+        mask[: batch // 2, length // 2:] = 0
+        out.append({"input_ids": ids * mask, "attention_mask": mask})
+    return out
+
+
 def with_name(cfg: RunConfig, name: str) -> RunConfig:
     """Return ``cfg`` renamed."""
     return dataclasses.replace(cfg, name=name)

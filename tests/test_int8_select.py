@@ -11,6 +11,7 @@ import onnx
 import pytest
 from onnx import TensorProto, numpy_helper
 
+from monocon_edge.device.artifact import sha256_file
 from monocon_edge.exporting import int8_select, latency
 from monocon_edge.device.errors import GateError, MonoconError
 from monocon_edge.exporting.gates import GateThresholds, Retrieval, compare_figures
@@ -33,15 +34,9 @@ def tiny_text(tmp_path_factory) -> Path:
 
 
 def _batches(seed: int, n: int = 4, batch: int = 8, length: int = 12) -> list[dict[str, np.ndarray]]:
-    rng = np.random.default_rng(seed)
-    out = []
-    for _ in range(n):
-        ids = rng.integers(1000, VOCAB, (batch, length)).astype(np.int64)
-        ids[:, 0] = 101
-        mask = np.ones_like(ids)
-        mask[: batch // 2, length // 2:] = 0
-        out.append({"input_ids": ids * mask, "attention_mask": mask})
-    return out
+    from helpers import token_batches
+
+    return token_batches(seed, n, batch, length, VOCAB)
 
 
 def _evaluate(fp32: Path):
@@ -323,13 +318,9 @@ def test_mixed_keeps_the_measured_most_sensitive_matmuls(tiny_text, tmp_path) ->
 @pytest.mark.parametrize("fused_ms, kept", [(0.5, True), (0.99, False), (1.5, False)])
 def test_transformer_fusion_is_kept_only_where_it_measurably_helps(tiny_text, tmp_path, monkeypatch, fused_ms,
                                                                    kept) -> None:
-    import shutil
+    from helpers import graph_copy
 
-    from monocon_edge.device.artifact import sha256_file
-
-    graph = tmp_path / "model.onnx"
-    shutil.copyfile(tiny_text, graph)
-    before = sha256_file(graph)
+    graph, before = graph_copy(tiny_text, tmp_path)
     # The timing is the decision's input: fix it (fp32 1 ms, fused fused_ms) to test the decision itself.
     fixed = {"fp32": 1.0, "fp32_fused": fused_ms}
     monkeypatch.setattr(int8_select, "blocked_latency",

@@ -2,7 +2,6 @@
 where it measurably helps (fp32 or its dynamic int8 graph)."""
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -25,11 +24,9 @@ def tiny_text(tmp_path_factory) -> Path:
 
 
 def _feeds(seed: int, batch: int = 4, length: int = 10) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    ids = rng.integers(1000, VOCAB, (batch, length)).astype(np.int64)
-    mask = np.ones_like(ids)
-    mask[0, length // 2:] = 0
-    return {"input_ids": ids * mask, "attention_mask": mask}
+    from helpers import token_batches
+
+    return token_batches(seed, 1, batch, length, VOCAB)[0]
 
 
 def _loaded_ops(path: Path, tmp: Path) -> list[str]:
@@ -62,13 +59,13 @@ def test_sums_are_exact_and_escape_the_skip_layernorm_fusion(tiny_text, tmp_path
 ])
 def test_the_sum_graph_ships_only_where_it_measurably_helps(tiny_text, tmp_path, monkeypatch, fp32_ratio, int8_ratio,
                                                             kept) -> None:
-    from monocon_edge.exporting import latency
+    from monocon_edge.exporting import int8_select
 
-    graph = tmp_path / "model.onnx"
-    shutil.copyfile(tiny_text, graph)
-    before = sha256_file(graph)
+    from helpers import graph_copy
+
+    graph, before = graph_copy(tiny_text, tmp_path)
     fixed = {"fp32": 1.0, "fp32_sum": fp32_ratio, "dynamic": 0.5, "dynamic_sum": 0.5 * int8_ratio}
-    monkeypatch.setattr(latency, "blocked_latency", lambda paths, *a, **k: {n: {"cpu_p50_ms": fixed[n]} for n in paths})
+    monkeypatch.setattr(int8_select, "blocked_latency", lambda paths, *a, **k: {n: {"cpu_p50_ms": fixed[n]} for n in paths})
     record = try_residual_sum(graph, [_feeds(0)], [_feeds(1, batch=1)], calls=5, atol=1e-5)
     assert record["sums"] == 5 and record["max_abs_diff_to_add"] <= 1e-6
     assert record["kept"] is kept and record["sum_over_add_p50"]["dynamic_sum"] == pytest.approx(int8_ratio)

@@ -44,14 +44,9 @@ def tiny_text(tmp_path_factory) -> Path:
 
 
 def _batches(seed: int, batch: int, length: int, n: int = 2) -> list[dict[str, np.ndarray]]:
-    rng = np.random.default_rng(seed)
-    out = []
-    for _ in range(n):
-        ids = rng.integers(1000, VOCAB, (batch, length)).astype(np.int64)
-        mask = np.ones_like(ids)
-        mask[: batch // 2, length // 2:] = 0  # padded rows: the mask must still reach attention and pooling
-        out.append({"input_ids": ids * mask, "attention_mask": mask})
-    return out
+    from helpers import token_batches
+
+    return token_batches(seed, n, batch, length, VOCAB)  # padded rows: the mask must reach attention and pooling
 
 
 def _weight_matmuls(model) -> list:
@@ -164,10 +159,11 @@ def test_the_rewrite_ships_only_where_it_measurably_helps(tiny_text, tmp_path, m
                                                           kept) -> None:
     from monocon_edge.exporting import latency
 
-    graph, plain = tmp_path / "model.onnx", tmp_path / "plain" / "model.onnx"
+    from helpers import graph_copy
+
+    graph, before = graph_copy(tiny_text, tmp_path)
+    plain = tmp_path / "plain" / "model.onnx"
     plain.parent.mkdir()
-    shutil.copyfile(tiny_text, graph)
-    before = sha256_file(graph)
     # The timings are the decision's input: fix them to test the decision itself.
     monkeypatch.setattr(latency, "blocked_latency", lambda paths, *a, **k: {
         "plain": {"cpu_p50_ms": 1.0}, "transposed": {"cpu_p50_ms": batch1}})

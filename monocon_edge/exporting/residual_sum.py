@@ -49,9 +49,8 @@ def try_residual_sum(fp32: Path, parity: Sequence[Batch], feeds: Sequence[Batch]
 
     import onnx
 
-    from .int8_select import FASTER_MARGIN, SPEED_KEY
-    from .latency import blocked_latency, session
-    from .quantize import quantize_dynamic_int8
+    from .int8_select import FASTER_MARGIN, SPEED_KEY, measurably_faster, time_rewrite
+    from .latency import session
 
     record: dict[str, Any] = {"rewrite": "residual Add -> Sum before each LayerNormalization, so onnxruntime does "
                                          "not fuse them into SkipLayerNormalization (exporting/residual_sum.py)",
@@ -69,19 +68,13 @@ def try_residual_sum(fp32: Path, parity: Sequence[Batch], feeds: Sequence[Batch]
         diff = max(float(np.abs(a.run(None, f)[0] - b.run(None, f)[0]).max()) for f in parity)
         del a, b
         record["max_abs_diff_to_add"] = diff
-        paths = {"fp32": fp32, "fp32_sum": rewritten}
-        for name, src in (("dynamic", fp32), ("dynamic_sum", rewritten)):
-            paths[name] = Path(tmp) / f"{name}.onnx"
-            quantize_dynamic_int8(src, paths[name])
-        timed = blocked_latency(paths, feeds, calls)
+        _, timed, ratios = time_rewrite(fp32, rewritten, "sum", Path(tmp), feeds, calls)
         record["cpu_p50_ms"] = {k: v[SPEED_KEY] for k, v in timed.items()}
-        ratios = {s: timed[s][SPEED_KEY] / timed[p][SPEED_KEY] for p, s in (("fp32", "fp32_sum"),
-                                                                            ("dynamic", "dynamic_sum"))}
         record["sum_over_add_p50"] = ratios
         figures = ", ".join(f"{k} {v:.2f}" for k, v in ratios.items())
         if diff > atol / 4:
             record["reason"] = f"outputs differ by {diff:.2g} from the graph with Add (> {atol / 4:g})"
-        elif min(ratios.values()) > 1 - FASTER_MARGIN or max(ratios.values()) > 1 + FASTER_MARGIN:
+        elif not measurably_faster(ratios):
             record["reason"] = (f"no measurable gain: Sum / Add p50 {figures} (needs <= {1 - FASTER_MARGIN:.2f} on "
                                 f"one, <= {1 + FASTER_MARGIN:.2f} on all)")
         else:
