@@ -173,33 +173,10 @@ def test_the_rewrite_ships_only_where_it_measurably_helps(tiny_text, tmp_path, m
                                mode=mode)
     assert record["kept"] is kept and record["max_abs_diff_to_plain"] <= 1e-6
     assert record["transposed_over_plain"] == pytest.approx(batch1)
-    # no candidate left; a kept rewrite ships its A-operand weights beside the graph
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"] + ["model.onnx.data"] * kept + ["plain"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx", "plain"]  # no candidate file left
     assert (sha256_file(graph) != before) is kept
     assert plain.is_file() is kept and (not kept or sha256_file(plain) == before)  # the graph as it was
     assert (_weight_matmuls(onnx.load(str(graph))) == []) is kept
-
-
-def test_left_operand_weights_ship_as_external_data_at_a_fixed_page_offset(tiny_text, tmp_path) -> None:
-    model = onnx.load(str(tiny_text))
-    weights_as_left_operand(model)
-    names = weight_layout.left_operand_weights(model)
-    assert len(names) == 8
-    values = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer if i.name in names}
-    record = weight_layout.place_left_operands(model, tmp_path / "model.onnx")
-    assert record["file"] == "model.onnx.data" and record["tensors"] == 8
-    assert (tmp_path / "model.onnx.data").stat().st_size == record["bytes"]
-    onnx.checker.check_model(str(tmp_path / "model.onnx"), full_check=True)
-    stored = onnx.load(str(tmp_path / "model.onnx"), load_external_data=False)
-    external = {i.name: {e.key: e.value for e in i.external_data} for i in stored.graph.initializer
-                if i.data_location == onnx.TensorProto.EXTERNAL}
-    assert sorted(external) == names
-    assert {int(e["offset"]) % 4096 for e in external.values()} == {weight_layout.LEFT_OPERAND_OFFSET}
-    loaded = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(tmp_path / "model.onnx")).graph.initializer}
-    assert all(np.array_equal(loaded[n], values[n]) for n in names)
-    feeds = _batches(5, 2, 9)[0]
-    np.testing.assert_allclose(session(tmp_path / "model.onnx").run(None, feeds)[0],
-                               session(tiny_text).run(None, feeds)[0], atol=1e-6, rtol=0)
 
 
 def test_plain_mode_does_not_touch_the_graph_and_bad_modes_are_refused(tiny_text, tmp_path, monkeypatch) -> None:
