@@ -2,13 +2,15 @@
 Gemm(Wᵀ, x) (transposed, monocon_edge/exporting/weight_layout.py), per sentence length, one thread.
 
 Usage: python3 bench/weight_layout.py GRAPH.onnx [--tokens 4,8,13,16,17,24,32,48,64,128] [--calls 150]
-         [--batch 64] [--batch-tokens 32] [--json OUT.json]
+         [--batch 64] [--batch-tokens 32] [--sessions 8] [--session-tokens 13] [--json OUT.json]
 GRAPH: an fp32 text graph with plain weight MatMuls (an artifact exported with ``--fp32-layout plain``). The
 transposed graph is made from it here. Each length T is one sentence of T tokens (fixed random ids, CLS ... SEP,
 no padding) at batch 1; each graph runs it ``--calls`` times in a row after 10 untimed calls — as a device calls
 one model — in the order plain, transposed, transposed, plain; the figure is the median CPU time of the calling
-thread over both of its runs. Then batch ``--batch`` x ``--batch-tokens``, 3 calls per graph. Prints a table (and
-writes it as JSON with ``--json``) with the load average before and after.
+thread over both of its runs. Then batch ``--batch`` x ``--batch-tokens``, 3 calls per graph. With ``--sessions N``,
+each graph is also loaded N times afresh (alternating), and each new session times ``--session-tokens`` tokens
+(60 calls after 10): the spread between sessions of one graph. Prints tables (and writes them as JSON with
+``--json``) with the load average before and after.
 """
 from __future__ import annotations
 
@@ -44,6 +46,23 @@ def cpu_times(run, feeds: dict, calls: int, warmup: int = 10) -> list[float]:
     return out
 
 
+def _session_spread(graphs: dict[str, Path], sessions: int, tokens: int) -> dict | None:
+    """Return {"tokens", "ms": {name: [CPU ms of each fresh session]}}: every graph loaded ``sessions`` times, in
+    turn, each session timing one sentence of ``tokens`` tokens (None when ``sessions`` is 0)."""
+    from monocon_edge.exporting.latency import session
+
+    if not sessions:
+        return None
+    feeds = sentence(tokens)
+    ms: dict[str, list[float]] = {name: [] for name in graphs}
+    for _ in range(sessions):
+        for name, path in graphs.items():
+            s = session(path, threads=1)
+            ms[name].append(float(np.median(cpu_times(lambda f, s=s: s.run(None, f), feeds, 60))))
+            del s
+    return {"tokens": tokens, "ms": ms}
+
+
 def main(argv: list[str]) -> int:
     """Time both layouts; print the table; return the exit status."""
     import onnx
@@ -58,11 +77,14 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--calls", type=int, default=150)
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--batch-tokens", type=int, default=32)
+    ap.add_argument("--sessions", type=int, default=0)
+    ap.add_argument("--session-tokens", type=int, default=13)
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
     try:
         lengths = [int(t) for t in args.tokens.split(",")]
-        if min(lengths) < 2 or args.calls < 1 or args.batch < 1 or args.batch_tokens < 2:
+        if (min(lengths) < 2 or args.calls < 1 or args.batch < 1 or args.batch_tokens < 2 or args.sessions < 0
+                or args.session_tokens < 2):
             raise ValueError
     except ValueError:
         print("error: --tokens takes integers >= 2 separated by commas; --calls, --batch >= 1, --batch-tokens >= 2",
@@ -71,6 +93,7 @@ def main(argv: list[str]) -> int:
     if not args.graph.is_file():
         print(f"error: no graph at {args.graph}", file=sys.stderr)
         return 1
+    load_before = os.getloadavg()
     try:
         model = onnx.load(str(args.graph))
         stats = weights_as_left_operand(model)
@@ -82,6 +105,8 @@ def main(argv: list[str]) -> int:
             onnx.save_model(model, str(transposed))
             del model
             runs = {"plain": session(args.graph, threads=1), "transposed": session(transposed, threads=1)}
+            spread = _session_spread({"plain": args.graph, "transposed": transposed}, args.sessions,
+                                     args.session_tokens)
     except MonoconError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -90,8 +115,13 @@ def main(argv: list[str]) -> int:
               file=sys.stderr)
         return 1
     out = {"graph": str(args.graph), "machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
-           "rewrite": stats, "load_average_before": os.getloadavg(), "calls": args.calls, "rows": []}
+           "rewrite": stats, "load_average_before": load_before, "calls": args.calls, "rows": [],
+           "session_spread": spread}
     print(f"load average before: {out['load_average_before']}")
+    if spread:
+        print(f"fresh sessions, {args.session_tokens} tokens, batch 1, one thread, CPU ms (median of 60 calls each):")
+        for name, values in spread["ms"].items():
+            print(f"  {name:10s} " + " ".join(f"{v:.2f}" for v in values))
     print(f"rewrite: {stats}")
     print("tokens  plain ms  transposed ms  transposed / plain   (batch 1, one thread, CPU time, median)")
     for tokens in lengths:

@@ -217,10 +217,14 @@ def test_bench_script_times_both_layouts_per_length(tiny_text, tmp_path) -> None
 
     script = Path(__file__).resolve().parents[1] / "bench" / "weight_layout.py"
     done = subprocess.run([sys.executable, str(script), str(tiny_text), "--tokens", "4,9", "--calls", "3",
-                           "--batch", "2", "--batch-tokens", "5", "--json", str(tmp_path / "t.json")],
+                           "--batch", "2", "--batch-tokens", "5", "--sessions", "2", "--session-tokens", "6",
+                           "--json", str(tmp_path / "t.json")],
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
-    rows = json.loads((tmp_path / "t.json").read_text())["rows"]
+    written = json.loads((tmp_path / "t.json").read_text())
+    rows = written["rows"]
+    spread = written["session_spread"]
+    assert spread["tokens"] == 6 and [len(v) for v in spread["ms"].values()] == [2, 2]
     assert [(r["tokens"], r["batch"]) for r in rows] == [(4, 1), (9, 1), (5, 2)]
     assert all(r["plain_ms"] > 0 and r["ratio"] == pytest.approx(r["transposed_ms"] / r["plain_ms"]) for r in rows)
     assert "transposed / plain" in done.stdout
