@@ -46,6 +46,19 @@ def cpu_times(run, feeds: dict, calls: int, warmup: int = 10) -> list[float]:
     return out
 
 
+def _plain_vs_transposed(runs: dict, tokens: int, batch: int, calls: int, warmup: int) -> dict:
+    """Return {tokens, batch, plain_ms, transposed_ms, ratio}: each session runs ``batch`` sentences of ``tokens``
+    tokens ``calls`` times in a row (after ``warmup``), in the order plain, transposed, transposed, plain; the
+    median CPU ms of each graph over both of its runs."""
+    feeds = sentence(tokens, batch)
+    times: dict[str, list[float]] = {"plain": [], "transposed": []}
+    for name in ("plain", "transposed", "transposed", "plain"):
+        times[name] += cpu_times(lambda f, s=runs[name]: s.run(None, f), feeds, calls, warmup)
+    row = {"tokens": tokens, "batch": batch, **{f"{k}_ms": float(np.median(v)) for k, v in times.items()}}
+    row["ratio"] = row["transposed_ms"] / row["plain_ms"]
+    return row
+
+
 def _session_spread(graphs: dict[str, Path], sessions: int, tokens: int) -> dict | None:
     """Return {"tokens", "ms": {name: [CPU ms of each fresh session]}}: every graph loaded ``sessions`` times, in
     turn, each session timing one sentence of ``tokens`` tokens (None when ``sessions`` is 0)."""
@@ -125,20 +138,10 @@ def main(argv: list[str]) -> int:
     print(f"rewrite: {stats}")
     print("tokens  plain ms  transposed ms  transposed / plain   (batch 1, one thread, CPU time, median)")
     for tokens in lengths:
-        feeds = sentence(tokens)
-        times: dict[str, list[float]] = {"plain": [], "transposed": []}
-        for name in ("plain", "transposed", "transposed", "plain"):
-            times[name] += cpu_times(lambda f, s=runs[name]: s.run(None, f), feeds, args.calls)
-        row = {"tokens": tokens, "batch": 1, **{f"{k}_ms": float(np.median(v)) for k, v in times.items()}}
-        row["ratio"] = row["transposed_ms"] / row["plain_ms"]
+        row = _plain_vs_transposed(runs, tokens, 1, args.calls, warmup=10)
         out["rows"].append(row)
         print(f"{tokens:6d}  {row['plain_ms']:8.2f}  {row['transposed_ms']:13.2f}  {row['ratio']:18.2f}", flush=True)
-    feeds = sentence(args.batch_tokens, args.batch)
-    times = {"plain": [], "transposed": []}
-    for name in ("plain", "transposed", "transposed", "plain"):
-        times[name] += cpu_times(lambda f, s=runs[name]: s.run(None, f), feeds, 3, warmup=1)
-    row = {"tokens": args.batch_tokens, "batch": args.batch, **{f"{k}_ms": float(np.median(v)) for k, v in times.items()}}
-    row["ratio"] = row["transposed_ms"] / row["plain_ms"]
+    row = _plain_vs_transposed(runs, args.batch_tokens, args.batch, 3, warmup=1)
     out["rows"].append(row)
     print(f"batch {args.batch} x {args.batch_tokens} tokens: plain {row['plain_ms']:.1f} ms, transposed "
           f"{row['transposed_ms']:.1f} ms ({row['ratio']:.2f})")

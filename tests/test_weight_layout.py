@@ -165,7 +165,7 @@ def test_the_rewrite_ships_only_where_it_measurably_helps(tiny_text, tmp_path, m
     plain = tmp_path / "plain" / "model.onnx"
     plain.parent.mkdir()
     # The timings are the decision's input: fix them to test the decision itself.
-    monkeypatch.setattr(latency, "blocked_latency", lambda paths, *a, **k: {
+    monkeypatch.setattr(latency, "sessions_latency", lambda sessions, *a, **k: {
         "plain": {"cpu_p50_ms": 1.0}, "transposed": {"cpu_p50_ms": batch1}})
     monkeypatch.setattr(latency, "time_blocks", lambda runners, *a, **k: {
         "plain": {"cpu_p50_ms": 10.0}, "transposed": {"cpu_p50_ms": 10.0 * batch64}})

@@ -168,18 +168,16 @@ def print_export(console: Console, path: Any, manifest: dict[str, Any]) -> None:
         if key in manifest["gates"]:
             _gate_rows(table, label, manifest["gates"][key])
     console.print(table)
-    opt = manifest["models"]["fp32"].get("graph_optimization")
-    if opt:
-        console.print(f"transformer optimizer: {'kept' if opt['kept'] else 'not kept'} ({opt.get('reason', '')})",
-                      highlight=False)
-    residual = manifest["models"]["fp32"].get("residual_sum")
-    if residual and residual.get("sums"):
-        console.print(f"residual Add as Sum: {'kept' if residual['kept'] else 'not kept'} "
-                      f"({residual.get('reason', '')})", highlight=False)
-    layout = manifest["models"]["fp32"].get("weight_layout")
-    if layout and layout.get("stats", {}).get("matmuls"):
-        console.print(f"fp32 weight layout (Gemm(Wᵀ, x)): {'kept' if layout['kept'] else 'not kept'} "
-                      f"({layout.get('reason', '')})", highlight=False)
+    fp32 = manifest["models"]["fp32"]
+    # the measured graph rewrites; the last two are listed only where the graph had something to rewrite
+    rewrites = (("transformer optimizer", fp32.get("graph_optimization"), True),
+                ("residual Add as Sum", fp32.get("residual_sum"), bool((fp32.get("residual_sum") or {}).get("sums"))),
+                ("fp32 weight layout (Gemm(Wᵀ, x))", fp32.get("weight_layout"),
+                 bool((fp32.get("weight_layout") or {}).get("stats", {}).get("matmuls"))))
+    for label, record, applies in rewrites:
+        if record and applies:
+            console.print(f"{label}: {'kept' if record['kept'] else 'not kept'} ({record.get('reason', '')})",
+                          highlight=False)
     for precision in ("int8", "int4"):
         record = manifest["models"].get(precision, {}).get("selection")
         if record:

@@ -106,6 +106,15 @@ def blocked_latency(paths: dict[str, Path], feeds: Sequence[Batch], calls: int, 
     if not feeds:
         raise MonoconError("latency needs at least one input")
     sessions = {name: session(p, threads) for name, p in paths.items()}
+    return sessions_latency(sessions, feeds, calls, block, rewarm, warmup, seed)
+
+
+def sessions_latency(sessions: dict[str, Any], feeds: Sequence[Batch], calls: int, block: int = BLOCK_CALLS,
+                     rewarm: int = REWARM_CALLS, warmup: int = 5, seed: int = 0) -> dict[str, dict[str, float]]:
+    """Return ``time_blocks`` figures of onnxruntime ``sessions`` already open (batch-1 ``feeds``), after ``warmup``
+    untimed calls per session."""
+    if not feeds:
+        raise MonoconError("latency needs at least one input")
     for s in sessions.values():
         for feed in list(feeds)[:max(warmup, 1)]:
             s.run(None, feed)

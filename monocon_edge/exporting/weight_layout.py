@@ -20,6 +20,7 @@ Same arithmetic in another summation order: outputs agree to ~1e-6. Whether the 
 """
 from __future__ import annotations
 
+import collections
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -32,10 +33,9 @@ Batch = dict[str, np.ndarray]
 MODES = ("auto", "transposed", "plain")
 # Kept (auto) when batch-1 CPU p50 is at least FASTER_MARGIN lower and batch-64 time at most BATCH_SLOWER higher:
 # devices call at batch 1; the batch path loses a little to the extra Transposes. The margin is smaller than the
-# int8 table's 5 %: the rewrite is exact, so only the direction matters, and on this project's CPU the transposed
-# graph's batch-1 time has a slow phase (per-call CPU time up to ~1.4x for a while, on a shared VM) that an
-# export's timing window can fall in (one export measured 0.95; the same two graphs timed 0.66 in blocks of
-# 40 calls minutes later).
+# int8 table's 5 %: the rewrite is exact, so only the direction matters, and on this project's CPU an onnxruntime
+# session of the transposed graph runs ~2.3 ms or, in a slow phase decided by where the session's buffers land,
+# ~1.4x that (README, issue 12): an export timing a slow session measured 0.95, fresh fast sessions 0.65-0.67.
 FASTER_MARGIN = 0.02
 BATCH_SLOWER = 0.10
 BATCH_CALLS = 3
@@ -112,7 +112,9 @@ def _candidates(graph, value_info: dict[str, Any]) -> list[_Candidate]:
         if cand.tail is None and node.output[0] in graph_outputs:
             continue
         found.append(cand)
-    by_input = {c.matmul.input[0]: c for c in found}
+    # a MatMul reading a tensor that no other weight MatMul reads (Q, K and V share theirs)
+    readers_of = collections.Counter(c.matmul.input[0] for c in found)
+    by_input = {c.matmul.input[0]: c for c in found if readers_of[c.matmul.input[0]] == 1}
     for c in found:
         handoff, activation = c.output, None
         users = readers.get(handoff, [])
@@ -122,7 +124,7 @@ def _candidates(graph, value_info: dict[str, Any]) -> list[_Candidate]:
             users = readers.get(handoff, [])
         nxt = by_input.get(handoff)
         if (len(users) == 1 and nxt is not None and users[0] is nxt.matmul and handoff not in graph_outputs
-                and c.output not in graph_outputs and sum(1 for d in found if d.matmul.input[0] == handoff) == 1):
+                and c.output not in graph_outputs):
             c.feeds, nxt.fed_by, c.activation = nxt, c, activation
     return found
 
@@ -312,7 +314,7 @@ def try_weight_layout(fp32: Path, plain: Path, parity: Sequence[Batch], feeds: S
 
     import onnx
 
-    from .latency import blocked_latency, session, time_blocks
+    from .latency import session, sessions_latency, time_blocks
 
     check_mode(mode)
     record: dict[str, Any] = {"rewrite": "weight MatMuls as Gemm(Wᵀ, x, bias, transB=1): the weights are the GEMM's "
@@ -333,7 +335,7 @@ def try_weight_layout(fp32: Path, plain: Path, parity: Sequence[Batch], feeds: S
         a, b = session(fp32, threads=1), session(candidate, threads=1)
         diff = max(float(np.abs(a.run(None, f)[0] - b.run(None, f)[0]).max()) for f in parity)
         record["max_abs_diff_to_plain"] = diff
-        timed = blocked_latency({"plain": fp32, "transposed": candidate}, feeds, calls)
+        timed = sessions_latency({"plain": a, "transposed": b}, feeds, calls)
         batch = time_blocks({"plain": lambda f: a.run(None, f), "transposed": lambda f: b.run(None, f)},
                             list(parity)[:1], calls=2 * BATCH_CALLS, block=BATCH_CALLS, rewarm=1)
         del a, b
