@@ -2,14 +2,17 @@
 Gemm(Wᵀ, x) (transposed, monocon_edge/exporting/weight_layout.py), per sentence length, one thread.
 
 Usage: python3 bench/weight_layout.py GRAPH.onnx [--tokens 4,8,13,16,17,24,32,48,64,128] [--calls 150]
-         [--batch 64] [--batch-tokens 32] [--sessions 8] [--session-tokens 13] [--json OUT.json]
+         [--batch 64] [--batch-tokens 32] [--sessions 8] [--session-tokens 13] [--offsets inline,0,256,512]
+         [--json OUT.json]
 GRAPH: an fp32 text graph with plain weight MatMuls (an artifact exported with ``--fp32-layout plain``). The
-transposed graph is made from it here. Each length T is one sentence of T tokens (fixed random ids, CLS ... SEP,
+transposed graph is made from it here, its A-operand weights in an external data file at the offset (mod 4096)
+export ships them at. Each length T is one sentence of T tokens (fixed random ids, CLS ... SEP,
 no padding) at batch 1; each graph runs it ``--calls`` times in a row after 10 untimed calls — as a device calls
 one model — in the order plain, transposed, transposed, plain; the figure is the median CPU time of the calling
 thread over both of its runs. Then batch ``--batch`` x ``--batch-tokens``, 3 calls per graph. With ``--sessions N``,
 each graph is also loaded N times afresh (alternating), and each new session times ``--session-tokens`` tokens
-(60 calls after 10): the spread between sessions of one graph. Prints tables (and writes them as JSON with
+(60 calls after 10): the spread between sessions of one graph; ``--offsets`` adds the transposed graph with its
+weights at other offsets mod 4096 ("inline": inside the .onnx file, where onnxruntime copies them). Prints tables (and writes them as JSON with
 ``--json``) with the load average before and after.
 """
 from __future__ import annotations
@@ -76,13 +79,31 @@ def _session_spread(graphs: dict[str, Path], sessions: int, tokens: int) -> dict
     return {"tokens": tokens, "ms": ms}
 
 
+def _placed(model, folder: Path, offset: int | str) -> Path:
+    """Return the path of a copy of ``model`` saved in its own sub-folder of ``folder``: its A-operand weights at
+    ``offset`` mod 4096 in an external data file (as export ships them), or inside the graph file for "inline"."""
+    import onnx
+
+    from monocon_edge.exporting.weight_layout import place_left_operands
+
+    path = folder / f"at-{offset}" / "model.onnx"
+    path.parent.mkdir()
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    if offset == "inline":
+        onnx.save_model(copy, str(path))
+    else:
+        place_left_operands(copy, path, offset)
+    return path
+
+
 def main(argv: list[str]) -> int:
     """Time both layouts; print the table; return the exit status."""
     import onnx
 
     from monocon_edge.device.errors import MonoconError
     from monocon_edge.exporting.latency import session
-    from monocon_edge.exporting.weight_layout import weights_as_left_operand
+    from monocon_edge.exporting.weight_layout import LEFT_OPERAND_OFFSET, weights_as_left_operand
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("graph", type=Path)
@@ -92,16 +113,20 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--batch-tokens", type=int, default=32)
     ap.add_argument("--sessions", type=int, default=0)
     ap.add_argument("--session-tokens", type=int, default=13)
+    ap.add_argument("--offsets", default="")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
     try:
         lengths = [int(t) for t in args.tokens.split(",")]
+        offsets = [o if o == "inline" else int(o) for o in args.offsets.split(",") if o]
+        if any(o != "inline" and not 0 <= o < 4096 for o in offsets) or (offsets and not args.sessions):
+            raise ValueError
         if (min(lengths) < 2 or args.calls < 1 or args.batch < 1 or args.batch_tokens < 2 or args.sessions < 0
                 or args.session_tokens < 2):
             raise ValueError
     except ValueError:
-        print("error: --tokens takes integers >= 2 separated by commas; --calls, --batch >= 1, --batch-tokens >= 2",
-              file=sys.stderr)
+        print("error: --tokens takes integers >= 2 separated by commas; --calls, --batch >= 1, --batch-tokens >= 2; "
+              "--offsets takes 'inline' or offsets 0-4095 separated by commas, with --sessions", file=sys.stderr)
         return 2
     if not args.graph.is_file():
         print(f"error: no graph at {args.graph}", file=sys.stderr)
@@ -114,12 +139,12 @@ def main(argv: list[str]) -> int:
             raise MonoconError(f"{args.graph} has no plain weight MatMul (already rewritten? export with "
                                "--fp32-layout plain)")
         with tempfile.TemporaryDirectory() as tmp:
-            transposed = Path(tmp) / "transposed.onnx"
-            onnx.save_model(model, str(transposed))
+            graphs = {"plain": args.graph, "transposed": _placed(model, Path(tmp), LEFT_OPERAND_OFFSET)}
+            for offset in offsets:
+                graphs[f"at {offset}"] = _placed(model, Path(tmp), offset)
             del model
-            runs = {"plain": session(args.graph, threads=1), "transposed": session(transposed, threads=1)}
-            spread = _session_spread({"plain": args.graph, "transposed": transposed}, args.sessions,
-                                     args.session_tokens)
+            runs = {name: session(graphs[name], threads=1) for name in ("plain", "transposed")}
+            spread = _session_spread(graphs, args.sessions, args.session_tokens)
     except MonoconError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

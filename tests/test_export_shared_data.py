@@ -62,6 +62,8 @@ def test_text_export_runtime_and_sentence_transformers(shared_data: Path, tmp_pa
     assert result.manifest["input"]["tokenizer"]["max_length"] == 128
     layout = manifest["models"]["fp32"]["weight_layout"]
     assert layout["kept"] and layout["stats"]["matmuls"] == 36 and layout["max_abs_diff_to_plain"] <= 2.5e-6
+    # its 24 A-operand weights (stacked Q/K/V, output, two feed-forward per layer) beside the graph, listed and sealed
+    assert layout["external_data"]["tensors"] == 24 and "model.onnx.data" in manifest["files"]
     import onnx
 
     shipped = onnx.load(str(out / "model.onnx"))

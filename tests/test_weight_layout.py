@@ -173,10 +173,33 @@ def test_the_rewrite_ships_only_where_it_measurably_helps(tiny_text, tmp_path, m
                                mode=mode)
     assert record["kept"] is kept and record["max_abs_diff_to_plain"] <= 1e-6
     assert record["transposed_over_plain"] == pytest.approx(batch1)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx", "plain"]  # no candidate file left
+    # no candidate left; a kept rewrite ships its A-operand weights beside the graph
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"] + ["model.onnx.data"] * kept + ["plain"]
     assert (sha256_file(graph) != before) is kept
     assert plain.is_file() is kept and (not kept or sha256_file(plain) == before)  # the graph as it was
     assert (_weight_matmuls(onnx.load(str(graph))) == []) is kept
+
+
+def test_left_operand_weights_ship_as_external_data_at_a_fixed_page_offset(tiny_text, tmp_path) -> None:
+    model = onnx.load(str(tiny_text))
+    weights_as_left_operand(model)
+    names = weight_layout.left_operand_weights(model)
+    assert len(names) == 8
+    values = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer if i.name in names}
+    record = weight_layout.place_left_operands(model, tmp_path / "model.onnx")
+    assert record["file"] == "model.onnx.data" and record["tensors"] == 8
+    assert (tmp_path / "model.onnx.data").stat().st_size == record["bytes"]
+    onnx.checker.check_model(str(tmp_path / "model.onnx"), full_check=True)
+    stored = onnx.load(str(tmp_path / "model.onnx"), load_external_data=False)
+    external = {i.name: {e.key: e.value for e in i.external_data} for i in stored.graph.initializer
+                if i.data_location == onnx.TensorProto.EXTERNAL}
+    assert sorted(external) == names
+    assert {int(e["offset"]) % 4096 for e in external.values()} == {weight_layout.LEFT_OPERAND_OFFSET}
+    loaded = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(tmp_path / "model.onnx")).graph.initializer}
+    assert all(np.array_equal(loaded[n], values[n]) for n in names)
+    feeds = _batches(5, 2, 9)[0]
+    np.testing.assert_allclose(session(tmp_path / "model.onnx").run(None, feeds)[0],
+                               session(tiny_text).run(None, feeds)[0], atol=1e-6, rtol=0)
 
 
 def test_plain_mode_does_not_touch_the_graph_and_bad_modes_are_refused(tiny_text, tmp_path, monkeypatch) -> None:
@@ -218,17 +241,20 @@ def test_bench_script_times_both_layouts_per_length(tiny_text, tmp_path) -> None
     script = Path(__file__).resolve().parents[1] / "bench" / "weight_layout.py"
     done = subprocess.run([sys.executable, str(script), str(tiny_text), "--tokens", "4,9", "--calls", "3",
                            "--batch", "2", "--batch-tokens", "5", "--sessions", "2", "--session-tokens", "6",
-                           "--json", str(tmp_path / "t.json")],
+                           "--offsets", "inline,256", "--json", str(tmp_path / "t.json")],
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     written = json.loads((tmp_path / "t.json").read_text())
     rows = written["rows"]
     spread = written["session_spread"]
-    assert spread["tokens"] == 6 and [len(v) for v in spread["ms"].values()] == [2, 2]
+    # the shipped placement, then each asked-for one: every graph loaded --sessions times
+    assert spread["tokens"] == 6 and {k: len(v) for k, v in spread["ms"].items()} == {
+        "plain": 2, "transposed": 2, "at inline": 2, "at 256": 2}
     assert [(r["tokens"], r["batch"]) for r in rows] == [(4, 1), (9, 1), (5, 2)]
     assert all(r["plain_ms"] > 0 and r["ratio"] == pytest.approx(r["transposed_ms"] / r["plain_ms"]) for r in rows)
     assert "transposed / plain" in done.stdout
     for args, code, message in ((["--tokens", "4,x"], 2, "--tokens takes integers"),
+                                (["--offsets", "4096", "--sessions", "1"], 2, "--offsets takes"),
                                 ([], 1, "no plain weight MatMul")):
         graph = str(tmp_path / "t.onnx") if code == 1 else str(tiny_text)
         if code == 1:

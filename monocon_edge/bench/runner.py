@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from ..device.artifact import graph_bytes
 from ..device.errors import MonoconError
 from ..exporting.gates import GateThresholds
 from .accuracy import CODE_KINDS, embed_eval_set, index_cost, quality
@@ -312,7 +313,7 @@ def _base_row(target: Target, dims: int, label: str, precision: str, folder: Pat
         "rss_probe": f"{memory.source} of a child that imports only the runtime, batch {memory.batch}"
                      if memory else None,
         "rss_probe_imported_torch": memory.torch_imported if memory else None,
-        "model_bytes": model_file.stat().st_size,
+        "model_bytes": graph_bytes(model_file),
         "artifact": str(folder),
     }
 

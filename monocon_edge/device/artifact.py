@@ -34,6 +34,14 @@ VISION_INPUTS = ("pixels",)
 TEXT_INPUTS = ("input_ids", "attention_mask")
 
 
+def graph_bytes(path: str | os.PathLike) -> int:
+    """Return the bytes of the ONNX graph at ``path``: the file plus its external data file (``path`` + ".data",
+    where the fp32 graph keeps its re-laid-out weights), when there is one."""
+    path = Path(path)
+    data = path.with_name(path.name + ".data")
+    return path.stat().st_size + (data.stat().st_size if data.is_file() else 0)
+
+
 def sha256_file(path: str | os.PathLike) -> str:
     """Return the hex sha256 of a file's bytes."""
     digest = hashlib.sha256()

@@ -27,6 +27,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from ..device.artifact import graph_bytes
 from ..device.errors import GateError, MonoconError
 from .gates import GateThresholds, batch_rows, int8_failures
 from .int8_schemes import (PREFERENCES, SCHEMES, SMOOTH_SCHEMES, STATIC_SCHEMES, TEXT_CANDIDATES,
@@ -339,7 +340,7 @@ def select(fp32: Path, work: Path, modality: str, calibration: Sequence[Batch], 
                            f"{BLOCK_CALLS} calls)"})
     shipped = reference if reference is not None else fp32
     timed = blocked_latency({"fp32": shipped, **paths}, timing_feeds, calls) if paths else {}
-    fp32_row = {"name": "fp32", "bytes": shipped.stat().st_size, "load_ms": load_ms(shipped), **timed.get("fp32", {})}
+    fp32_row = {"name": "fp32", "bytes": graph_bytes(shipped), "load_ms": load_ms(shipped), **timed.get("fp32", {})}
     for name, path in paths.items():
         rows[name].update(timed[name], load_ms=load_ms(path),
                           speedup_vs_fp32=fp32_row["cpu_p50_ms"] / timed[name]["cpu_p50_ms"],

@@ -17,6 +17,13 @@ The rewrite, per weight MatMul (a 2-D float32 initializer as its second input, o
 - every other result is transposed back and reshaped to the original leading axes.
 Same arithmetic in another summation order: outputs agree to ~1e-6. Whether the rewrite ships is measured per graph
 (``try_weight_layout``).
+
+Where the A-operand weights sit in memory matters as much: on this project's CPU the same graph runs at ~2.3 or
+~3.1 ms per onnxruntime session depending on each weight buffer's address mod 4096 (512: fast in every session;
+256: slow in every one; 0, 1024, 2048 or onnxruntime's own placement: either, per session — ``bench/weight_layout.py
+--offsets``). So a kept rewrite ships those weights as ONNX external data
+(``model.onnx.data``), each at a file offset ≡ LEFT_OPERAND_OFFSET (mod 4096): onnxruntime maps external data into
+memory in place, so every session — the device runtime's or anyone's — gets that address mod 4096.
 """
 from __future__ import annotations
 
@@ -33,11 +40,14 @@ Batch = dict[str, np.ndarray]
 MODES = ("auto", "transposed", "plain")
 # Kept (auto) when batch-1 CPU p50 is at least FASTER_MARGIN lower and batch-64 time at most BATCH_SLOWER higher:
 # devices call at batch 1; the batch path loses a little to the extra Transposes. The margin is smaller than the
-# int8 table's 5 %: the rewrite is exact, so only the direction matters, and on this project's CPU an onnxruntime
-# session of the transposed graph runs ~2.3 ms or, in a slow phase decided by where the session's buffers land,
-# ~1.4x that (README, issue 12): an export timing a slow session measured 0.95, fresh fast sessions 0.65-0.67.
+# int8 table's 5 %: the rewrite is exact, so only the direction has to be clear, and a session whose weights land
+# at a slow address (module docstring) times ~1.4x its fast self: an export measured 0.95, fresh fast sessions 0.66.
 FASTER_MARGIN = 0.02
 BATCH_SLOWER = 0.10
+# File offset (mod the 4 KiB page) of every A-operand weight in the external data file; see the module docstring.
+LEFT_OPERAND_OFFSET = 512
+PAGE = 4096
+EXTERNAL_SUFFIX = ".data"
 BATCH_CALLS = 3
 
 _BIAS_OPS = ("Add", "BiasGelu")
@@ -294,6 +304,44 @@ def _topological(nodes: list, available: set[str]) -> list:
     return ordered
 
 
+def left_operand_weights(model) -> list[str]:
+    """Return the names of the initializers that are a Gemm's A operand over computed activations."""
+    inits = {i.name for i in model.graph.initializer}
+    return sorted({n.input[0] for n in model.graph.node
+                   if n.op_type == "Gemm" and n.input[0] in inits and n.input[1] not in inits})
+
+
+def place_left_operands(model, path: Path, offset: int = LEFT_OPERAND_OFFSET) -> dict[str, Any]:
+    """Save ``model`` at ``path`` with its A-operand weights as external data in ``path`` + EXTERNAL_SUFFIX, each at a
+    file offset ≡ ``offset`` (mod PAGE); return {"file", "tensors", "bytes", "offset_mod_page"}. Empties those
+    initializers in ``model`` (they now point at the file)."""
+    import onnx
+    from onnx import TensorProto, numpy_helper
+
+    names = set(left_operand_weights(model))
+    data = path.with_name(path.name + EXTERNAL_SUFFIX)
+    position = 0
+    with open(data, "wb") as fh:
+        for init in model.graph.initializer:
+            if init.name not in names:
+                continue
+            raw = init.raw_data or numpy_helper.to_array(init).tobytes()
+            pad = (offset - position) % PAGE
+            fh.write(b"\0" * pad)
+            position += pad
+            fh.write(raw)
+            init.ClearField("raw_data")
+            init.ClearField("float_data")
+            init.data_location = TensorProto.EXTERNAL
+            del init.external_data[:]
+            for key, value in (("location", data.name), ("offset", str(position)), ("length", str(len(raw)))):
+                entry = init.external_data.add()
+                entry.key, entry.value = key, value
+            position += len(raw)
+    onnx.save_model(model, str(path))
+    return {"file": data.name, "tensors": len(names), "bytes": position, "offset_mod_page": offset % PAGE}
+
+
 def check_mode(mode: str) -> None:
     """Raise MonoconError unless ``mode`` is one of MODES."""
     if mode not in MODES:
@@ -302,8 +350,9 @@ def check_mode(mode: str) -> None:
 
 def try_weight_layout(fp32: Path, plain: Path, parity: Sequence[Batch], feeds: Sequence[Batch], calls: int,
                       atol: float, mode: str = "auto") -> dict[str, Any]:
-    """Rewrite the fp32 graph at ``fp32`` with ``weights_as_left_operand``; keep the rewrite (replacing the file,
-    the graph as it was moved to ``plain``: the source the int8 candidates quantize) where it measurably helps.
+    """Rewrite the fp32 graph at ``fp32`` with ``weights_as_left_operand``, its A-operand weights placed in
+    ``fp32`` + EXTERNAL_SUFFIX (``place_left_operands``); keep the rewrite (replacing the file, the graph as it was
+    moved to ``plain``: the source the int8 candidates quantize) where it measurably helps.
 
     ``mode`` "auto": kept when its outputs are within ``atol`` / 4 of the graph's on the ``parity`` batches, its
     batch-1 CPU p50 on ``feeds`` (one thread, blocks of calls as in the int8 table) at least FASTER_MARGIN lower,
@@ -311,6 +360,7 @@ def try_weight_layout(fp32: Path, plain: Path, parity: Sequence[Batch], feeds: S
     timings say (GateError if the outputs differ by more); "plain": not tried. Returns the manifest's record.
     """
     import os
+    import shutil
 
     import onnx
 
@@ -328,8 +378,10 @@ def try_weight_layout(fp32: Path, plain: Path, parity: Sequence[Batch], feeds: S
     if not record["stats"]["matmuls"]:
         record["reason"] = "the graph has no weight MatMul"
         return record
-    candidate = fp32.with_name(fp32.stem + ".transposed.onnx")
-    onnx.save_model(model, str(candidate))
+    staging = fp32.parent / f"{fp32.stem}.transposed"
+    staging.mkdir()
+    candidate = staging / fp32.name  # its external data's file name must be the one it ships with
+    record["external_data"] = place_left_operands(model, candidate)
     del model
     try:
         a, b = session(fp32, threads=1), session(candidate, threads=1)
@@ -360,6 +412,8 @@ def try_weight_layout(fp32: Path, plain: Path, parity: Sequence[Batch], feeds: S
         if record["kept"]:
             os.replace(fp32, plain)
             os.replace(candidate, fp32)
+            data = candidate.name + EXTERNAL_SUFFIX
+            os.replace(staging / data, fp32.parent / data)
     finally:
-        candidate.unlink(missing_ok=True)
+        shutil.rmtree(staging, ignore_errors=True)
     return record
