@@ -246,3 +246,24 @@ def test_dims_that_cannot_be_measured_are_said_not_dropped_silently(tiny_runs, d
     assert "an artifact is measured at its own 16 dims (--dims applies to run directories)" in notes
     assert f"--dims 999 skipped (not below the embedding width {targets[1].d_enc} " in notes
     assert "--dims 8" not in notes
+
+
+def test_text_bench_table_reads_the_recorded_issue_12_benches(tmp_path) -> None:
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    recorded = root / "bench" / "results" / "int8-text-extdata-1" / "int8-text-d16-fp32-int8-amd-epyc-2-1t.json"
+    rows = {r["precision"]: r for r in json.loads(recorded.read_text())["rows"] if r["index_codes"] == "float32"}
+    eager = rows["fp32"]["torch_eager_latency_cpu_ms_p50_1t"]
+    fp32, int8 = rows["fp32"]["latency_cpu_ms_p50_1t"], rows["int8"]["latency_cpu_ms_p50_1t"]
+    script = root / "bench" / "text_bench_table.py"
+    done = subprocess.run([sys.executable, str(script), str(recorded)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    line = done.stdout.splitlines()[-1]
+    assert f"fp32 x eager {eager / fp32:4.2f}" in line and f"int8 x fp32 {fp32 / int8:4.2f}" in line
+    assert line.startswith("int8-text-extdata-1")
+    (tmp_path / "vision.json").write_text(json.dumps({"rows": [{"precision": "fp32", "index_codes": "float32"}]}))
+    bad = subprocess.run([sys.executable, str(script), str(tmp_path / "vision.json")], capture_output=True,
+                         text=True, timeout=60)
+    assert bad.returncode == 1 and len(bad.stderr.strip().splitlines()) == 1 and "Traceback" not in bad.stderr
