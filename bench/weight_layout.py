@@ -12,8 +12,8 @@ one model — in the order plain, transposed, transposed, plain; the figure is t
 thread over both of its runs. Then batch ``--batch`` x ``--batch-tokens``, 3 calls per graph. With ``--sessions N``,
 each graph is also loaded N times afresh (alternating), and each new session times ``--session-tokens`` tokens
 (60 calls after 10): the spread between sessions of one graph; ``--offsets`` adds the transposed graph with its
-weights at other offsets mod 4096 ("inline": inside the .onnx file, where onnxruntime copies them). Prints tables (and writes them as JSON with
-``--json``) with the load average before and after.
+weights at other offsets mod 4096 ("inline": inside the .onnx file, where onnxruntime copies them). Prints tables
+(and writes them as JSON with ``--json``) with the load average before and after.
 """
 from __future__ import annotations
 
@@ -88,11 +88,11 @@ def _placed(model, folder: Path, offset: int | str) -> Path:
 
     path = folder / f"at-{offset}" / "model.onnx"
     path.parent.mkdir()
-    copy = onnx.ModelProto()
-    copy.CopyFrom(model)
     if offset == "inline":
-        onnx.save_model(copy, str(path))
-    else:
+        onnx.save_model(model, str(path))
+    else:  # placing empties the placed initializers: work on a copy
+        copy = onnx.ModelProto()
+        copy.CopyFrom(model)
         place_left_operands(copy, path, offset)
     return path
 

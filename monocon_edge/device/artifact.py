@@ -32,14 +32,20 @@ INT4_FILE = "model.int4.onnx"
 OUTPUT_NAME = "embedding"
 VISION_INPUTS = ("pixels",)
 TEXT_INPUTS = ("input_ids", "attention_mask")
+EXTERNAL_DATA_SUFFIX = ".data"
+
+
+def external_data_path(graph: str | os.PathLike) -> Path:
+    """Return the path of the external data file that belongs to the ONNX graph at ``graph`` (its name +
+    EXTERNAL_DATA_SUFFIX, beside it: where the fp32 text graph keeps its re-laid-out weights)."""
+    graph = Path(graph)
+    return graph.with_name(graph.name + EXTERNAL_DATA_SUFFIX)
 
 
 def graph_bytes(path: str | os.PathLike) -> int:
-    """Return the bytes of the ONNX graph at ``path``: the file plus its external data file (``path`` + ".data",
-    where the fp32 graph keeps its re-laid-out weights), when there is one."""
-    path = Path(path)
-    data = path.with_name(path.name + ".data")
-    return path.stat().st_size + (data.stat().st_size if data.is_file() else 0)
+    """Return the bytes of the ONNX graph at ``path``: the file plus its external data file, when there is one."""
+    data = external_data_path(path)
+    return Path(path).stat().st_size + (data.stat().st_size if data.is_file() else 0)
 
 
 def sha256_file(path: str | os.PathLike) -> str:

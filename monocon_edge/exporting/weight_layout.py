@@ -19,11 +19,12 @@ Same arithmetic in another summation order: outputs agree to ~1e-6. Whether the 
 (``try_weight_layout``).
 
 Where the A-operand weights sit in memory matters as much: on this project's CPU the same graph runs at ~2.3 or
-~3.1 ms per onnxruntime session depending on each weight buffer's address mod 4096 (512: fast in every session;
-256: slow in every one; 0, 1024, 2048 or onnxruntime's own placement: either, per session — ``bench/weight_layout.py
---offsets``). So a kept rewrite ships those weights as ONNX external data
-(``model.onnx.data``), each at a file offset ≡ LEFT_OPERAND_OFFSET (mod 4096): onnxruntime maps external data into
-memory in place, so every session — the device runtime's or anyone's — gets that address mod 4096.
+~3.1 ms per onnxruntime session, and each weight buffer's address mod 4096 moves the odds (fresh sessions: fast in
+12 of 16 at 512, 5 to 9 of 16 at 0, 1024, 2048 or onnxruntime's own placement, none at 256 —
+``bench/weight_layout.py --offsets``; the rest of the session's buffers decide the remainder). So a kept rewrite
+ships those weights as ONNX external data (``model.onnx.data``), each at a file offset ≡ LEFT_OPERAND_OFFSET
+(mod 4096): onnxruntime maps external data into memory in place, so every session — the device runtime's or
+anyone's — gets that address mod 4096.
 """
 from __future__ import annotations
 
@@ -34,6 +35,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ..device.artifact import external_data_path
 from ..device.errors import GateError, MonoconError
 
 Batch = dict[str, np.ndarray]
@@ -47,7 +49,6 @@ BATCH_SLOWER = 0.10
 # File offset (mod the 4 KiB page) of every A-operand weight in the external data file; see the module docstring.
 LEFT_OPERAND_OFFSET = 512
 PAGE = 4096
-EXTERNAL_SUFFIX = ".data"
 BATCH_CALLS = 3
 
 _BIAS_OPS = ("Add", "BiasGelu")
@@ -312,14 +313,14 @@ def left_operand_weights(model) -> list[str]:
 
 
 def place_left_operands(model, path: Path, offset: int = LEFT_OPERAND_OFFSET) -> dict[str, Any]:
-    """Save ``model`` at ``path`` with its A-operand weights as external data in ``path`` + EXTERNAL_SUFFIX, each at a
+    """Save ``model`` at ``path`` with its A-operand weights as external data (``external_data_path``), each at a
     file offset ≡ ``offset`` (mod PAGE); return {"file", "tensors", "bytes", "offset_mod_page"}. Empties those
     initializers in ``model`` (they now point at the file)."""
     import onnx
     from onnx import TensorProto, numpy_helper
 
     names = set(left_operand_weights(model))
-    data = path.with_name(path.name + EXTERNAL_SUFFIX)
+    data = external_data_path(path)
     position = 0
     with open(data, "wb") as fh:
         for init in model.graph.initializer:
@@ -351,7 +352,7 @@ def check_mode(mode: str) -> None:
 def try_weight_layout(fp32: Path, plain: Path, parity: Sequence[Batch], feeds: Sequence[Batch], calls: int,
                       atol: float, mode: str = "auto") -> dict[str, Any]:
     """Rewrite the fp32 graph at ``fp32`` with ``weights_as_left_operand``, its A-operand weights placed in
-    ``fp32`` + EXTERNAL_SUFFIX (``place_left_operands``); keep the rewrite (replacing the file, the graph as it was
+    its external data file (``place_left_operands``); keep the rewrite (replacing the file, the graph as it was
     moved to ``plain``: the source the int8 candidates quantize) where it measurably helps.
 
     ``mode`` "auto": kept when its outputs are within ``atol`` / 4 of the graph's on the ``parity`` batches, its
@@ -412,8 +413,7 @@ def try_weight_layout(fp32: Path, plain: Path, parity: Sequence[Batch], feeds: S
         if record["kept"]:
             os.replace(fp32, plain)
             os.replace(candidate, fp32)
-            data = candidate.name + EXTERNAL_SUFFIX
-            os.replace(staging / data, fp32.parent / data)
+            os.replace(external_data_path(candidate), external_data_path(fp32))
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return record
