@@ -16,9 +16,11 @@ from helpers import tree_state
 from monocon_edge.bench.accuracy import Embedded, quality
 from monocon_edge.bench.evaldata import text_eval_set
 from monocon_edge.bench.output import markdown, result_stem, write_json, write_markdown, write_plot
-from monocon_edge.bench.runner import BenchOptions, BenchResult, _accuracy_fields, run_bench
+from monocon_edge.bench.runner import (EAGER, BenchOptions, BenchResult, _accuracy_fields, paired_speedup,
+                                       run_bench, side_by_side)
 from monocon_edge.bench.targets import bench_dims, parse_dims, run_cache_dir
-from monocon_edge.bench.timing import measure_latency, measure_throughput
+from monocon_edge.bench.timing import measure_latency
+from monocon_edge.exporting.latency import REWARM_CALLS
 from monocon_edge.cli import app
 from monocon_edge.device.errors import ArtifactError, MonoconError
 from monocon_edge.device.integrity import seal
@@ -67,6 +69,14 @@ def test_bench_measures_every_field(bench_result) -> None:
         assert row["threads"] == 2 and row["latency_ms_p50_1t"] > 0 and row["throughput_per_s_1t"] > 0
         assert 0 < row["latency_cpu_ms_p50_1t"] and 0 < row["torch_eager_latency_cpu_ms_p50_1t"]
         assert row["speedup_latency_p50_1t"] == row["torch_eager_latency_ms_p50_1t"] / row["latency_ms_p50_1t"]
+        # ratios paired by round of the side-by-side timing, at both thread counts, each inside its interval
+        for key in ("speedup_cpu_paired", "speedup_cpu_paired_1t") + (
+                ("speedup_vs_fp32_cpu_paired", "speedup_vs_fp32_cpu_paired_1t") if row["precision"] == "int8" else ()):
+            low, high = row[f"{key}_interval"]
+            assert 0 < low <= row[key] <= high, (key, row[key], low, high)
+        assert len(row["latency_cpu_ms_blocks_1t"]) == len(row["torch_eager_latency_cpu_ms_blocks_1t"]) == 1
+        if row["precision"] == "fp32":
+            assert row["speedup_vs_fp32_cpu_paired"] is None and row["speedup_vs_fp32_cpu_paired_1t_interval"] is None
         assert row["peak_rss_mb"] > 0 and row["rss_probe_imported_torch"] is False
         assert row["index_bytes_per_vector"] == row["dims"] * BYTES_PER_CODE[row["index_codes"]]
         assert row["index_bytes"] == row["dims"] * BYTES_PER_CODE[row["index_codes"]] * row["gallery_size"]
@@ -188,12 +198,33 @@ def test_dims_labels() -> None:
         parse_dims("0")
 
 
-def test_timing_percentiles_and_throughput() -> None:
+def test_timing_percentiles() -> None:
     calls = []
     lat = measure_latency(lambda: calls.append(1), warmup=3, iterations=7)
     assert len(calls) == 10 and lat.iterations == 7
     assert 0 <= lat.p50_ms <= lat.p95_ms <= lat.p99_ms
-    assert measure_throughput(lambda: sum(range(1000)), batch=4, warmup=0, iterations=3).per_s > 0
+
+
+def test_graphs_and_eager_are_timed_side_by_side_not_one_after_another() -> None:
+    # A machine that slows down half way through a bench must slow every runner alike: their calls interleave.
+    log: list[tuple[str, int]] = []
+    runners = {name: (lambda feed, name=name: log.append((name, len(feed)))) for name in ("fp32", "int8", EAGER)}
+    opts = BenchOptions(**{**FAST, "warmup": 2, "iterations": 60, "batch_iterations": 4})
+    timed = side_by_side(runners, [1], [1] * 8, opts)
+    batch1 = [name for name, n in log if n == 1][3 * opts.warmup:]
+    changes = sum(a != b for a, b in zip(batch1, batch1[1:]))
+    assert len(batch1) == 3 * (opts.iterations + 3 * min(REWARM_CALLS, opts.warmup))  # 3 rounds of 25, rewarm 2
+    # every runner once in each of the 3 rounds (9 stretches; a round may end with the runner the next starts with),
+    # not all of one runner's calls in one stretch (2 changes)
+    assert changes >= 9 - 1 - 2
+    batch = [name for name, n in log if n == 8][3 * min(opts.warmup, 3):]
+    assert len(batch) == 3 * opts.batch_iterations
+    assert all(sorted(batch[i:i + 3]) == sorted(runners) for i in range(0, len(batch), 3))  # one call each per round
+    for figures in timed.values():
+        assert len(figures["cpu_blocks"]) == 3 and figures["throughput"] > 0
+        assert figures["p50"] <= figures["p95"] <= figures["p99"]
+    assert paired_speedup({"cpu_blocks": [1.0, 2.0, 1.0]}, {"cpu_blocks": [3.0, 6.0, 3.3]})[0] == pytest.approx(3.0)
+    assert paired_speedup(timed["fp32"], None) is None
 
 
 def test_text_protocol_pairs_and_sts() -> None:

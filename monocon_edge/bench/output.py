@@ -19,7 +19,8 @@ TRAILING_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("knn5_accuracy", "5-NN", ".4f"), ("sts_spearman", "STS ρ", ".4f"),
     ("latency_ms_p50", "p50 ms", ".3f"), ("latency_ms_p95", "p95 ms", ".3f"), ("latency_ms_p99", "p99 ms", ".3f"),
     ("throughput_per_s", "thr/s", ".1f"), ("speedup_latency_p50", "× eager p50", ".2f"),
-    ("speedup_throughput", "× eager thr", ".2f"), ("peak_rss_mb", "RSS MiB", ".1f"), ("model_bytes", "model B", ","),
+    ("speedup_throughput", "× eager thr", ".2f"), ("speedup_cpu_paired", "× eager CPU", ".2f"),
+    ("speedup_vs_fp32_cpu_paired", "× fp32 CPU", ".2f"), ("peak_rss_mb", "RSS MiB", ".1f"), ("model_bytes", "model B", ","),
     ("index_bytes_per_vector", "B/vec", "d"), ("index_bytes", "index B", ","), ("search_ms_p50", "search ms", ".3f"),
 )
 # What goes before "R@k" / "Recall@k" in each modality's headings (its row keys: evaldata.recall_keys); text's
@@ -51,7 +52,8 @@ def table_columns(result: BenchResult) -> tuple[tuple[str, str, str], ...]:
 
 
 def extra_thread_columns(result: BenchResult) -> tuple[tuple[str, str, str], ...]:
-    """Return the columns of the timings at ``--also-threads`` counts (batch-1 p50, throughput, × eager)."""
+    """Return the columns of the timings at ``--also-threads`` counts (batch-1 p50, throughput, × eager, and the
+    paired CPU-time ratios over eager and over fp32)."""
     out: list[tuple[str, str, str]] = []
     for t in result.header["options"].get("extra_threads") or ():
         if t == result.header["threads"]:
@@ -59,7 +61,9 @@ def extra_thread_columns(result: BenchResult) -> tuple[tuple[str, str, str], ...
         out += [(f"latency_ms_p50_{t}t", f"p50 ms {t}t", ".3f"), (f"latency_cpu_ms_p50_{t}t", f"CPU p50 ms {t}t", ".3f"),
                 (f"throughput_per_s_{t}t", f"thr/s {t}t", ".1f"),
                 (f"speedup_latency_p50_{t}t", f"× eager p50 {t}t", ".2f"),
-                (f"speedup_throughput_{t}t", f"× eager thr {t}t", ".2f")]
+                (f"speedup_throughput_{t}t", f"× eager thr {t}t", ".2f"),
+                (f"speedup_cpu_paired_{t}t", f"× eager CPU {t}t", ".2f"),
+                (f"speedup_vs_fp32_cpu_paired_{t}t", f"× fp32 CPU {t}t", ".2f")]
     return tuple(out)
 
 

@@ -14,7 +14,6 @@ from ..exporting.gates import GateThresholds
 from .accuracy import CODE_KINDS, embed_eval_set, index_cost, quality
 from .evaldata import recall_keys
 from .targets import Target, artifact_target, classify, parse_dims, run_target
-from .timing import measure_latency, measure_throughput
 from ..events import EventFn, ignore_events
 
 PROVIDERS = {"cpu": ["CPUExecutionProvider"], "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"]}
@@ -135,13 +134,50 @@ def _header(opts: BenchOptions, threads: int, providers: list[str]) -> dict[str,
         "options": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(opts).items()},
         "latency": f"onnxruntime session.run on model-ready real inputs at batch 1: {opts.warmup} warm-up + "
                    f"{opts.iterations} timed calls; throughput at batch {opts.batch}: {opts.batch_iterations} calls",
+        "side_by_side": "an artifact's graphs (and PyTorch eager, with the first artifact of a model) are timed in "
+                        "one process at each thread count, their blocks of calls interleaved in a random order per "
+                        "round; *_cpu_paired: [median, 90 % interval] of the per-round CPU-time ratio",
     }
 
 
-def _timing(run: Callable[[Any], Any], one: Any, many: Any, opts: BenchOptions) -> dict[str, float]:
-    lat = measure_latency(lambda: run(one), opts.warmup, opts.iterations)
-    thr = measure_throughput(lambda: run(many), opts.batch, min(opts.warmup, 3), opts.batch_iterations)
-    return {"p50": lat.p50_ms, "p95": lat.p95_ms, "p99": lat.p99_ms, "throughput": thr.per_s, "cpu_p50": lat.cpu_p50_ms}
+EAGER = "torch eager"
+
+
+def side_by_side(runners: dict[str, Callable[[Any], Any]], one: Any, many: Any,
+                 opts: BenchOptions) -> dict[str, dict[str, Any]]:
+    """Return {name: {p50, p95, p99, cpu_p50, cpu_blocks, throughput}} of ``runners`` timed side by side.
+
+    Batch 1 (``one``): after ``opts.warmup`` calls each, blocks of consecutive calls per runner, interleaved in a
+    fresh random order per round (``exporting.latency.time_blocks``), so that the machine's drift falls on every
+    runner alike and their ratio holds even when the machine's speed changes during the bench; percentiles in ms
+    over ``opts.iterations`` calls, ``cpu_blocks`` the calling thread's median CPU ms of each round (for
+    ``paired_speedup``). Batch ``opts.batch`` (``many``): one call per runner per round, interleaved the same way;
+    throughput = examples / second over ``opts.batch_iterations`` calls.
+    """
+    from ..exporting.latency import BLOCK_CALLS, REWARM_CALLS, time_blocks
+
+    for run in runners.values():
+        for _ in range(opts.warmup):
+            run(one)
+    lat = time_blocks(runners, [one], opts.iterations, block=min(BLOCK_CALLS, opts.iterations),
+                      rewarm=min(REWARM_CALLS, opts.warmup))
+    for run in runners.values():
+        for _ in range(min(opts.warmup, 3)):
+            run(many)
+    thr = time_blocks(runners, [many], opts.batch_iterations, block=1, rewarm=0)
+    return {name: {"p50": lat[name]["p50_ms"], "p95": lat[name]["p95_ms"], "p99": lat[name]["p99_ms"],
+                   "cpu_p50": lat[name]["cpu_p50_ms"], "cpu_blocks": lat[name]["cpu_block_ms"],
+                   "throughput": opts.batch / (thr[name]["mean_ms"] / 1e3)} for name in runners}
+
+
+def paired_speedup(timing: dict[str, Any], reference: dict[str, Any] | None) -> list[float] | None:
+    """Return [median, low, high] of the reference's CPU time over the graph's, paired by round (a 90 % bootstrap
+    interval of the median; ``exporting.latency.paired_ratio``), or None without a reference."""
+    from ..exporting.latency import paired_ratio
+
+    if not reference:
+        return None
+    return list(paired_ratio(reference["cpu_blocks"], timing["cpu_blocks"]))
 
 
 def _feeds(model: Any, inputs: Any) -> dict[str, Any]:
@@ -201,51 +237,47 @@ class _Bench:
     def bench_target(self, target: Target) -> None:
         import torch
 
-        from ..device import runtime
         from ..device.artifact import read_manifest
         from .evaldata import eval_set
 
         opts = self.opts
-        torch.set_num_threads(self.threads)
         loaded = self.load(target.run_path) if target.run_path is not None else None
         data = eval_set(loaded, opts.max_queries) if loaded is not None else None
         if data is None:
             self.result.notes.append(f"{target.name}: source run not found, so no accuracy, no PyTorch reference, "
                                      "and synthetic timing inputs")
-        reference = None
-        extra_reference: dict[int, dict[str, float]] = {}
+        # PyTorch eager per thread count, timed side by side with the first artifact's graphs
+        reference: dict[int, dict[str, Any]] = {}
         for dims, (label, folder) in target.artifacts.items():
             manifest = read_manifest(folder)
-            for precision in [p for p in ("fp32", "int8", "int4")
-                              if p in manifest["models"] and (opts.int8 or p == "fp32")]:
-                self.emit("model", {"name": f"{target.name} {label} ({dims}d) {precision}"})
-                model = runtime.load(folder, precision, threads=self.threads, providers=self.providers)
-                if model.session.get_providers()[0] != self.providers[0]:
-                    # onnxruntime falls back to CPU quietly when the CUDA libraries do not load.
-                    raise MonoconError(f"onnxruntime could not start {self.providers[0]} for {folder} "
-                                       f"(running on {model.session.get_providers()[0]})")
-                one, many = data.timing_inputs(opts.batch) if data is not None else _synthetic(model, opts.batch)
-                feed_one, feed_many = _feeds(model, one), _feeds(model, many)
-                timing = _timing(model.run, feed_one, feed_many, opts)
-                if reference is None and loaded is not None and opts.torch_reference:
-                    self.emit("reference", {"name": f"{target.name}: PyTorch eager reference"})
-                    from .reference import eager_runner
+            precisions = [p for p in ("fp32", "int8", "int4")
+                          if p in manifest["models"] and (opts.int8 or p == "fp32")]
+            models = {p: self._session(folder, p, self.threads) for p in precisions}
+            first = models[precisions[0]]
+            one, many = data.timing_inputs(opts.batch) if data is not None else _synthetic(first, opts.batch)
+            feed_one, feed_many = _feeds(first, one), _feeds(first, many)
+            eager = None
+            if not reference and loaded is not None and opts.torch_reference:
+                from .reference import eager_runner
 
-                    # Measured once per model, projecting to the full PCA width (the d-dim projection costs
-                    # the same to within a tiny matmul).
-                    full = min(target.d_enc, int(loaded.pca.components.shape[0]))
-                    ref_run = eager_runner(loaded, full, opts.device)
-                    reference = _timing(ref_run, feed_one, feed_many, opts)
-                    for t in self.extra:
-                        torch.set_num_threads(t)
-                        extra_reference[t] = _timing(ref_run, feed_one, feed_many, opts)
-                    torch.set_num_threads(self.threads)
-                by_threads = {}
-                for t in self.extra:
-                    self.emit("model", {"name": f"{target.name} {label} ({dims}d) {precision}, {t} threads"})
-                    other = runtime.load(folder, precision, threads=t, providers=self.providers)
-                    by_threads[t] = _timing(other.run, feed_one, feed_many, opts)
-                    del other
+                # Once per model, projecting to the full PCA width (the d-dim projection costs the same to
+                # within a tiny matmul).
+                eager = eager_runner(loaded, min(target.d_enc, int(loaded.pca.components.shape[0])), opts.device)
+            timings: dict[int, dict[str, dict[str, Any]]] = {}
+            for t in [self.threads, *self.extra]:
+                graphs = models if t == self.threads else {p: self._session(folder, p, t) for p in precisions}
+                runners: dict[str, Callable[[Any], Any]] = {p: m.run for p, m in graphs.items()}
+                if eager is not None:
+                    runners[EAGER] = eager
+                self.emit("model", {"name": f"{target.name} {label} ({dims}d): {', '.join(runners)} side by side, "
+                                            f"{t} thread{'s' if t > 1 else ''}"})
+                torch.set_num_threads(t)
+                timings[t] = side_by_side(runners, feed_one, feed_many, opts)
+                del graphs, runners
+            torch.set_num_threads(self.threads)
+            if eager is not None:
+                reference = {t: timed.pop(EAGER) for t, timed in timings.items()}
+            for precision, model in models.items():
                 memory = None
                 if opts.memory_probe:
                     from .memory import probe_peak_rss
@@ -253,13 +285,27 @@ class _Bench:
                     self.emit("memory", {"name": f"{target.name} {label} {precision}: memory probe"})
                     memory = probe_peak_rss(folder, precision, self.threads, opts.batch, providers=self.providers)
                 emb = embed_eval_set(model, data, opts.embed_batch) if data is not None else None
-                base = _base_row(target, dims, label, precision, folder, manifest, model, timing, reference, memory,
+                base = _base_row(target, dims, label, precision, folder, manifest, model,
+                                 timings[self.threads][precision], reference.get(self.threads), memory,
                                  self.threads, opts)
-                base.update(_thread_fields(by_threads, extra_reference))
+                base.update(_thread_fields({t: timings[t][precision] for t in self.extra}, reference))
+                base.update(_paired_fields(timings, reference, precision, self.threads))
                 for codes in CODE_KINDS:
                     row = dict(base, index_codes=codes)
                     row.update(_accuracy_fields(emb, data, codes, model.code_scales, opts, target.modality))
                     self.result.rows.append(row)
+
+    def _session(self, folder: Path, precision: str, threads: int) -> Any:
+        """Return the runtime model of one graph of ``folder`` at ``threads`` intra-op threads on the bench's
+        providers; raise MonoconError when onnxruntime quietly fell back to another provider."""
+        from ..device import runtime
+
+        model = runtime.load(folder, precision, threads=threads, providers=self.providers)
+        if model.session.get_providers()[0] != self.providers[0]:
+            # onnxruntime falls back to CPU quietly when the CUDA libraries do not load.
+            raise MonoconError(f"onnxruntime could not start {self.providers[0]} for {folder} "
+                               f"(running on {model.session.get_providers()[0]})")
+        return model
 
 
 def _thread_fields(by_threads: dict[int, dict[str, float]], reference: dict[int, dict[str, float]]) -> dict[str, Any]:
@@ -275,6 +321,27 @@ def _thread_fields(by_threads: dict[int, dict[str, float]], reference: dict[int,
                     f"torch_eager_throughput_per_s_{t}t": ref["throughput"] if ref else None,
                     f"speedup_latency_p50_{t}t": ref["p50"] / timing["p50"] if ref else None,
                     f"speedup_throughput_{t}t": timing["throughput"] / ref["throughput"] if ref else None})
+    return out
+
+
+def _paired_fields(timings: dict[int, dict[str, dict[str, Any]]], reference: dict[int, dict[str, Any]],
+                   precision: str, threads: int) -> dict[str, Any]:
+    """Return the per-round CPU-time medians (``latency_cpu_ms_blocks[_<t>t]``, PyTorch eager's beside them) and
+    the paired CPU-time ratios of one graph at every thread count: over PyTorch eager
+    (``speedup_cpu_paired[_<t>t]``) and, for a quantized graph, over the fp32 graph of the same artifact
+    (``speedup_vs_fp32_cpu_paired[_<t>t]``): each the median ratio, with ``..._interval`` [low, high] beside it
+    (``paired_speedup``); None where there is nothing to pair with."""
+    out: dict[str, Any] = {}
+    for t, timed in timings.items():
+        suffix = "" if t == threads else f"_{t}t"
+        out[f"latency_cpu_ms_blocks{suffix}"] = timed[precision]["cpu_blocks"]
+        out[f"torch_eager_latency_cpu_ms_blocks{suffix}"] = reference[t]["cpu_blocks"] if t in reference else None
+        pairs = {"speedup_cpu_paired": reference.get(t),
+                 "speedup_vs_fp32_cpu_paired": timed.get("fp32") if precision != "fp32" else None}
+        for key, other in pairs.items():
+            ratio = paired_speedup(timed[precision], other)
+            out[f"{key}{suffix}"] = ratio[0] if ratio else None
+            out[f"{key}{suffix}_interval"] = ratio[1:] if ratio else None
     return out
 
 

@@ -23,16 +23,6 @@ class LatencyStats:
     cpu_p50_ms: float | None = None
 
 
-@dataclass(frozen=True)
-class Throughput:
-    """Examples per second at ``batch`` over ``iterations`` timed calls of one batch each."""
-
-    per_s: float
-    batch: int
-    iterations: int
-    warmup: int
-
-
 def _timed_calls(fn: Callable[[], object], warmup: int, iterations: int,
                  cpu: list[float] | None = None) -> np.ndarray:
     """Return the seconds taken by each of ``iterations`` calls of ``fn`` made after ``warmup`` untimed calls
@@ -58,9 +48,3 @@ def measure_latency(fn: Callable[[], object], warmup: int, iterations: int) -> L
     p50, p95, p99 = np.percentile(ms, [50, 95, 99])
     return LatencyStats(float(p50), float(p95), float(p99), float(ms.mean()), iterations, warmup,
                         float(np.median(cpu) * 1e3))
-
-
-def measure_throughput(fn: Callable[[], object], batch: int, warmup: int, iterations: int) -> Throughput:
-    """Return the throughput of ``fn``, which processes ``batch`` examples per call (total examples / total time)."""
-    seconds = _timed_calls(fn, warmup, iterations)
-    return Throughput(float(batch * iterations / seconds.sum()), batch, iterations, warmup)

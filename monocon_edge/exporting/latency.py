@@ -60,8 +60,9 @@ def block_schedule(names: Sequence[str], calls: int, block: int, seed: int = 0) 
 def time_blocks(runners: dict[str, Callable[[Batch], Any]], feeds: Sequence[Batch], calls: int,
                 block: int = BLOCK_CALLS, rewarm: int = REWARM_CALLS,
                 seed: int = 0) -> dict[str, dict[str, float]]:
-    """Return {name: {p50_ms, p90_ms, cpu_p50_ms, cpu_block_ms, calls, block, rewarm}} of ``calls`` timed calls of
-    each runner (``cpu_block_ms``: the median CPU time of each of its blocks, in round order).
+    """Return {name: {p50_ms, p90_ms, p95_ms, p99_ms, mean_ms, cpu_p50_ms, cpu_block_ms, calls, block, rewarm}} of
+    ``calls`` timed calls of each runner (``cpu_block_ms``: the median CPU time of each of its blocks, in round
+    order).
 
     Rounds come from ``block_schedule``; in a round, every graph runs ``rewarm`` untimed then ``block`` timed
     calls in a row on the same inputs as the others (input i of a round: ``feeds[(round * block + i) % n]``).
@@ -92,7 +93,8 @@ def time_blocks(runners: dict[str, Callable[[Batch], Any]], feeds: Sequence[Batc
     out = {}
     for name in runners:
         ms = np.asarray(wall[name]) * 1e3
-        out[name] = {"p50_ms": float(np.percentile(ms, 50)), "p90_ms": float(np.percentile(ms, 90)),
+        p50, p90, p95, p99 = (float(v) for v in np.percentile(ms, [50, 90, 95, 99]))
+        out[name] = {"p50_ms": p50, "p90_ms": p90, "p95_ms": p95, "p99_ms": p99, "mean_ms": float(ms.mean()),
                      "cpu_p50_ms": float(np.median(cpu[name]) * 1e3), "cpu_block_ms": block_cpu[name],
                      "calls": len(ms), "block": block, "rewarm": rewarm}
     return out
