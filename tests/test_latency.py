@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import itertools
+import time
 
 import numpy as np
 import pytest
@@ -65,3 +66,25 @@ def test_paired_ratio_cancels_drift_shared_by_a_round() -> None:
     assert latency.paired_ratio(noisy, drift) == (ratio, low, high)  # a fixed seed: the same interval again
     with pytest.raises(MonoconError):
         latency.paired_ratio([], [])
+
+
+def test_each_block_waits_out_the_previous_runners_spinning_threads() -> None:
+    # rewarm_s: untimed calls until that long after the block began, on top of the rewarm calls.
+    log: list[tuple[str, float]] = []
+
+    def runner(name):
+        def run(feed):
+            time.sleep(0.001)
+            log.append((name, time.perf_counter()))
+        return run
+
+    timed = latency.time_blocks({"a": runner("a"), "b": runner("b")}, [{"id": np.array([0])}], 4, block=2, rewarm=1,
+                                rewarm_s=0.03)
+    assert {t["calls"] for t in timed.values()} == {4}
+    runs = [list(group) for _, group in itertools.groupby(log, key=lambda c: c[0])]
+    assert len(runs) >= 3  # 2 rounds x 2 runners (a round may end with the runner the next one starts with)
+    for run in runs:
+        assert len(run) > 1 + 2  # more untimed calls than the one rewarm call
+        assert run[-3][1] - run[0][1] >= 0.03 - 0.002  # the untimed calls span rewarm_s before the timed ones
+    with pytest.raises(MonoconError):
+        latency.time_blocks({"a": runner("a")}, [{"id": np.array([0])}], 4, block=2, rewarm=1, rewarm_s=-1)

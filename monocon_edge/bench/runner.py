@@ -141,6 +141,10 @@ def _header(opts: BenchOptions, threads: int, providers: list[str]) -> dict[str,
 
 
 EAGER = "torch eager"
+# Untimed calls of at least this long before each block of a runner timed side by side: with several threads the
+# previous runner's idle workers spin for tens of ms (measured here: PyTorch eager's first ~50 ms after an fp32
+# block ran 1.5-2.5x slower at two threads), which a device running one model never sees.
+SWITCH_REWARM_S = 0.1
 
 
 def side_by_side(runners: dict[str, Callable[[Any], Any]], one: Any, many: Any,
@@ -149,22 +153,27 @@ def side_by_side(runners: dict[str, Callable[[Any], Any]], one: Any, many: Any,
 
     Batch 1 (``one``): after ``opts.warmup`` calls each, blocks of consecutive calls per runner, interleaved in a
     fresh random order per round (``exporting.latency.time_blocks``), so that the machine's drift falls on every
-    runner alike and their ratio holds even when the machine's speed changes during the bench; percentiles in ms
+    runner alike and their ratio holds even when the machine's speed changes during the bench; each block after
+    untimed calls for ``SWITCH_REWARM_S`` (and ``REWARM_CALLS``) so the previous runner's idle threads have
+    stopped spinning; percentiles in ms
     over ``opts.iterations`` calls, ``cpu_blocks`` the calling thread's median CPU ms of each round (for
-    ``paired_speedup``). Batch ``opts.batch`` (``many``): one call per runner per round, interleaved the same way;
-    throughput = examples / second over ``opts.batch_iterations`` calls.
+    ``paired_speedup``). Batch ``opts.batch`` (``many``): one call per runner per round (after one untimed call
+    and the same ``SWITCH_REWARM_S``), interleaved the same way; throughput = examples / second over
+    ``opts.batch_iterations`` calls.
     """
     from ..exporting.latency import BLOCK_CALLS, REWARM_CALLS, time_blocks
 
     for run in runners.values():
         for _ in range(opts.warmup):
             run(one)
+    rewarm_s = SWITCH_REWARM_S if len(runners) > 1 else 0.0
     lat = time_blocks(runners, [one], opts.iterations, block=min(BLOCK_CALLS, opts.iterations),
-                      rewarm=min(REWARM_CALLS, opts.warmup))
+                      rewarm=min(REWARM_CALLS, opts.warmup), rewarm_s=rewarm_s)
     for run in runners.values():
         for _ in range(min(opts.warmup, 3)):
             run(many)
-    thr = time_blocks(runners, [many], opts.batch_iterations, block=1, rewarm=0)
+    thr = time_blocks(runners, [many], opts.batch_iterations, block=1, rewarm=min(opts.warmup, 1),
+                      rewarm_s=rewarm_s)
     return {name: {"p50": lat[name]["p50_ms"], "p95": lat[name]["p95_ms"], "p99": lat[name]["p99_ms"],
                    "cpu_p50": lat[name]["cpu_p50_ms"], "cpu_blocks": lat[name]["cpu_block_ms"],
                    "throughput": opts.batch / (thr[name]["mean_ms"] / 1e3)} for name in runners}

@@ -221,6 +221,10 @@ BENCH_TRAILING_COLUMNS = (
 )
 
 
+# --also-threads columns the terminal leaves to the JSON / Markdown files (the table is wide enough already)
+TERMINAL_LEFT_OUT = ("throughput_", "speedup_throughput_", "speedup_cpu_paired_", "speedup_vs_fp32_cpu_paired_")
+
+
 def print_bench(console: Console, result: Any, written: list[str]) -> None:
     """Print a bench result: one table per model, then the header facts, notes and the files written."""
     from ..bench.output import extra_thread_columns, recall_columns
@@ -232,7 +236,7 @@ def print_bench(console: Console, result: Any, written: list[str]) -> None:
         table = Table(title=f"{name}: head {first['head']}, {first['truncation']} truncation, d_enc {first['d_enc']}, "
                             f"d_eff {first['d_eff']}", title_justify="left")
         columns = (BENCH_LEADING_COLUMNS + recall_columns(r["modality"] for r in rows) + BENCH_TRAILING_COLUMNS
-                   + tuple(c for c in extra_thread_columns(result) if "throughput_" not in c[0]))
+                   + tuple(c for c in extra_thread_columns(result) if not c[0].startswith(TERMINAL_LEFT_OUT)))
         shown = [c for c in columns if any(r.get(c[0]) is not None for r in rows)]
         for key, label, _ in shown:
             table.add_column(label, justify="left" if key in ("dims_label", "precision", "index_codes") else "right")

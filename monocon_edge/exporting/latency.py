@@ -59,29 +59,35 @@ def block_schedule(names: Sequence[str], calls: int, block: int, seed: int = 0) 
 
 def time_blocks(runners: dict[str, Callable[[Batch], Any]], feeds: Sequence[Batch], calls: int,
                 block: int = BLOCK_CALLS, rewarm: int = REWARM_CALLS,
-                seed: int = 0) -> dict[str, dict[str, float]]:
+                seed: int = 0, rewarm_s: float = 0.0) -> dict[str, dict[str, float]]:
     """Return {name: {p50_ms, p90_ms, p95_ms, p99_ms, mean_ms, cpu_p50_ms, cpu_block_ms, calls, block, rewarm}} of
     ``calls`` timed calls of each runner (``cpu_block_ms``: the median CPU time of each of its blocks, in round
     order).
 
     Rounds come from ``block_schedule``; in a round, every graph runs ``rewarm`` untimed then ``block`` timed
-    calls in a row on the same inputs as the others (input i of a round: ``feeds[(round * block + i) % n]``).
+    calls in a row on the same inputs as the others (input i of a round: ``feeds[(round * block + i) % n]``), and
+    more untimed calls on the round's first input until ``rewarm_s`` seconds have passed since the block began:
+    with several intra-op threads, the previous runner's idle worker threads (onnxruntime's pool, PyTorch's
+    OpenMP team) keep spinning for tens of milliseconds and slow the next runner's first calls.
     ``cpu_p50_ms`` is the calling thread's CPU time per call: with one intra-op thread onnxruntime computes on
     that thread, so it is the call's compute time without the waits for a CPU that wall time includes on a
     shared machine. Percentiles are over all timed calls of a graph.
     """
     if not feeds:
         raise MonoconError("latency needs at least one input")
-    if rewarm < 0:
-        raise MonoconError("rewarm calls must be >= 0")
+    if rewarm < 0 or rewarm_s < 0:
+        raise MonoconError("rewarm calls and seconds must be >= 0")
     wall: dict[str, list[float]] = {name: [] for name in runners}
     cpu: dict[str, list[float]] = {name: [] for name in runners}
     block_cpu: dict[str, list[float]] = {name: [] for name in runners}
     for r, order in enumerate(block_schedule(list(runners), calls, block, seed)):
         for name in order:
             run = runners[name]
+            began = time.perf_counter()
             for i in range(rewarm):
                 run(feeds[(r * block + i) % len(feeds)])
+            while time.perf_counter() - began < rewarm_s:
+                run(feeds[(r * block) % len(feeds)])
             timed = min(block, calls - r * block)
             for i in range(timed):
                 feed = feeds[(r * block + i) % len(feeds)]
