@@ -136,7 +136,8 @@ def _header(opts: BenchOptions, threads: int, providers: list[str]) -> dict[str,
                    f"{opts.iterations} timed calls; throughput at batch {opts.batch}: {opts.batch_iterations} calls",
         "side_by_side": "an artifact's graphs (and PyTorch eager, with the first artifact of a model) are timed in "
                         "one process at each thread count, their blocks of calls interleaved in a random order per "
-                        "round; *_cpu_paired: [median, 90 % interval] of the per-round CPU-time ratio",
+                        f"round, each block after >= {SWITCH_REWARM_S} s of untimed calls; *_cpu_paired: the median "
+                        "per-round CPU-time ratio (*_interval: its 90 % bootstrap interval)",
     }
 
 
@@ -155,9 +156,8 @@ def side_by_side(runners: dict[str, Callable[[Any], Any]], one: Any, many: Any,
     fresh random order per round (``exporting.latency.time_blocks``), so that the machine's drift falls on every
     runner alike and their ratio holds even when the machine's speed changes during the bench; each block after
     untimed calls for ``SWITCH_REWARM_S`` (and ``REWARM_CALLS``) so the previous runner's idle threads have
-    stopped spinning; percentiles in ms
-    over ``opts.iterations`` calls, ``cpu_blocks`` the calling thread's median CPU ms of each round (for
-    ``paired_speedup``). Batch ``opts.batch`` (``many``): one call per runner per round (after one untimed call
+    stopped spinning; percentiles in ms over ``opts.iterations`` calls, ``cpu_blocks`` the calling thread's
+    median CPU ms of each round (for ``paired_speedup``). Batch ``opts.batch`` (``many``): one call per runner per round (after one untimed call
     and the same ``SWITCH_REWARM_S``), interleaved the same way; throughput = examples / second over
     ``opts.batch_iterations`` calls.
     """
