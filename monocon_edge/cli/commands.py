@@ -386,8 +386,8 @@ def bench(
     results_dir: Optional[Path] = typer.Option(None, help="write JSON, Markdown and PNG here, named "
                                                           "<suite>-<precisions>-<cpu>-<threads>t"),
     suite: str = typer.Option("", help="suite name (for the header and --results-dir file names)"),
-    warmup: int = typer.Option(10, help="untimed calls before each timing"),
-    iterations: int = typer.Option(100, help="timed batch-1 calls (latency percentiles)"),
+    warmup: int = typer.Option(10, help="untimed calls of each graph before the timing"),
+    iterations: int = typer.Option(100, help="timed batch-1 calls per graph (latency percentiles; blocks of 25)"),
     batch: int = typer.Option(64, help="throughput batch size"),
     batch_iterations: int = typer.Option(10, help="timed calls at the throughput batch"),
     search_iterations: int = typer.Option(50, help="timed single-query index searches"),
@@ -405,7 +405,8 @@ def bench(
     same data with the other head (the baseline, --head none, for a MonoCon artifact). For the embedded default
     a missing baseline is trained first (about 10 s, into a new run under --runs-dir, and said so); for other
     presets bench says what to train. Run directories are only read: their exports go to bench's cache
-    ($MONOCON_CACHE_DIR/bench-artifacts, else ~/.cache/monocon-edge/bench-artifacts).
+    ($MONOCON_CACHE_DIR/bench-artifacts, else ~/.cache/monocon-edge/bench-artifacts). An artifact's graphs and
+    PyTorch eager are timed side by side (their calls interleaved), so their ratios hold on a drifting machine.
     """
 
     def go() -> None:
