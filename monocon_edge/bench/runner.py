@@ -298,7 +298,9 @@ class _Bench:
                                  timings[self.threads][precision], reference.get(self.threads), memory,
                                  self.threads, opts)
                 base.update(_thread_fields({t: timings[t][precision] for t in self.extra}, reference))
-                base.update(_paired_fields(timings, reference, precision, self.threads))
+                # eager's rounds pair only with the graphs timed in the same rounds (this artifact's, if it ran)
+                base.update(_paired_fields(timings, reference if eager is not None else {}, precision,
+                                           self.threads))
                 for codes in CODE_KINDS:
                     row = dict(base, index_codes=codes)
                     row.update(_accuracy_fields(emb, data, codes, model.code_scales, opts, target.modality))
@@ -339,7 +341,8 @@ def _paired_fields(timings: dict[int, dict[str, dict[str, Any]]], reference: dic
     the paired CPU-time ratios of one graph at every thread count: over PyTorch eager
     (``speedup_cpu_paired[_<t>t]``) and, for a quantized graph, over the fp32 graph of the same artifact
     (``speedup_vs_fp32_cpu_paired[_<t>t]``): each the median ratio, with ``..._interval`` [low, high] beside it
-    (``paired_speedup``); None where there is nothing to pair with."""
+    (``paired_speedup``); None where there is nothing to pair with (``reference`` empty: eager was not timed in
+    these rounds)."""
     out: dict[str, Any] = {}
     for t, timed in timings.items():
         suffix = "" if t == threads else f"_{t}t"
