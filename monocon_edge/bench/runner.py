@@ -143,8 +143,8 @@ def _header(opts: BenchOptions, threads: int, providers: list[str]) -> dict[str,
 
 EAGER = "torch eager"
 # Untimed calls of at least this long before each block of a runner timed side by side: with several threads the
-# previous runner's idle workers spin for tens of ms (measured here: PyTorch eager's first ~50 ms after an fp32
-# block ran 1.5-2.5x slower at two threads), which a device running one model never sees.
+# previous runner's idle workers spin for tens of ms (a throw-away measurement here: PyTorch eager's first ~50 ms
+# after an fp32 block ran 1.5-2.5x slower at two threads), which a device running one model never sees.
 SWITCH_REWARM_S = 0.1
 
 
